@@ -1,0 +1,46 @@
+"""The ``robench`` command group. Commands are thin: parse, call the library, print.
+
+Every invalid input ends in one line ``error: …`` on stderr with exit code 2 and no traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from robench.errors import BadInput
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robench", prog_name="robench")
+def cli() -> None:
+    """robench: how robust is this architecture, and does damping / multistep discretisation help?"""
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the group and turns bad input into a one-line error with exit code 2."""
+    try:
+        rv = cli.main(args=argv, prog_name="robench", standalone_mode=False)
+    except BadInput as e:
+        click.echo(f"error: {_one_line(e)}", err=True)
+        sys.exit(2)
+    except click.UsageError as e:  # unknown option, bad choice, missing argument: all exit 2
+        click.echo(f"error: {_one_line(e.format_message())}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {_one_line(e.format_message())}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# Commands register themselves on import; keep this list in pipeline order.
+from robench.cli import zoo_cmd, train_cmd  # noqa: E402,F401

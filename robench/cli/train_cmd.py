@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from robench.cli import cli
+from robench.cli.options import parse_lam
+
+
+@cli.command("train")
+@click.option("--model", "model_name", required=True, help="Registered model name (see `robench zoo list`).")
+@click.option("--lam", default=None, help="Fixed λ in [0,1] for damped models; default: learned.")
+@click.option("--data-dir", required=True, type=click.Path(), help="Folder holding cifar-10-batches-py/ (or cifar-100-python/).")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10", show_default=True)
+@click.option("--recipe", type=click.Choice(["paper", "fast"]), default="fast", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=float, default=None, help="Override the recipe's peak learning rate.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i].")
+@click.option("--amp/--no-amp", default=False, help="bf16/fp16 autocast.")
+@click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), default=None, help="Zoo directory for the final weights (default: the user zoo).")
+@click.option("--run-dir", type=click.Path(), default=None, help="Epoch checkpoints + metrics.csv (default under $ROBENCH_HOME/runs).")
+@click.option("--resume/--no-resume", default=False, help="Continue from the last epoch checkpoint in --run-dir.")
+@click.option("--data-label", default=None, help='Human label of the data, e.g. "CIFAR-10 (JPEG copy)".')
+def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr, device, amp, compile_, seed, out,
+              run_dir, resume, data_label) -> None:
+    """Train a zoo model on CIFAR and put the final checkpoint, with its card, into a zoo."""
+    import model_zoo
+    from model_zoo.checkpoint import user_zoo, zoo_stem
+    from model_zoo.registry import check_model_name
+    from robench.data import load_cifar
+    from robench.train import train
+
+    check_model_name(model_name)
+    lam_v = parse_lam(lam)
+    model_zoo.create_model(model_name, lam=lam_v)  # validates λ against the model before loading data
+    train_set = load_cifar(dataset, data_dir, "train")
+    test_set = load_cifar(dataset, data_dir, "test")
+    out = Path(out) if out else user_zoo()
+    if run_dir is None:
+        run_dir = user_zoo().parent / "runs" / f"{zoo_stem(model_name, lam_v)}-{recipe}-seed{seed}"
+    click.echo(f"training {model_name} (λ={lam if lam is not None else 'learned/none'}) on {dataset}: "
+               f"{len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {device}; run dir {run_dir}")
+    train(model_name, train_set, test_set, lam=lam_v, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+          device=device, amp=amp, compile=compile_, seed=seed, run_dir=run_dir, resume=resume, out=out,
+          data_label_text=data_label, progress=os.environ.get("ROBENCH_PROGRESS", "1") != "0",
+          log=lambda m: click.echo(m, err=False))

@@ -1,0 +1,204 @@
+"""Data: CIFAR-10/100 from the official python layout into uint8 tensors (no torchvision), Foolbox's
+20 bundled CIFAR-10 test images as the ``samples`` data set, and batch augmentation on the device.
+
+``n`` always means the first n images of the test split in file order, so runs are comparable
+across tools.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robench.errors import BadInput
+
+DATASETS = ("samples", "cifar10", "cifar100")
+_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels"),
+}
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Images as uint8 N×3×32×32 (CPU), int64 labels, and where they came from."""
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    source: str
+    sha256: str = ""
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return 100 if self.name == "cifar100" else 10
+
+    def first(self, n: int | None) -> "Dataset":
+        """The first ``n`` images in file order (all of them for None)."""
+        if n is None:
+            return self
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise BadInput(f"n must be a positive whole number, got {n!r}")
+        if n > len(self):
+            raise BadInput(f"n={n} is larger than the {self.name} {self.split} split ({len(self)} images)")
+        return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n])
+
+    def as_float(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels in [0, 1] as float32 on ``device`` and labels, moved once."""
+        return self.images.to(device).float().div_(255.0), self.labels.to(device)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch file. These pickles are the data set's own format (plain dicts of arrays)."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")  # CIFAR batch format; never used for checkpoints
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError) as e:
+        raise BadInput(f"{path} is truncated or not a CIFAR batch file ({type(e).__name__}); "
+                       "re-create the data folder") from None
+    if not isinstance(d, dict) or b"data" not in d or label_key not in d:
+        raise BadInput(f"{path} is not a CIFAR batch file (missing 'data' or labels)")
+    data = np.asarray(d[b"data"], dtype=np.uint8)
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise BadInput(f"{path} has data of shape {data.shape} for {labels.shape[0]} labels; expected N×3072")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _root_for(name: str, data_dir: str | os.PathLike) -> Path:
+    folder = _LAYOUT[name][0]
+    d = Path(data_dir)
+    return d if d.name == folder else d / folder
+
+
+def _layout_hint(name: str, data_dir) -> str:
+    folder, train, test, _ = _LAYOUT[name]
+    return (f"{name} not found: expected {Path(data_dir) / folder}/ with {', '.join(train + [test])} "
+            f"(the official python layout; for CIFAR-10 here: python ../shared/tools/cifar10_from_jpeg.py {data_dir})")
+
+
+def load_cifar(name: str, data_dir: str | os.PathLike, split: str = "test", *, download: bool = False) -> Dataset:
+    """CIFAR-10 or CIFAR-100 from ``data_dir`` (the folder holding, or being, the official layout)."""
+    if name not in _LAYOUT:
+        raise BadInput(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise BadInput(f"unknown split {split!r}; valid choices: train, test")
+    folder, train_files, test_file, label_key = _LAYOUT[name]
+    root = _root_for(name, data_dir)
+    files = train_files if split == "train" else [test_file]
+    if not all((root / f).is_file() for f in files):
+        if download:
+            _download(name, Path(data_dir))
+        else:
+            raise BadInput(_layout_hint(name, data_dir))
+    parts = [_read_batch(root / f, label_key) for f in files]
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    return Dataset(name=name, split=split, images=images, labels=labels, source=str(root),
+                   sha256=_sha256(root / test_file))
+
+
+def _download(name: str, data_dir: Path) -> None:
+    """Fetch the official archive through torchvision into a temporary folder, then move it into place,
+    so an interrupted download never leaves a half-written data folder."""
+    try:
+        import torchvision.datasets as tvd
+    except (ImportError, RuntimeError, OSError):  # a CPU/CUDA-mismatched torchvision raises RuntimeError
+        raise BadInput(_layout_hint(name, data_dir) + "; automatic download needs an importable torchvision") from None
+    import shutil
+    import tempfile
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=".download-"))
+    try:
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        cls(root=str(tmp), train=False, download=True)
+        os.replace(tmp / _LAYOUT[name][0], data_dir / _LAYOUT[name][0])
+    except OSError as e:
+        raise BadInput(f"could not download {name}: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_samples() -> Dataset:
+    """Foolbox's 20 bundled CIFAR-10 test images (exact PNGs) with their labels, in index order."""
+    import foolbox
+    from PIL import Image
+
+    folder = Path(foolbox.__file__).resolve().parent / "data"
+    images, labels, h = [], [], hashlib.sha256()
+    for i in range(20):
+        (path,) = folder.glob(f"cifar10_{i:02d}_*.png")
+        img = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
+        images.append(img.transpose(2, 0, 1))
+        labels.append(int(path.stem.split("_")[-1]))
+        h.update(path.read_bytes())
+    return Dataset(name="samples", split="test", images=torch.from_numpy(np.stack(images)),
+                   labels=torch.tensor(labels, dtype=torch.int64), source=f"foolbox {foolbox.__version__} samples",
+                   sha256=h.hexdigest())
+
+
+def load_dataset(dataset: str | None = None, data_dir: str | os.PathLike | None = None, *,
+                 split: str = "test", n: int | None = None) -> Dataset:
+    """The evaluation data: ``samples`` when neither is given; a data dir implies CIFAR-10 by default."""
+    if dataset is None:
+        dataset = "cifar10" if data_dir is not None else "samples"
+    if dataset not in DATASETS:
+        raise BadInput(f"unknown dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
+    if dataset == "samples":
+        if split != "test":
+            raise BadInput("the samples data set has only a test split")
+        ds = load_samples()
+    else:
+        if data_dir is None:
+            raise BadInput(f"dataset {dataset} needs --data-dir (the folder holding {_LAYOUT[dataset][0]}/)")
+        if not Path(data_dir).is_dir():
+            raise BadInput(f"data dir {data_dir} does not exist; " + _layout_hint(dataset, data_dir))
+        ds = load_cifar(dataset, data_dir, split)
+    return ds.first(n)
+
+
+def data_label(ds: Dataset) -> str:
+    """Human label for cards and tables."""
+    if ds.name == "samples":
+        return "CIFAR-10 samples (foolbox, 20 PNG originals)"
+    return f"{ds.name.upper().replace('CIFAR', 'CIFAR-')} ({ds.source})"
+
+
+# -- augmentation ------------------------------------------------------------------------
+def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip of a whole batch on its own device.
+
+    The random draws come from ``generator`` (CPU) so the same seed gives the same batch on any
+    device; shapes and dtype are preserved.
+    """
+    b, c, h, w = x.shape
+    if pad > 0:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = xp[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+               rows, cols]
+    if flip:
+        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+        x = torch.where(mask, x.flip(3), x)
+    return x

@@ -1,0 +1,137 @@
+import pytest
+import torch
+
+import model_zoo
+from model_zoo import Scheme, create_model, list_models
+from model_zoo.registry import register_model
+from robench.errors import BadInput
+
+ALL = list_models()
+# The two ResNeXt-29s are 34M/68M parameters: they build and back-propagate in the slow suite only.
+HEAVY = {"resnext29_8x64d", "resnext29_16x64d", "inresnext29_8x64d", "lmresnext29_8x64d"}
+
+
+def test_registry_lists_every_family():
+    for pattern, expected in [("resnet*", 6), ("inresnet*", 6), ("lambda_inresnet*", 6), ("lmresnet*", 6),
+                              ("*resnext29*", 4)]:
+        assert len(list_models(pattern)) == expected, pattern
+    assert list_models("resnet*")[:2] == ["resnet20", "resnet32"]  # natural order
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        @register_model
+        def resnet20(**kw):  # noqa: F811
+            return None
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(BadInput, match="valid choices: .*inresnet20"):
+        create_model("resnet21")
+
+
+def _check_builds_and_backprops(name):
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=7)
+    x = torch.rand(2, 3, 32, 32)
+    out = m(x)
+    assert out.shape == (2, 7)
+    out.square().sum().backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n not in HEAVY])
+def test_every_model_builds_and_backpropagates(name):
+    _check_builds_and_backprops(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HEAVY))
+def test_resnext_builds_and_backpropagates(name):
+    _check_builds_and_backprops(name)
+
+
+@pytest.mark.parametrize("name,paper_m", [("resnet20", 0.27), ("resnet56", 0.85), ("resnet110", 1.7),
+                                          ("resnet164", 1.7), ("resnext29_8x64d", 34.4)])
+def test_parameter_counts_match_papers(name, paper_m):
+    with torch.device("meta"):
+        m = create_model(name)
+    count = sum(p.numel() for p in m.parameters()) / 1e6
+    assert abs(count - paper_m) / paper_m < 0.03, count
+
+
+@pytest.mark.parametrize("depth", [20, 164])
+def test_lam0_is_resnet(depth):
+    torch.manual_seed(1)
+    res = create_model(f"resnet{depth}").eval()
+    damped = create_model(f"inresnet{depth}", lam=0.0).eval()
+    assert list(res.state_dict()) == list(damped.state_dict())
+    assert [n for n, _ in res.named_parameters()] == [n for n, _ in damped.named_parameters()]
+    damped.load_state_dict(res.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.equal(res(x), damped(x))
+
+
+def test_fixed_lambda_models_share_resnet_keys():
+    keys = set(create_model("resnet20").state_dict())
+    for name in ("inresnet20", "lambda_inresnet20"):
+        assert set(create_model(name, lam=0.5).state_dict()) == keys
+    assert "k" in create_model("inresnet20").state_dict()  # learned λ adds its coefficients
+
+
+def test_lam1_output_ignores_identity_path():
+    """With λ=1 a damped block is x_{n+1} = f(x_n): a plain CNN for every non-projection block."""
+    torch.manual_seed(2)
+    m = create_model("inresnet20", lam=1.0).eval()
+    x = torch.rand(3, 3, 32, 32)
+    h = m.conv1((x - m.mean) / m.std)
+    for i, b in enumerate(m.blocks):
+        if str(i) in m.projections:
+            h = b(h) + m.projections[str(i)](h)
+        elif i == 0:
+            h = b(h) + h
+        else:
+            h = b(h)  # no identity term at all
+    ref = m.fc(torch.relu(m.bn(h)).mean((2, 3)))
+    torch.testing.assert_close(m(x), ref)
+    # and it differs from the ResNet with the same weights
+    res = create_model("resnet20").eval()
+    res.load_state_dict(m.state_dict())
+    assert not torch.allclose(res(x), m(x))
+
+
+def test_learned_lambdas_exposed_and_initialised_as_reference():
+    m = create_model("inresnet20")
+    d = m.damping()
+    assert len(d) == len(m.damped_blocks) == 9 - 3  # first block and two stage transitions stay plain
+    assert all(0.2 - 1e-6 <= r["value"] <= 0.25 + 1e-6 and r["coef"] == "lam" for r in d)
+    lam = model_zoo.create_model("lambda_inresnet20").damping()
+    assert all(0.2 - 1e-6 <= r["value"] <= 0.25 + 1e-6 for r in lam)
+    k = create_model("lmresnet20").damping()
+    assert all(-0.1 - 1e-6 <= r["value"] <= 0 and r["coef"] == "k" for r in k)
+    assert {r["stage"] for r in d} == {0, 1, 2}
+
+
+def test_learned_lambda_receives_gradient():
+    m = create_model("inresnet20")
+    m(torch.rand(2, 3, 32, 32)).sum().backward()
+    assert m.k.grad is not None and m.k.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name,lam", [("resnet20", 0.5), ("lmresnet20", 0.1), ("inresnet20", 1.5), ("inresnet20", -0.1)])
+def test_invalid_lambda_refused(name, lam):
+    with pytest.raises(BadInput):
+        create_model(name, lam=lam)
+
+
+def test_normalisation_inside_model():
+    m = create_model("resnet20")
+    assert m.mean.flatten().tolist() == pytest.approx([0.4914, 0.4822, 0.4465])
+    assert m.std.flatten().tolist() == pytest.approx([0.2023, 0.1994, 0.2010])
+    assert "mean" not in m.state_dict()  # constants of the family, recorded on the card instead
+
+
+def test_schemes():
+    assert create_model("lmresnet20").scheme is Scheme.LM
+    assert create_model("lambda_inresnet20").scheme is Scheme.LAMBDA_DAMPED
