@@ -135,7 +135,7 @@ def save(model: nn.Module, path: str | os.PathLike, card: ModelCard | dict | Non
     fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=".tmp-", suffix=".safetensors")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"model": card.name, "format": "pt"})
+        save_file(tensors, tmp, metadata={"format": "pt"})  # one key: byte-identical files for identical weights
         card.weights_sha256 = sha256_file(Path(tmp))
         os.replace(tmp, weights)
     finally:

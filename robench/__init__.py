@@ -1,2 +1,13 @@
 """robench: adversarial-robustness benchmark harness for ODE-inspired networks."""
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "evaluate"]
+
+
+def __getattr__(name: str):
+    # lazy: `import robench` (and so every CLI command) must not pay for torch/pandas up front
+    if name == "evaluate":
+        from robench.engine import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'robench' has no attribute {name!r}")

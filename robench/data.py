@@ -103,7 +103,8 @@ def load_cifar(name: str, data_dir: str | os.PathLike, split: str = "test", *, d
     folder, train_files, test_file, label_key = _LAYOUT[name]
     root = _root_for(name, data_dir)
     files = train_files if split == "train" else [test_file]
-    if not all((root / f).is_file() for f in files):
+    # the test batch is needed for either split: its sha256 is the data set's fingerprint
+    if not all((root / f).is_file() for f in files + [test_file]):
         if download:
             _download(name, Path(data_dir))
         else:

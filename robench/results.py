@@ -118,7 +118,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         if p.suffix == ".parquet":
             df = pd.read_parquet(p)
         elif p.suffix == ".csv":
-            df = pd.read_csv(p)
+            # string columns stay strings: a flags hex such as "0000" would otherwise parse as 0
+            df = pd.read_csv(p, dtype={c: "string" for c, t in SCHEMA.items() if t == "string"})
         else:
             raise BadInput(f"results table {p}: unknown format {p.suffix!r}; valid choices: .parquet, .csv")
     except BadInput:

@@ -10,4 +10,7 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBENCH_PROGRESS", "0")
 
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests use small batches, where a second OpenMP thread only adds synchronisation (and on a shared
+# 2-core machine it can make a step many times slower).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the CLI subprocesses tests start

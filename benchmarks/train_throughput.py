@@ -1,0 +1,382 @@
+"""Training throughput: robench's training step against the seed code's per-sample DataLoader loop.
+
+Both variants train the same model (resnet20 by default) with the same recipe (the seed code's: SGD
+0.1, momentum 0.9, wd 1e-4, batch 128, pad-2 crop + flip) on the same synthetic uint8 images
+(random pixels; throughput does not depend on their content). They are timed side by side: each
+round runs every variant for ``--warmup`` untimed then ``--steps`` timed steps, in forward order in
+even rounds and backward in odd ones, and the table reports the median images/s over rounds and the
+median of the per-round ratios to the seed-style loop.
+
+* robench: the loop of ``robench.train.train`` — images as one uint8 tensor on the device, a seeded
+  permutation, ``robench.data.augment`` on the whole batch, /255, forward, cross-entropy, backward,
+  SGD step, the per-step lr from ``robench.train.lr_at`` and the loss/accuracy read-back; on CUDA
+  also bf16 autocast + channels_last (what ``robench train --device cuda --amp`` does).
+* seed: a ``torch.utils.data.Dataset`` returning one image at a time through per-sample transforms
+  done in PIL/numpy as torchvision would (zero-pad + random crop, random horizontal flip, ToTensor,
+  Normalize), a ``DataLoader(batch_size=128, shuffle=True, num_workers=2)``, fp32, contiguous memory.
+  Its model is the zoo model with the internal normalisation set to the identity (mean 0, std 1),
+  because the transform already normalises, as in the seed code.
+
+``--investigate`` adds robench variants (channels_last on CPU, bf16 autocast on CPU as
+``robench train --amp`` does, flush-denormal) and data-pipeline-only rows, to see where time goes.
+
+    python benchmarks/train_throughput.py --steps 8 --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import model_zoo
+from robench.data import augment
+from robench.train import RECIPES, _param_groups, lr_at
+
+SECTION = "## train_throughput"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)  # the seed code's Normalize constants
+STD = np.array([0.2023, 0.1994, 0.2010], dtype=np.float32)
+
+
+# -- the seed-style pipeline ---------------------------------------------------------------------
+class SeedStyleCifar(torch.utils.data.Dataset):
+    """One image at a time, transformed per sample (torchvision's CIFAR10 + transforms, without torchvision)."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, pad: int) -> None:
+        self.images, self.labels, self.pad = images_hwc, labels, pad
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = Image.fromarray(self.images[i])  # torchvision's CIFAR10 hands PIL images to the transforms
+        # RandomCrop(32, padding=pad): zero padding, then a uniformly placed 32×32 window
+        padded = Image.new("RGB", (32 + 2 * self.pad, 32 + 2 * self.pad))
+        padded.paste(img, (self.pad, self.pad))
+        top, left = np.random.randint(0, 2 * self.pad + 1, size=2)
+        img = padded.crop((left, top, left + 32, top + 32))
+        if np.random.rand() < 0.5:  # RandomHorizontalFlip
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = np.asarray(img, dtype=np.float32) / 255.0  # ToTensor: HWC uint8 → CHW float in [0, 1]
+        x = (x - MEAN) / STD  # Normalize
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), int(self.labels[i])
+
+
+def _seed_worker_init(worker_id: int) -> None:
+    np.random.seed((torch.initial_seed() + worker_id) % 2**32)
+
+
+# -- the variants ----------------------------------------------------------------------------------
+class Variant:
+    """A model, its optimizer and a step function that trains on the next batch."""
+
+    name: str
+    device: torch.device
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Start a new pass over the data (called before each round's warm-up)."""
+
+    def close(self) -> None:
+        pass
+
+
+class RobenchVariant(Variant):
+    def __init__(self, name: str, model_name: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                 batch_size: int, *, amp: bool, channels_last: bool, flush_denormal: bool = False) -> None:
+        self.name, self.device, self.bs = name, device, batch_size
+        self.rec = RECIPES["paper"]
+        torch.manual_seed(0)
+        self.model = model_zoo.create_model(model_name).to(device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(_param_groups(self.model, self.rec), lr=self.rec.lr, momentum=self.rec.momentum,
+                                   nesterov=self.rec.nesterov)
+        self.amp_dtype = torch.bfloat16 if amp else None
+        self.flush_denormal = flush_denormal
+        self.x, self.y = images.to(device), labels.to(device)  # uint8 on the device, moved once
+        self.steps_per_epoch = len(self.y) // batch_size
+        self.epoch = -1
+        self.restart()
+
+    def restart(self) -> None:
+        self.epoch += 1
+        self.g = torch.Generator().manual_seed(self.epoch)
+        self.perm = torch.randperm(len(self.y), generator=self.g).to(self.device)
+        self.s = 0
+
+    def step(self) -> None:
+        if self.flush_denormal:
+            torch.set_flush_denormal(True)
+        try:
+            self._step()
+        finally:
+            if self.flush_denormal:
+                torch.set_flush_denormal(False)
+
+    def _step(self) -> None:
+        # the body of the loop in robench.train.train
+        s, bs = self.s % self.steps_per_epoch, self.bs
+        self.s += 1
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.rec, self.epoch * self.steps_per_epoch + s, self.steps_per_epoch, self.rec.epochs)
+        idx = self.perm[s * bs:(s + 1) * bs]
+        xb = augment(self.x[idx], self.g, pad=self.rec.pad).float().div_(255.0)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        yb = self.y[idx]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=self.rec.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        loss.item()
+        (logits.argmax(1) == yb).sum().item()
+
+
+class SeedVariant(Variant):
+    def __init__(self, name: str, model_name: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                 batch_size: int, workers: int) -> None:
+        self.name, self.device = name, device
+        rec = RECIPES["paper"]
+        torch.manual_seed(0)
+        # normalisation happens in the transform, so the model's own is the identity
+        self.model = model_zoo.create_model(model_name, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=rec.lr, momentum=rec.momentum,
+                                   weight_decay=rec.weight_decay)
+        ds = SeedStyleCifar(images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy(), pad=rec.pad)
+        self.loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                                  worker_init_fn=_seed_worker_init if workers else None,
+                                                  pin_memory=device.type == "cuda")
+        self.it = None
+
+    def restart(self) -> None:
+        self.close()
+        self.it = iter(self.loader)  # a fresh epoch: the workers start here, during the warm-up
+
+    def step(self) -> None:
+        x, y = next(self.it)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        out = self.model(x)
+        loss = F.cross_entropy(out, y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        loss.item()
+        (out.argmax(1) == y).sum().item()
+
+    def close(self) -> None:
+        if self.it is not None:
+            del self.it  # shuts the worker processes down
+            self.it = None
+
+
+class PipelineOnly(Variant):
+    """Only the data side of a variant: batches produced per second, no model."""
+
+    def __init__(self, name: str, make: Callable[[], Callable[[], object]], device: torch.device) -> None:
+        self.name, self.device, self.make = name, device, make
+        self.next = make()
+
+    def restart(self) -> None:
+        self.next = self.make()
+
+    def step(self) -> None:
+        self.next()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round(v: Variant, warmup: int, steps: int, batch_size: int) -> float:
+    v.restart()
+    for _ in range(warmup):
+        v.step()
+    _sync(v.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        v.step()
+    _sync(v.device)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+# -- reporting -------------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no CUDA device"
+    return (f"{platform.platform()}, CPU {cpu} ({os.cpu_count()} logical cores), torch {torch.__version__} "
+            f"with {torch.get_num_threads()} threads{gpu}")
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving every other section alone."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
+    new = body.rstrip("\n") + "\n"
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + new
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        text = "".join(lines[:start]) + new + ("\n" + tail if tail else "")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per variant and round")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each timed run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop (the seed code's: 2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
+    ap.add_argument("--investigate", action="store_true",
+                    help="add CPU variants (channels_last, bf16 autocast, flush-denormal) and data-only rows")
+    ap.add_argument("--no-cuda", action="store_true", help="CPU columns only, even with a CUDA device")
+    ap.add_argument("--note", default="", help="a sentence added to the RESULTS.md section")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="file whose '## train_throughput' section is written")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    if min(args.batch_size, args.steps, args.rounds) < 1 or args.warmup < 0:
+        ap.error("--batch-size, --steps and --rounds must be positive, --warmup non-negative")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0] if argv is None else "benchmarks/train_throughput.py",
+                                                             *(sys.argv[1:] if argv is None else argv)])
+
+    # enough images that no round runs out of a pass over the data
+    n = args.batch_size * (args.warmup + args.steps + 1)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 10, n))
+    bs = args.batch_size
+
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.no_cuda:
+        devices.append(torch.device("cuda"))
+    variants: list[Variant] = []
+    for dev in devices:
+        cuda = dev.type == "cuda"
+        variants.append(SeedVariant(f"seed-style DataLoader ({dev.type}, fp32)", args.model, images, labels, dev, bs,
+                                    args.workers))
+        variants.append(RobenchVariant(f"robench ({dev.type}, {'bf16 + channels_last' if cuda else 'fp32'})", args.model,
+                                       images, labels, dev, bs, amp=cuda, channels_last=cuda))
+        if args.investigate and not cuda:
+            variants.append(RobenchVariant("robench (cpu, fp32, channels_last)", args.model, images, labels, dev, bs,
+                                           amp=False, channels_last=True))
+            variants.append(RobenchVariant("robench (cpu, bf16 autocast = --amp)", args.model, images, labels, dev, bs,
+                                           amp=True, channels_last=False))
+            variants.append(RobenchVariant("robench (cpu, fp32, flush_denormal)", args.model, images, labels, dev, bs,
+                                           amp=False, channels_last=False, flush_denormal=True))
+    if args.investigate:
+        # in this process (no workers), so prefetching cannot hide the per-sample cost
+        seed_loader = torch.utils.data.DataLoader(variants[0].loader.dataset, batch_size=bs,  # type: ignore[attr-defined]
+                                                  shuffle=True, num_workers=0)
+
+        def seed_batches():
+            it = iter(seed_loader)
+            return lambda: next(it)
+
+        def robench_batches():
+            g, x = torch.Generator().manual_seed(0), images
+            perm = torch.randperm(len(x), generator=g)
+            state = {"s": 0}
+
+            def nxt():
+                s = state["s"] % (len(x) // bs)
+                state["s"] += 1
+                return augment(x[perm[s * bs:(s + 1) * bs]], g, pad=2).float().div_(255.0)
+            return nxt
+
+        variants.append(PipelineOnly("data only: seed-style per-sample transforms (1 process)", seed_batches, torch.device("cpu")))
+        variants.append(PipelineOnly("data only: robench augment", robench_batches, torch.device("cpu")))
+
+    print(f"{machine()}\n{command}\n{len(variants)} variants × {args.rounds} rounds × ({args.warmup} warm-up + "
+          f"{args.steps} timed steps of {bs} images)", flush=True)
+    results: dict[str, list[float]] = {v.name: [] for v in variants}
+    t_start = time.perf_counter()
+    for r in range(args.rounds):
+        # forward, then backward: the seed-style and robench runs of a round stay next to each other in time
+        order = variants if r % 2 == 0 else variants[::-1]
+        for v in order:
+            ips = time_round(v, args.warmup, args.steps, bs)
+            results[v.name].append(ips)
+            print(f"  round {r + 1}: {v.name}: {ips:.1f} images/s", flush=True)
+    for v in variants:
+        v.close()
+    elapsed = time.perf_counter() - t_start
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    rows, paired = [], {}
+    for dev in devices:
+        seed_name = f"seed-style DataLoader ({dev.type}, fp32)"
+        for name in results:
+            if f"({dev.type}" in name:
+                # the ratio within each round (runs next to each other in time), then its median: less
+                # exposed to the background load drifting between rounds than a ratio of medians
+                paired[name] = statistics.median(a / b for a, b in zip(results[name], results[seed_name]))
+                rows.append((name, med[name], min(results[name]), max(results[name]), med[name] / med[seed_name],
+                             paired[name]))
+    for name in results:
+        if name.startswith("data only"):
+            rows.append((name, med[name], min(results[name]), max(results[name]), float("nan"), float("nan")))
+    header = ("| variant | images/s (median) | min – max over rounds | × seed-style: ratio of medians | "
+              "× seed-style: median of per-round ratios |\n|---|---:|---:|---:|---:|\n")
+    table = header + "".join(f"| {n} | {m:.1f} | {lo:.1f} – {hi:.1f} | {'' if x != x else f'{x:.2f}×'} | "
+                             f"{'' if p != p else f'{p:.2f}×'} |\n" for n, m, lo, hi, x, p in rows)
+    print("\n" + table)
+    cpu_ratio = paired["robench (cpu, fp32)"]
+    print(f"robench / seed-style on CPU (median of per-round ratios): {cpu_ratio:.2f}× (target ≥ 1.3×); "
+          f"{elapsed:.0f} s of timing")
+
+    if args.no_write:
+        return
+    body = (f"{SECTION}\n\n"
+            f"- date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
+            f"- machine: {machine()}\n"
+            f"- command: `` {command} ``\n"  # double backticks: the command may itself hold a backtick
+            f"- protocol: {args.rounds} rounds, each variant {args.warmup} warm-up + {args.steps} timed steps of "
+            f"{bs} images, order alternating forward and backward so the seed-style and robench runs of a round are adjacent; median images/s over rounds; model {args.model}, the seed "
+            f"recipe (paper: SGD 0.1, momentum 0.9, wd 1e-4, pad-2 crop + flip); synthetic uint8 images. The "
+            f"seed-style loop normalises per sample and uses the zoo model with identity normalisation; robench's "
+            f"model normalises inside.\n"
+            f"- robench / seed-style on CPU (median of per-round ratios): **{cpu_ratio:.2f}×** (target ≥ 1.3×)\n\n"
+            f"{table}\n"
+            + (f"{args.note}\n" if args.note else ""))
+    write_section(args.results, body)
+    print(f"wrote the '{SECTION}' section of {args.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Adversarial Robustness Toolbox (ART) behind the robench attack contract.
+
+Only translation lives here: the shared wrapper (``robench.attacks.base``) has already frozen the
+model, put it in eval mode and seeded numpy/torch/random; it projects and scores what we return.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from robench.attacks.registry import AttackSpec
+
+# ART logs a success rate and prints progress bars per call; neither belongs in a benchmark.
+logging.getLogger("art").setLevel(logging.WARNING)
+
+
+class _AsDtype(nn.Module):
+    """Casts inputs to x's dtype: ART's HopSkipJump L∞ binary search hands the model float64."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype))
+
+
+def classifier(model: nn.Module, x: torch.Tensor, num_classes: int):
+    """Wrap ``model`` as ART's PyTorchClassifier on x's device (pixels in [0,1], CE loss)."""
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(
+        model=_AsDtype(model, x.dtype),
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if x.device.type == "cuda" else "cpu",
+    )
+
+
+def _step(p: dict, eps: float) -> float:
+    return p["step_size"] if p.get("step_size") is not None else 2.5 * eps / p["steps"]
+
+
+def _fgsm(clf, eps, p, n):
+    from art.attacks.evasion import FastGradientMethod
+    return FastGradientMethod(clf, norm=np.inf, eps=eps, eps_step=eps, batch_size=n)
+
+
+def _ifgsm(clf, eps, p, n):
+    from art.attacks.evasion import BasicIterativeMethod
+    return BasicIterativeMethod(clf, eps=eps, eps_step=p["step_size"], max_iter=p["steps"], batch_size=n,
+                                verbose=False)
+
+
+def _pgd(norm):
+    def build(clf, eps, p, n):
+        from art.attacks.evasion import ProjectedGradientDescent
+        return ProjectedGradientDescent(clf, norm=norm, eps=eps, eps_step=_step(p, eps), max_iter=p["steps"],
+                                        num_random_init=1 if p["random_start"] else 0, batch_size=n,
+                                        verbose=False)
+    return build
+
+
+def _apgd(clf, eps, p, n, loss="cross_entropy"):
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    # ART's initial step η⁰ is eps_step; Croce & Hein use η⁰ = 2ε
+    return AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=p["steps"],
+                                        nb_random_init=p.get("restarts", 1), batch_size=n, loss_type=loss,
+                                        verbose=False)
+
+
+def _cw(clf, eps, p, n):
+    from art.attacks.evasion import CarliniL2Method
+    return CarliniL2Method(clf, confidence=p["confidence"], learning_rate=p["learning_rate"],
+                           binary_search_steps=p["binary_search_steps"], max_iter=p["steps"],
+                           initial_const=p["initial_const"], batch_size=n, verbose=False)
+
+
+def _deepfool(clf, eps, p, n):
+    from art.attacks.evasion import DeepFool
+    return DeepFool(clf, max_iter=p["steps"], epsilon=p["overshoot"],
+                    nb_grads=min(p["candidates"], clf.nb_classes), batch_size=n, verbose=False)
+
+
+def _square(clf, eps, p, n):
+    from art.attacks.evasion import SquareAttack
+    return SquareAttack(clf, norm=np.inf, eps=eps, max_iter=p["queries"], p_init=p["p_init"],
+                        nb_restarts=p["restarts"], batch_size=n, verbose=False)
+
+
+def _hsj(clf, eps, p, n):
+    from art.attacks.evasion import HopSkipJump
+    return HopSkipJump(clf, norm=np.inf, max_iter=p["steps"], max_eval=p["max_evals"],
+                       init_eval=p["init_evals"], verbose=False)
+
+
+class _AutoAttack:
+    """ART's AutoAttack loop (each attack runs on the examples still robust; a result counts only
+    inside the ε-ball), via ART's own ``run_attack``. ``art.attacks.evasion.AutoAttack.generate``
+    itself imports the optional ``multiprocess`` package even without a pool, so it is not used."""
+
+    def __init__(self, clf, eps: float, attacks: list) -> None:
+        self.clf, self.eps, self.attacks = clf, eps, attacks
+
+    def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        from art.attacks.evasion.auto_attack import run_attack
+
+        onehot = np.eye(self.clf.nb_classes, dtype=np.float32)[y]
+        x_adv = x.astype(np.float32).copy()
+        robust = self.clf.predict(x_adv, batch_size=len(x)).argmax(1) == y
+        for attack in self.attacks:
+            if not robust.any():
+                break
+            x_adv, robust = run_attack(x=x_adv, y=onehot, sample_is_robust=robust, attack=attack,
+                                       estimator_orig=self.clf, norm=np.inf, eps=self.eps)
+        return x_adv
+
+
+def _autoattack(clf, eps, p, n):
+    from art.attacks.evasion import SquareAttack
+    attacks = [_apgd(clf, eps, p, n, "cross_entropy"), _apgd(clf, eps, p, n, "difference_logits_ratio"),
+               SquareAttack(clf, norm=np.inf, eps=eps, max_iter=p["queries"], p_init=0.05, nb_restarts=1,
+                            batch_size=n, verbose=False)]
+    return _AutoAttack(clf, eps, attacks)
+
+
+BUILDERS: dict[str, Callable[..., Any]] = {
+    "fgsm": _fgsm,
+    "ifgsm": _ifgsm,
+    "pgd": _pgd(np.inf),
+    "pgd10": _pgd(np.inf),
+    "pgd_l2": _pgd(2),
+    "apgd_ce": _apgd,
+    "cw_l2": _cw,
+    "deepfool": _deepfool,
+    "square": _square,
+    "hsj": _hsj,
+    "autoattack": _autoattack,
+}
+
+
+def _hsj_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tries: int = 100) -> np.ndarray:
+    """Seeded uniform-noise starting points for HopSkipJump (ART draws its own from an unseeded
+    ``np.random.RandomState()``, which would break same seed → same x_adv). Examples for which no
+    misclassified noise image is found keep x, and ART then searches with its own RNG."""
+    init = x.clone()
+    todo = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    with torch.no_grad():
+        todo &= model(x).argmax(1) == y  # already misclassified: nothing to start from
+        for _ in range(tries):
+            if not todo.any():
+                break
+            idx = todo.nonzero().squeeze(1)
+            noise = torch.from_numpy(np.random.uniform(0, 1, size=(len(idx), *x.shape[1:])).astype(np.float32))
+            noise = noise.to(device=x.device, dtype=x.dtype)
+            hit = model(noise).argmax(1) != y[idx]
+            init[idx[hit]] = noise[hit]
+            todo[idx[hit]] = False
+    return init.cpu().numpy()
+
+
+def generate(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+             params: dict[str, Any], num_classes: int) -> torch.Tensor:
+    device_ctx = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    with device_ctx:
+        clf = classifier(model, x, num_classes)
+        attack = BUILDERS[spec.name](clf, eps, params, x.shape[0])
+        x_np = x.cpu().numpy().astype(np.float32)
+        y_np = y.cpu().numpy()
+        kwargs = {}
+        if spec.name == "hsj":
+            kwargs["x_adv_init"] = _hsj_init(model, x, y)
+        x_adv = attack.generate(x=x_np, y=y_np, **kwargs)
+    return torch.from_numpy(np.asarray(x_adv))

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import click
+
+from robench.cli import cli
+
+
+@cli.command("sweep")
+@click.argument("config", type=click.Path())
+@click.option("--out", default=None, type=click.Path(), help="Output folder (overrides the config's `out`).")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan, run nothing, write nothing.")
+@click.option("--executor", default="local", show_default=True, help="local or ray.")
+@click.option("--address", default=None, help="Ray cluster address (default: start a local Ray instance).")
+def sweep_cmd(config, out, dry_run, executor, address) -> None:
+    """Run the grid of a TOML CONFIG resumably: finished cells are kept, a rerun does only the rest."""
+    from robench.errors import BadInput
+    from robench.sweep import EXECUTORS, load_config, plan_sweep, run_sweep
+
+    if executor not in EXECUTORS:
+        raise BadInput(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
+    if address is not None and executor != "ray":
+        raise BadInput("--address applies to the ray executor; add --executor ray")
+    plan = plan_sweep(load_config(config), out=out, executor=executor)
+    click.echo(plan.describe())
+    if dry_run:
+        for cell in plan.pending[:20]:
+            click.echo(f"  {cell.label()}")
+        if len(plan.pending) > 20:
+            click.echo(f"  … and {len(plan.pending) - 20} more")
+        return
+    df = run_sweep(plan, executor=executor, address=address, log=click.echo)
+    click.echo(f"wrote {plan.out / 'results.parquet'} and .csv ({len(df)} rows)")

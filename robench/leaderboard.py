@@ -1,0 +1,293 @@
+"""Leaderboard: a pure function of result tables → one row per (model, λ, dataset).
+
+Columns, in this order (numbers stay numbers; floats are rounded to 6 decimals so the CSV is
+byte-stable):
+
+- ``rank``: 1 = best by the ranking metric (ties share a rank, rows without the metric get none),
+  counted within a data set.
+- ``model``, ``scheme``, ``lam`` (empty = learned λ or not applicable), ``dataset``.
+- ``n``: images per cell (the smallest one when the row mixes n, which is flagged), ``seeds``:
+  the seeds present, ``;``-joined.
+- ``clean``, ``clean_ci_low``, ``clean_ci_high``: clean accuracy and its Wilson 95% CI.
+- ``worst_case``, ``worst_case_ci_low``, ``worst_case_ci_high``, ``worst_case_eps``: accuracy under
+  the per-example worst case over every attack (rows of kind ``worst_case``) at the LARGEST ε that
+  has worst-case rows anywhere in the table, so that every row is compared at the same ε.
+- ``corruption_mean``, ``corruption_ci_low``, ``corruption_ci_high``: mean accuracy over every
+  (corruption, severity) cell (each cell weighs the same); the CI is Wilson's on the pooled counts.
+- one column per (attack, ε): ``<attack>@<ε>``, e.g. ``pgd@8/255``. ε is written as ``k/255`` when
+  it is a whole number of 255ths, else with ``%g`` (``pgd@0.03``). When the table holds one attack
+  under several backends the backend joins the name: ``pgd:art@8/255``. Sorted by attack, then ε.
+- one column per ε with worst-case rows: ``worst_case@<ε>``.
+- ``flags``: ``;``-joined integrity codes, empty when none:
+  ``missing_clean`` (no clean cell), ``robust_gt_clean`` (some attack or worst-case accuracy above
+  the clean one), ``worst_gt_attack`` (a worst case above an attack at the same ε), ``mixed_n``,
+  ``mixed_seeds`` (cells of the row ran on different seed sets), ``mixed_data`` (different data
+  fingerprints), ``mixed_weights`` (different weights), ``duplicate_cells`` (the same cell twice
+  in the input; the first one is used).
+
+Cells pooled over seeds count as ``sum(correct) / sum(n)``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from robench.errors import BadInput
+from robench.results import KEY, wilson
+
+FIXED_METRICS = ("clean", "worst_case", "corruption_mean")
+FLAG_CODES = ("missing_clean", "robust_gt_clean", "worst_gt_attack", "mixed_n", "mixed_seeds", "mixed_data",
+              "mixed_weights", "duplicate_cells")
+_DIGITS = 6
+
+
+def format_eps(eps: float) -> str:
+    """``8/255`` for whole 255ths, else ``%g``: the ε spelling used in leaderboard column names."""
+    k = float(eps) * 255.0
+    if abs(k - round(k)) < 1e-6:
+        return f"{int(round(k))}/255"
+    return f"{float(eps):g}"
+
+
+def _natural(name: str) -> tuple:
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(name)))
+
+
+def _none(v):
+    """NaN / pd.NA → None so that keys compare and hash."""
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def _pool(rows: pd.DataFrame) -> tuple[float, float, float, int, int]:
+    correct, total = int(rows["correct"].sum()), int(rows["n"].sum())
+    acc = correct / total if total else math.nan
+    lo, hi = wilson(correct, total)
+    return acc, lo, hi, correct, total
+
+
+def _attack_names(df: pd.DataFrame) -> dict[tuple, str]:
+    """(perturbation, backend, eps) → column name; the backend shows only where an attack has several."""
+    attacks = df[df["kind"] == "attack"]
+    backends: dict[str, set] = {}
+    for pert, backend in zip(attacks["perturbation"], attacks["backend"]):
+        backends.setdefault(pert, set()).add(_none(backend))
+    names = {}
+    for pert, backend, eps in zip(attacks["perturbation"], attacks["backend"], attacks["eps"]):
+        backend, eps = _none(backend), _none(eps)
+        label = pert if len(backends[pert]) == 1 else f"{pert}:{backend if backend is not None else '-'}"
+        names[(pert, backend, eps)] = f"{label}@{format_eps(eps) if eps is not None else '-'}"
+    return names
+
+
+def leaderboard(df: pd.DataFrame, rank_by: str | None = None) -> pd.DataFrame:
+    """One row per (model, λ, dataset) of a tidy results table; see the module docstring for the columns.
+
+    ``rank_by``: ``clean``, ``worst_case``, ``corruption_mean`` or an attack column such as
+    ``pgd@8/255``, among those the table has; default ``worst_case`` when the table has worst-case
+    rows, else ``clean``. Higher is better. Any other metric is :class:`BadInput` listing the valid ones.
+    """
+    missing = [c for c in (*KEY, "correct", "accuracy") if c not in df.columns]
+    if missing:
+        raise BadInput(f"not a robench results table: missing columns {', '.join(missing)}")
+    if df.empty:
+        raise BadInput("the results table has no rows; nothing to rank")
+    df = df.copy()
+    for col in ("scheme", "data_sha256", "weights_sha256"):
+        if col not in df.columns:
+            df[col] = pd.NA
+    df["_key"] = [tuple(_none(v) for v in t) for t in zip(*(df[c] for c in KEY))]
+    dup_keys = set(df.loc[df["_key"].duplicated(), "_key"])
+    df = df.drop_duplicates("_key", keep="first")
+    df["_row"] = [(m, _none(lam), d) for m, lam, d in zip(df["model"], df["lam"], df["dataset"])]
+
+    attack_names = _attack_names(df)
+    attack_cols = sorted(set(attack_names.values()),
+                         key=lambda c: next((p, b or "", e if e is not None else -1.0)
+                                            for (p, b, e), name in attack_names.items() if name == c))
+    wc = df[df["kind"] == "worst_case"]
+    wc_eps = sorted({float(e) for e in wc["eps"] if _none(e) is not None})
+    wc_cols = [f"worst_case@{format_eps(e)}" for e in wc_eps]
+    headline_eps = wc_eps[-1] if wc_eps else None
+
+    present = {"clean": (df["kind"] == "clean").any(), "worst_case": headline_eps is not None,
+               "corruption_mean": (df["kind"] == "corruption").any()}
+    metrics = [*(m for m in FIXED_METRICS if present[m]), *attack_cols, *wc_cols]
+    if rank_by is None:
+        rank_by = "worst_case" if present["worst_case"] else ("clean" if present["clean"] else metrics[0])
+    if rank_by not in metrics:
+        raise BadInput(f"unknown --rank-by metric {rank_by!r}; valid choices: {', '.join(metrics)}")
+
+    rows = []
+    for row_key, g in df.groupby("_row", sort=False):
+        model, lam, dataset = row_key
+        out: dict = {"model": model, "scheme": _first(g["scheme"]), "lam": lam, "dataset": dataset}
+        flags = set()
+        ns = sorted({int(v) for v in g["n"]})
+        out["n"] = ns[0]
+        out["seeds"] = ";".join(str(s) for s in sorted({int(v) for v in g["seed"]}))
+        if len(ns) > 1:
+            flags.add("mixed_n")
+        cell_seeds = {}
+        for t, s in zip(g["_key"], g["seed"]):
+            cell_seeds.setdefault(t[:KEY.index("seed")] + t[KEY.index("seed") + 1:], set()).add(int(s))
+        if len({frozenset(v) for v in cell_seeds.values()}) > 1:
+            flags.add("mixed_seeds")
+        for col, code in (("data_sha256", "mixed_data"), ("weights_sha256", "mixed_weights")):
+            if len({v for v in g[col] if _none(v) is not None}) > 1:
+                flags.add(code)
+        if any(k in dup_keys for k in g["_key"]):
+            flags.add("duplicate_cells")
+
+        clean = g[g["kind"] == "clean"]
+        if clean.empty:
+            flags.add("missing_clean")
+            out.update(clean=math.nan, clean_ci_low=math.nan, clean_ci_high=math.nan)
+        else:
+            out["clean"], out["clean_ci_low"], out["clean_ci_high"], _, _ = _pool(clean)
+
+        wcg = g[g["kind"] == "worst_case"]
+        for e, col in zip(wc_eps, wc_cols):
+            at = wcg[np.isclose(wcg["eps"].astype(float), e)]
+            out[col] = _pool(at)[0] if not at.empty else math.nan
+        at = wcg[np.isclose(wcg["eps"].astype(float), headline_eps)] if headline_eps is not None else wcg.iloc[0:0]
+        if at.empty:
+            out.update(worst_case=math.nan, worst_case_ci_low=math.nan, worst_case_ci_high=math.nan)
+        else:
+            out["worst_case"], out["worst_case_ci_low"], out["worst_case_ci_high"], _, _ = _pool(at)
+        out["worst_case_eps"] = format_eps(headline_eps) if headline_eps is not None else ""
+
+        corr = g[g["kind"] == "corruption"]
+        if corr.empty:
+            out.update(corruption_mean=math.nan, corruption_ci_low=math.nan, corruption_ci_high=math.nan)
+        else:
+            per_cell = [_pool(c)[0] for _, c in corr.groupby(["perturbation", "severity"], sort=True, dropna=False)]
+            _, lo, hi, _, _ = _pool(corr)
+            out.update(corruption_mean=float(np.mean(per_cell)), corruption_ci_low=lo, corruption_ci_high=hi)
+
+        atk = g[g["kind"] == "attack"]
+        by_col: dict[str, list] = {}
+        for idx, (p, b, e) in enumerate(zip(atk["perturbation"], atk["backend"], atk["eps"])):
+            by_col.setdefault(attack_names[(p, _none(b), _none(e))], []).append(idx)
+        for col in attack_cols:
+            out[col] = _pool(atk.iloc[by_col[col]])[0] if col in by_col else math.nan
+
+        clean_acc = out["clean"]
+        robust = [out[c] for c in (*attack_cols, *wc_cols) if not math.isnan(out[c])]
+        if not math.isnan(clean_acc) and any(r > clean_acc + 1e-12 for r in robust):
+            flags.add("robust_gt_clean")
+        for (p, b, e), col in attack_names.items():
+            wcol = f"worst_case@{format_eps(e)}" if e is not None else None
+            if wcol in out and not math.isnan(out[wcol]) and not math.isnan(out[col]) and out[wcol] > out[col] + 1e-12:
+                flags.add("worst_gt_attack")
+        out["flags"] = ";".join(c for c in FLAG_CODES if c in flags)
+        rows.append(out)
+
+    columns = ["rank", "model", "scheme", "lam", "dataset", "n", "seeds",
+               "clean", "clean_ci_low", "clean_ci_high",
+               "worst_case", "worst_case_ci_low", "worst_case_ci_high", "worst_case_eps",
+               "corruption_mean", "corruption_ci_low", "corruption_ci_high",
+               *attack_cols, *wc_cols, "flags"]
+    def order(r: dict) -> tuple:
+        m = r[rank_by]
+        has = m is not None and not math.isnan(m)
+        lam = r["lam"]
+        return (not has, -m if has else 0.0, _natural(r["model"]), lam is None, lam if lam is not None else 0.0)
+
+    ordered = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        group = sorted((r for r in rows if r["dataset"] == dataset), key=order)
+        for r in group:
+            m = r[rank_by]
+            # rank = 1 + number of rows strictly better ("min" ranking: ties share a rank)
+            r["rank"] = (None if m is None or math.isnan(m)
+                         else 1 + sum(1 for o in group if not math.isnan(o[rank_by]) and o[rank_by] > m))
+        ordered.extend(group)
+    board = pd.DataFrame(ordered, columns=columns)
+    board["rank"] = board["rank"].astype("Int64")
+    board["n"] = board["n"].astype("int64")
+    board["lam"] = board["lam"].astype("float64")
+    for col in columns:
+        if board[col].dtype.kind == "f":
+            board[col] = board[col].round(_DIGITS)
+    for col in ("model", "scheme", "dataset", "seeds", "worst_case_eps", "flags"):
+        board[col] = board[col].astype("string")
+    return board[columns].reset_index(drop=True)
+
+
+def _first(s: pd.Series):
+    vals = [v for v in s if _none(v) is not None]
+    return vals[0] if vals else pd.NA
+
+
+def read_tables(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Read and concatenate result tables (each checked by :func:`robench.results.read_table`)."""
+    from robench.results import read_table
+
+    frames = [read_table(p) for p in paths]
+    if not frames:
+        raise BadInput("give at least one results table")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _atomic(out: str | os.PathLike, write) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=out.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def write_csv(board: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Write the leaderboard CSV atomically (temp file + os.replace)."""
+    return _atomic(out, lambda tmp: board.to_csv(tmp, index=False))
+
+
+def write_text(text: str, out: str | os.PathLike) -> Path:
+    return _atomic(out, lambda tmp: Path(tmp).write_text(text))
+
+
+def to_markdown(board: pd.DataFrame) -> str:
+    """A readable Markdown table: accuracies in percent with one decimal, CIs folded into brackets."""
+    show = ["rank", "model", "lam", "dataset", "n", "clean", "worst_case", "corruption_mean",
+            *[c for c in board.columns if "@" in c], "flags"]
+    ci = {"clean": ("clean_ci_low", "clean_ci_high"), "worst_case": ("worst_case_ci_low", "worst_case_ci_high"),
+          "corruption_mean": ("corruption_ci_low", "corruption_ci_high")}
+    header = [("worst_case" + (f" @{board['worst_case_eps'].iloc[0]}" if len(board) and board["worst_case_eps"].iloc[0]
+                               else "")) if c == "worst_case" else c for c in show]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in show) + "|"]
+    for _, r in board.iterrows():
+        cells = []
+        for c in show:
+            v = r[c]
+            if c == "lam":
+                cells.append("learned/–" if pd.isna(v) else f"{v:g}")
+            elif c in ("rank", "n"):
+                cells.append("" if pd.isna(v) else str(int(v)))
+            elif c in ("model", "dataset", "flags"):
+                cells.append("" if pd.isna(v) else str(v))
+            elif pd.isna(v):
+                cells.append("–")
+            elif c in ci:
+                lo, hi = r[ci[c][0]], r[ci[c][1]]
+                cells.append(f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
+            else:
+                cells.append(f"{100 * v:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

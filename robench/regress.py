@@ -1,0 +1,173 @@
+"""Regression of robustness numbers: does a new results table do significantly worse than a baseline?
+
+Cells are matched on :data:`robench.results.KEY` (model, λ, dataset, kind, perturbation, backend,
+ε, severity, seed, n). For every matched cell the decision is one-sided (only "worse" counts) at
+α = 0.01:
+
+- **exact McNemar** when both rows carry per-example flags for the same data (equal
+  ``data_sha256`` and n): with b = examples right in the baseline and wrong now, c = the reverse,
+  p = P(Binomial(b + c, ½) ≥ b) (``scipy.stats.binomtest(b, b + c, 0.5, alternative="greater")``).
+  Pairing the same images removes the between-sample noise, so small real drops are caught.
+- **two-proportion z-test** otherwise (pooled proportion, p = Φ̄(z) with z = (p₀ − p₁)/se).
+
+A cell regresses when p < α. Identical counts never regress. Cells only in the baseline are
+listed as *missing*, cells only in the new table as *new*; neither fails the check. A baseline
+with no cell in common with the results is bad input (exit 2), as is a table holding the same
+cell twice.
+
+Refreshing a baseline on purpose (a deliberate change of models, attacks or data): run the
+evaluation that CI runs, inspect ``robench regress --baseline OLD NEW`` by hand, then replace the
+baseline file with the new table (``cp NEW.parquet baselines/<name>.parquet`` — or write it with
+``robench results merge`` / ``robench eval -o``) and commit it with a message saying why the numbers
+moved. Never refresh a baseline to silence a regression you cannot explain.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from robench.errors import BadInput
+from robench.results import KEY, unpack_flags
+
+ALPHA = 0.01
+
+
+def _none(v):
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, (float, np.floating)) and math.isnan(v):
+        return None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return round(float(v), 10)  # ε = 8/255 read back from CSV must match the parquet value
+    return v
+
+
+def _keys(df: pd.DataFrame, label: str) -> list[tuple]:
+    keys = [tuple(_none(v) for v in t) for t in zip(*(df[c] for c in KEY))]
+    seen, dups = set(), []
+    for k in keys:
+        if k in seen:
+            dups.append(k)
+        seen.add(k)
+    if dups:
+        raise BadInput(f"the {label} table holds the same cell more than once ({describe(dups[0])}); "
+                       "merge it without duplicates first")
+    return keys
+
+
+def describe(key: tuple) -> str:
+    """Human spelling of a cell key: ``inresnet20 λ=0.5 attack pgd/art ε=8/255 seed=0 n=1000 (samples)``."""
+    k = dict(zip(KEY, key))
+    parts = [str(k["model"]), "λ=learned/–" if k["lam"] is None else f"λ={k['lam']:g}", str(k["kind"])]
+    if k["kind"] != "clean":
+        parts.append(str(k["perturbation"]) + (f"/{k['backend']}" if k["backend"] not in (None, "", "-") else ""))
+    if k["eps"] is not None:
+        from robench.leaderboard import format_eps
+
+        parts.append(f"ε={format_eps(k['eps'])}")
+    if k["severity"] is not None:
+        parts.append(f"severity={k['severity']}")
+    parts += [f"seed={k['seed']}", f"n={k['n']}", f"({k['dataset']})"]
+    return " ".join(parts)
+
+
+def _flags(row: pd.Series) -> np.ndarray | None:
+    v = row.get("flags")
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or str(v) == "":
+        return None
+    try:
+        f = unpack_flags(str(v), int(row["n"]))
+    except ValueError:
+        return None
+    return f if len(f) == int(row["n"]) and int(f.sum()) == int(row["correct"]) else None
+
+
+def compare_cell(base: pd.Series, new: pd.Series, *, alpha: float = ALPHA) -> dict:
+    """Test one matched cell; returns test name, p-value, discordant counts and whether it regressed."""
+    n0, n1 = int(base["n"]), int(new["n"])
+    c0, c1 = int(base["correct"]), int(new["correct"])
+    f0, f1 = _flags(base), _flags(new)
+    same_data = (f0 is not None and f1 is not None and n0 == n1 and not pd.isna(base.get("data_sha256"))
+                 and base.get("data_sha256") == new.get("data_sha256"))
+    if same_data:
+        worse = int(np.sum(f0 & ~f1))
+        better = int(np.sum(~f0 & f1))
+        p = 1.0 if worse == 0 else float(stats.binomtest(worse, worse + better, 0.5, alternative="greater").pvalue)
+        test = "mcnemar"
+    else:
+        worse = better = None
+        p0, p1 = c0 / n0, c1 / n1
+        pooled = (c0 + c1) / (n0 + n1)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / n0 + 1 / n1))
+        p = 1.0 if se == 0 or p1 >= p0 else float(stats.norm.sf((p0 - p1) / se))
+        test = "z"
+    return {"test": test, "p_value": p, "worse": worse, "better": better, "regressed": p < alpha}
+
+
+@dataclasses.dataclass
+class Report:
+    """Outcome of :func:`regress`: the matched cells with their tests, and unmatched keys."""
+
+    diff: pd.DataFrame  # one row per matched cell
+    missing: list[tuple]  # keys only in the baseline
+    new: list[tuple]  # keys only in the results
+    alpha: float
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.diff[self.diff["status"] == "REGRESSION"]
+
+    @property
+    def ok(self) -> bool:
+        return self.regressions.empty
+
+
+def regress(baseline: pd.DataFrame, results: pd.DataFrame, *, alpha: float = ALPHA) -> Report:
+    """Match cells by key and test each for a significant drop; see the module docstring."""
+    if not 0.0 < alpha < 1.0:
+        raise BadInput(f"alpha must be in (0, 1), got {alpha}")
+    bkeys, rkeys = _keys(baseline, "baseline"), _keys(results, "results")
+    bidx = {k: i for i, k in enumerate(bkeys)}
+    ridx = {k: i for i, k in enumerate(rkeys)}
+    common = [k for k in bkeys if k in ridx]
+    if not common:
+        raise BadInput(f"the baseline has no cell in common with the results ({len(bkeys)} baseline cells, "
+                       f"{len(rkeys)} result cells; cells match on {', '.join(KEY)})")
+    rows = []
+    for k in common:
+        b, r = baseline.iloc[bidx[k]], results.iloc[ridx[k]]
+        t = compare_cell(b, r, alpha=alpha)
+        acc0, acc1 = int(b["correct"]) / int(b["n"]), int(r["correct"]) / int(r["n"])
+        status = "REGRESSION" if t["regressed"] else ("better" if acc1 > acc0 else ("worse" if acc1 < acc0 else "same"))
+        rows.append({**dict(zip(KEY, k)), "cell": describe(k), "baseline": acc0, "result": acc1,
+                     "delta": acc1 - acc0, "test": t["test"], "p_value": t["p_value"], "worse": t["worse"],
+                     "better": t["better"], "status": status})
+    diff = pd.DataFrame(rows)
+    return Report(diff=diff, missing=[k for k in bkeys if k not in ridx], new=[k for k in rkeys if k not in bidx],
+                  alpha=alpha)
+
+
+def format_report(rep: Report, *, show_all: bool = True) -> str:
+    """The diff table and the unmatched cells as text."""
+    d = rep.diff if show_all else rep.diff[rep.diff["status"] != "same"]
+    lines = []
+    if not d.empty:
+        w = max(len(c) for c in d["cell"])
+        lines.append(f"{'cell':<{w}}  baseline  result   delta   test     p-value  status")
+        for _, r in d.iterrows():
+            lines.append(f"{r['cell']:<{w}}  {100 * r['baseline']:7.2f}%  {100 * r['result']:6.2f}%  "
+                         f"{100 * r['delta']:+6.2f}  {r['test']:<7}  {r['p_value']:7.2g}  {r['status']}")
+    for label, keys in (("missing (only in the baseline)", rep.missing), ("new (only in the results)", rep.new)):
+        if keys:
+            lines.append(f"{label}: {len(keys)}")
+            lines += [f"  {describe(k)}" for k in keys]
+    n_reg = len(rep.regressions)
+    lines.append(f"{len(rep.diff)} matched cells, {n_reg} significant regression{'s' if n_reg != 1 else ''} "
+                 f"(one-sided, α={rep.alpha:g}), {len(rep.missing)} missing, {len(rep.new)} new")
+    return "\n".join(lines)

@@ -1,0 +1,236 @@
+"""The evaluation engine: tidy table, flags, worst case, first-n, determinism, corruptions, files."""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import model_zoo
+import robench
+from engine_helpers import expected_clean_flags, save_fitted
+from robench.corruptions import corrupt
+from robench.data import load_samples
+from robench.engine import Cell, batch_seed, plan_cells, row_key, worst_case_records
+from robench.errors import BadInput
+from robench.results import SCHEMA, read_table, unpack_flags, wilson, write_table
+
+EPS = 4 / 255
+FAST = {"pgd": {"steps": 2}}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One zoo for the module: a fitted ResNet-20, In-ResNet-20 with learned λ and with λ=0.5."""
+    path = tmp_path_factory.mktemp("robench_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBENCH_HOME", str(path))
+        save_fitted("resnet20")
+        save_fitted("inresnet20")
+        save_fitted("inresnet20", lam=0.5)
+    return path
+
+
+@pytest.fixture
+def zoo(home, monkeypatch):
+    monkeypatch.setenv("ROBENCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="module")
+def table(home):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBENCH_HOME", str(home))
+        mp.setenv("ROBENCH_PROGRESS", "0")
+        return robench.evaluate(models=["resnet20", "inresnet20"], lams=[None, 0.5], attacks=["fgsm", "pgd"],
+                                eps=[EPS], corruptions=["gaussian_noise"], severities=[3], n=10, batch_size=4,
+                                attack_params=FAST)
+
+
+def _flags(row) -> np.ndarray:
+    return unpack_flags(row["flags"], int(row["n"]))
+
+
+def test_schema_and_dtypes_exact(table):
+    assert list(table.columns) == list(SCHEMA)
+    assert {c: str(t) for c, t in table.dtypes.items()} == SCHEMA
+    # per (model, λ): clean + 2 attacks + worst case + 1 corruption; λ=0.5 only for the damped model
+    assert len(table) == 3 * 5
+    assert sorted(table["kind"].value_counts().items()) == [("attack", 6), ("clean", 3), ("corruption", 3),
+                                                            ("worst_case", 3)]
+    assert (table["n"] == 10).all() and (table["dataset"] == "samples").all()
+
+
+def test_counts_and_wilson_ci(table):
+    for _, r in table.iterrows():
+        flags = _flags(r)
+        assert r["correct"] == flags.sum()
+        assert r["accuracy"] == r["correct"] / r["n"]
+        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx(wilson(int(r["correct"]), int(r["n"])))
+
+
+def test_clean_flags_are_the_known_predictions(table):
+    for _, r in table[table["kind"] == "clean"].iterrows():
+        np.testing.assert_array_equal(_flags(r), expected_clean_flags(10))
+        assert r["accuracy"] == 0.5
+
+
+def test_columns_per_kind_and_provenance(table, home, monkeypatch):
+    monkeypatch.setenv("ROBENCH_HOME", str(home))
+    lam = {(r["model"], r["lam"] if not math.isnan(r["lam"]) else "nan") for _, r in table.iterrows()}
+    assert lam == {("resnet20", 0.0), ("inresnet20", "nan"), ("inresnet20", 0.5)}
+    attacks = table[table["kind"] == "attack"]
+    assert set(attacks["backend"]) == {"art"} and set(attacks["norm"]) == {"linf"}
+    assert (attacks["eps"] == EPS).all()
+    assert dict(zip(attacks["perturbation"], attacks["steps"])) == {"fgsm": 1, "pgd": 2}
+    clean = table[table["kind"] == "clean"]
+    assert clean["backend"].isna().all() and clean["eps"].isna().all() and clean["severity"].isna().all()
+    corr = table[table["kind"] == "corruption"]
+    assert (corr["perturbation"] == "gaussian_noise").all() and (corr["severity"] == 3).all()
+    assert (table["data_sha256"] == load_samples().sha256).all()
+    for name, lam_v, lam_col in [("resnet20", None, 0.0), ("inresnet20", 0.5, 0.5)]:
+        rows = table[(table["model"] == name) & (table["lam"] == lam_col)]
+        assert len(rows) == 5 and (rows["weights_sha256"] == model_zoo.load_card(name, lam=lam_v).weights_sha256).all()
+    row = table.iloc[0]
+    assert row["git_sha"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}", row["git_sha"])
+    assert row["torch_version"] == torch.__version__ and row["robench_version"] == robench.__version__
+    assert row["device"] == "cpu" and (table["seconds"] > 0).all()
+
+
+def test_worst_case_is_and_of_clean_and_attack_flags(table):
+    worst = table[table["kind"] == "worst_case"]
+    assert len(worst) == 3
+    for _, w in worst.iterrows():
+        same = table[(table["model"] == w["model"]) & (table["lam"].fillna(-1) == (-1 if math.isnan(w["lam"]) else w["lam"]))]
+        members = same[(same["kind"] == "clean") | ((same["kind"] == "attack") & (same["eps"] == w["eps"]))]
+        assert sorted(members["kind"]) == ["attack", "attack", "clean"]
+        expected = np.logical_and.reduce([_flags(r) for _, r in members.iterrows()])
+        np.testing.assert_array_equal(_flags(w), expected)
+        assert w["correct"] == expected.sum() <= members["correct"].min()
+        assert w["norm"] == "linf" and pd.isna(w["backend"])
+
+
+def test_worst_case_records_recomputes_from_records_alone(table):
+    cells = table[table["kind"] != "worst_case"].to_dict("records")
+    again = pd.DataFrame(worst_case_records(cells))
+    mine = table[table["kind"] == "worst_case"]
+    assert sorted(again["flags"]) == sorted(mine["flags"])
+    assert sorted(again["correct"]) == sorted(mine["correct"])
+
+
+def test_rows_match_the_planned_cells(table):
+    cells = plan_cells(models=["resnet20", "inresnet20"], lams=[None, 0.5], attacks=["fgsm", "pgd"], eps=[EPS],
+                       corruptions=["gaussian_noise"], severities=[3], n=10, dataset="samples", attack_params=FAST)
+    rows = {row_key(r) for _, r in table[table["kind"] != "worst_case"].iterrows()}
+    assert rows == {c.table_key() for c in cells}
+    assert len({c.cell_id() for c in cells}) == len(cells)
+    pgd = next(c for c in cells if c.perturbation == "pgd")
+    assert pgd.key()[-1] == (("steps", 2),)  # overrides are part of the identity
+
+
+def test_cell_key_is_stable_and_normalised():
+    a = Cell(model="inresnet20", lam=1, kind="attack", perturbation="pgd", backend="art", eps=8 / 255, severity=None,
+             seed=0, n=20, dataset="samples", params={"steps": 3, "random_start": False})
+    b = Cell(model="inresnet20", lam=1.0, kind="attack", perturbation="pgd", backend="art", eps=8 / 255,
+             severity=None, seed=0, n=20, dataset="samples", params=(("random_start", False), ("steps", 3)))
+    assert a == b and a.key() == b.key() and a.cell_id() == b.cell_id() and re.fullmatch(r"[0-9a-f]{16}", a.cell_id())
+    assert a.cell_id() != Cell(**{**a.__dict__, "seed": 1}).cell_id()
+    assert batch_seed(0, 0) == batch_seed(0, 0) != batch_seed(0, 1) != batch_seed(1, 1)
+
+
+def test_plan_applies_lambda_only_where_it_exists_and_validates():
+    cells = plan_cells(models=["resnet20", "lmresnet20", "inresnet20"], lams=[None, 0.25], n=5, dataset="samples")
+    assert [(c.model, c.lam) for c in cells] == [("resnet20", None), ("lmresnet20", None), ("inresnet20", None),
+                                                 ("inresnet20", 0.25)]
+    for kwargs, words in [
+        (dict(models=["resnet20"], lams=[0.5]), "does not apply"),
+        (dict(models=["inresnet20"], lams=[1.5]), "[0, 1]"),
+        (dict(models=["nosuchnet"]), "valid choices"),
+        (dict(models=["resnet20"], attacks=["nosuch"]), "valid choices"),
+        (dict(models=["resnet20"], attacks=["fgsm"], eps=[-1.0]), "ε"),
+        (dict(models=["resnet20"], attacks=["apgd_ce"], backend="foolbox"), "valid choices"),
+        (dict(models=["resnet20"], corruptions=["gaussian_noise"], severities=[6]), "severity"),
+        (dict(models=["resnet20"], corruptions=["frost"]), "corruption-dir"),
+    ]:
+        with pytest.raises(BadInput, match=re.escape(words)):
+            plan_cells(n=5, dataset="samples", **kwargs)
+
+
+def test_n_takes_the_first_images(zoo):
+    small = robench.evaluate(models=["resnet20"], n=5, progress=False)
+    big = robench.evaluate(models=["resnet20"], n=10, progress=False)
+    assert small["n"].tolist() == [5] and big["n"].tolist() == [10]
+    np.testing.assert_array_equal(_flags(small.iloc[0]), _flags(big.iloc[0])[:5])
+    np.testing.assert_array_equal(_flags(big.iloc[0]), expected_clean_flags(10))
+
+
+def test_same_seed_same_table_and_the_seed_matters():
+    # a model on the edge for this budget: which examples survive depends on PGD's random start
+    save_fitted("resnet20", margin=3.0)
+    kw = dict(models=["resnet20"], attacks=["pgd"], eps=[EPS], corruptions=["shot_noise"], severities=[3], n=20,
+              batch_size=8, attack_params={"pgd": {"steps": 1, "step_size": 0.5 / 255}}, progress=False)
+    a, b, other = robench.evaluate(**kw), robench.evaluate(**kw), robench.evaluate(seeds=[1], **kw)
+    timing = ["seconds", "timestamp"]
+    pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing))
+    assert (other["seed"] == 1).all()
+    changed = a["flags"] != other["flags"]
+    assert not changed[a["kind"] == "clean"].any() and changed[a["kind"] == "attack"].all()
+
+
+def test_corruption_is_independent_of_batch_size_and_applied_to_the_whole_set():
+    # a model whose predictions flip under tiny input changes, so two noise draws give different flags
+    save_fitted("resnet20", margin=0.1)
+    kw = dict(models=["resnet20"], corruptions=["shot_noise", "contrast"], severities=[3], n=20, progress=False)
+    whole, batched = robench.evaluate(batch_size=20, **kw), robench.evaluate(batch_size=3, **kw)
+    for df in (whole, batched):
+        assert list(df["kind"]) == ["clean", "corruption", "corruption"]
+    assert whole["flags"].tolist() == batched["flags"].tolist()
+    # the flags are those of the first-20 set corrupted at once with the cell's seed …
+    model = model_zoo.load("resnet20")
+    x, y = load_samples().as_float()
+    with torch.no_grad():
+        for name in ("shot_noise", "contrast"):
+            pred = model(corrupt(name, x, 3, seed=0)).argmax(1) == y
+            np.testing.assert_array_equal(_flags(whole[whole["perturbation"] == name].iloc[0]), pred.numpy())
+        # … which differ from corrupting batch by batch (else this test could not tell the two apart)
+        per_batch = torch.cat([model(corrupt("shot_noise", x[i:i + 3], 3, seed=0)).argmax(1) for i in range(0, 20, 3)])
+        assert not np.array_equal((per_batch == y).numpy(), _flags(whole.iloc[1]))
+
+
+def test_write_and_read_back(table, tmp_path):
+    # an all-digit flags string ("00…") must survive CSV as a string
+    df = table.copy()
+    df.loc[df.index[1], "flags"] = "0000"
+    paths = write_table(df, tmp_path / "out" / "eval")
+    assert sorted(p.name for p in paths) == ["eval.csv", "eval.parquet"]
+    for p in paths:
+        back = read_table(p)
+        pd.testing.assert_frame_equal(back, df, check_exact=True)
+
+
+def test_missing_weights_fail_before_anything_runs(zoo):
+    with pytest.raises(BadInput, match="no trained weights for inresnet20__lam0.25"):
+        robench.evaluate(models=["resnet20", "inresnet20"], lams=[0.25], attacks=["fgsm"], n=4, progress=False)
+
+
+def test_real_cifar10c_files_are_read_when_given(zoo, tmp_path):
+    # a miniature CIFAR-10-C: 5 severities × 4 images; severity s holds samples s-1 … s+2
+    samples = load_samples()
+    imgs = np.concatenate([samples.images[s:s + 4].numpy() for s in range(5)]).transpose(0, 2, 3, 1)
+    labels = np.concatenate([samples.labels[s:s + 4].numpy() for s in range(5)])
+    np.save(tmp_path / "fog.npy", np.ascontiguousarray(imgs))
+    np.save(tmp_path / "labels.npy", labels)
+    df = robench.evaluate(models=["resnet20"], corruptions=["fog"], severities=[1, 2], n=4, corruption_dir=tmp_path,
+                          progress=False)
+    corr = df[df["kind"] == "corruption"]
+    assert corr["dataset"].tolist() == ["cifar10c", "cifar10c"] and corr["severity"].tolist() == [1, 2]
+    # the fitted model is right on even sample indices only
+    np.testing.assert_array_equal(_flags(corr.iloc[0]), [True, False, True, False])
+    np.testing.assert_array_equal(_flags(corr.iloc[1]), [False, True, False, True])
+    assert corr["data_sha256"].iloc[0] != df["data_sha256"].iloc[0]
+    with pytest.raises(BadInput, match="larger than CIFAR-10-C"):
+        robench.evaluate(models=["resnet20"], corruptions=["fog"], n=5, corruption_dir=tmp_path, progress=False)

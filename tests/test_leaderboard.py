@@ -1,0 +1,119 @@
+"""The leaderboard of a hand-made table equals a hand-computed CSV."""
+import math
+
+import pandas as pd
+import pytest
+
+from robench.errors import BadInput
+from robench.leaderboard import format_eps, leaderboard
+from robench.results import to_frame, wilson, write_table
+
+E8, E2 = 8 / 255, 2 / 255
+
+
+def rec(model, lam, kind, pert, correct, *, n=20, eps=None, sev=None, seed=0, backend=None, scheme="damped"):
+    lo, hi = wilson(correct, n)
+    return dict(model=model, scheme=scheme, lam=lam, dataset="samples", n=n, kind=kind, perturbation=pert,
+                backend=backend, eps=eps, severity=sev, seed=seed, correct=correct, accuracy=correct / n,
+                ci_low=lo, ci_high=hi, data_sha256="d" * 64, weights_sha256=f"{model}{lam}")
+
+
+def hand_table():
+    nan = math.nan
+    r = dict(scheme="euler")
+    return to_frame([
+        rec("resnet20", 0.0, "clean", "none", 15, **r),
+        rec("resnet20", 0.0, "attack", "fgsm", 9, eps=E2, backend="art", **r),
+        rec("resnet20", 0.0, "attack", "fgsm", 4, eps=E8, backend="art", **r),
+        rec("resnet20", 0.0, "attack", "pgd", 2, eps=E8, backend="art", **r),
+        rec("resnet20", 0.0, "worst_case", "worst_case", 9, eps=E2, **r),
+        rec("resnet20", 0.0, "worst_case", "worst_case", 2, eps=E8, **r),
+        rec("resnet20", 0.0, "corruption", "gaussian_noise", 12, sev=1, **r),
+        rec("resnet20", 0.0, "corruption", "gaussian_noise", 10, sev=2, **r),
+        rec("inresnet20", 0.5, "clean", "none", 14),
+        rec("inresnet20", 0.5, "attack", "fgsm", 6, eps=E8, backend="art"),
+        rec("inresnet20", 0.5, "attack", "pgd", 5, eps=E8, backend="art"),
+        rec("inresnet20", 0.5, "worst_case", "worst_case", 4, eps=E8),
+        rec("inresnet20", 0.5, "corruption", "gaussian_noise", 13, sev=1),
+        rec("inresnet20", 0.5, "corruption", "gaussian_noise", 11, sev=2),
+        # learned λ: FGSM above clean and a worst case above PGD are both impossible → flagged
+        rec("inresnet20", nan, "clean", "none", 10),
+        rec("inresnet20", nan, "attack", "fgsm", 12, eps=E8, backend="art"),
+        rec("inresnet20", nan, "attack", "pgd", 3, eps=E8, backend="art"),
+        rec("inresnet20", nan, "worst_case", "worst_case", 4, eps=E8),
+        # no clean row, cells on different n and seeds
+        rec("lmresnet20", nan, "attack", "fgsm", 5, eps=E8, backend="art", scheme="lm"),
+        rec("lmresnet20", nan, "attack", "pgd", 1, n=10, seed=1, eps=E8, backend="art", scheme="lm"),
+    ])
+
+
+# Computed by hand: accuracies are correct/n; CIs are Wilson 95% (e.g. 14/20 → [0.481027, 0.854523]);
+# corruption_mean is the mean over (corruption, severity) cells with the CI of the pooled counts
+# (resnet20: (12+10)/40); worst_case is taken at the largest ε (8/255); ties share the rank.
+EXPECTED = """\
+rank,model,scheme,lam,dataset,n,seeds,clean,clean_ci_low,clean_ci_high,worst_case,worst_case_ci_low,worst_case_ci_high,worst_case_eps,corruption_mean,corruption_ci_low,corruption_ci_high,fgsm@2/255,fgsm@8/255,pgd@8/255,worst_case@2/255,worst_case@8/255,flags
+1,inresnet20,damped,0.5,samples,20,0,0.7,0.481027,0.854523,0.2,0.080658,0.416017,8/255,0.6,0.445959,0.736517,,0.3,0.25,,0.2,
+1,inresnet20,damped,,samples,20,0,0.5,0.299298,0.700702,0.2,0.080658,0.416017,8/255,,,,,0.6,0.15,,0.2,robust_gt_clean;worst_gt_attack
+3,resnet20,euler,0.0,samples,20,0,0.75,0.531299,0.888138,0.1,0.027866,0.301034,8/255,0.55,0.398291,0.692947,0.45,0.2,0.1,0.45,0.1,
+,lmresnet20,lm,,samples,10,0;1,,,,,,,8/255,,,,,0.25,0.1,,,missing_clean;mixed_n;mixed_seeds
+"""
+
+
+def test_leaderboard_equals_hand_computed_csv():
+    assert leaderboard(hand_table()).to_csv(index=False) == EXPECTED
+
+
+def test_rank_by_clean_and_order_independence():
+    df = hand_table()
+    board = leaderboard(df.sample(frac=1.0, random_state=3), rank_by="clean")
+    assert list(zip(board["model"], board["lam"].fillna(-1), board["rank"].fillna(0))) == [
+        ("resnet20", 0.0, 1), ("inresnet20", 0.5, 2), ("inresnet20", -1, 3), ("lmresnet20", -1, 0)]
+    # the default ranking does not depend on the order of the input rows
+    assert leaderboard(df.iloc[::-1]).to_csv(index=False) == EXPECTED
+
+
+def test_invalid_rank_by_lists_the_metrics():
+    with pytest.raises(BadInput, match=r"unknown --rank-by metric 'robust'; valid choices: clean, worst_case, "
+                                       r"corruption_mean, fgsm@2/255, fgsm@8/255, pgd@8/255"):
+        leaderboard(hand_table(), rank_by="robust")
+
+
+def test_backend_joins_the_column_name_only_when_an_attack_has_several():
+    df = to_frame([rec("resnet20", 0.0, "clean", "none", 15, scheme="euler"),
+                   rec("resnet20", 0.0, "attack", "pgd", 3, eps=E8, backend="art", scheme="euler"),
+                   rec("resnet20", 0.0, "attack", "pgd", 4, eps=E8, backend="foolbox", scheme="euler"),
+                   rec("resnet20", 0.0, "attack", "fgsm", 5, eps=0.03, backend="art", scheme="euler")])
+    board = leaderboard(df)
+    assert [c for c in board.columns if "@" in c] == ["fgsm@0.03", "pgd:art@8/255", "pgd:foolbox@8/255"]
+    assert board["flags"].iloc[0] == "" and board["rank"].iloc[0] == 1  # ranked by clean: no worst-case rows
+    assert format_eps(8 / 255) == "8/255" and format_eps(0.0) == "0/255"
+
+
+def test_duplicate_cells_and_mixed_weights_are_flagged():
+    df = hand_table()
+    dup = df[(df["model"] == "resnet20") & (df["kind"] == "clean")].copy()
+    dup["weights_sha256"] = "other"
+    board = leaderboard(pd.concat([df, dup], ignore_index=True))
+    flags = board.loc[board["model"] == "resnet20", "flags"].iloc[0]
+    assert flags == "duplicate_cells"  # the duplicate is dropped (first kept), so weights stay unmixed
+    df.loc[df["model"] == "resnet20", "weights_sha256"] = ["a", "b"] + ["a"] * 6
+    board = leaderboard(df)
+    assert board.loc[board["model"] == "resnet20", "flags"].iloc[0] == "mixed_weights"
+
+
+def test_cli_writes_csv_and_markdown(tmp_path, capsys):
+    from robench.cli import main
+
+    write_table(hand_table(), tmp_path / "t")
+    out, md = tmp_path / "lb" / "leaderboard.csv", tmp_path / "lb.md"
+    with pytest.raises(SystemExit) as e:
+        main(["leaderboard", str(tmp_path / "t.parquet"), "-o", str(out), "--markdown", str(md)])
+    assert e.value.code == 0
+    assert out.read_text() == EXPECTED
+    text = md.read_text()
+    assert "| 1 | inresnet20 | 0.5 | samples | 20 | 70.0 [48.1, 85.5] | 20.0 [8.1, 41.6] |" in text
+    # the CSV copy of the same table gives the same leaderboard
+    with pytest.raises(SystemExit) as e:
+        main(["leaderboard", str(tmp_path / "t.csv"), "-o", str(tmp_path / "from_csv.csv")])
+    assert e.value.code == 0
+    assert (tmp_path / "from_csv.csv").read_text() == EXPECTED

@@ -1,0 +1,116 @@
+"""Regression of robustness numbers: identical passes, a significant drop fails and names the cell,
+noise-level changes pass; paired (McNemar) where per-example flags allow it."""
+import numpy as np
+import pytest
+
+from robench.errors import BadInput
+from robench.regress import regress
+from robench.results import pack_flags, to_frame, wilson, write_table
+
+E8 = 8 / 255
+
+
+def rec(model, lam, kind, pert, flags, *, eps=None, sev=None, backend=None, scheme="damped", with_flags=True):
+    flags = np.asarray(flags, dtype=bool)
+    n, correct = len(flags), int(flags.sum())
+    lo, hi = wilson(correct, n)
+    return dict(model=model, scheme=scheme, lam=lam, dataset="samples", n=n, kind=kind, perturbation=pert,
+                backend=backend, eps=eps, severity=sev, seed=0, correct=correct, accuracy=correct / n, ci_low=lo,
+                ci_high=hi, data_sha256="d" * 64, weights_sha256="w" * 64,
+                flags=pack_flags(flags) if with_flags else None)
+
+
+def bits(n, correct, offset=0):
+    f = np.zeros(n, dtype=bool)
+    f[offset:offset + correct] = True
+    return f
+
+
+def table(resnet_clean=bits(200, 150), with_flags=True):
+    kw = dict(with_flags=with_flags)
+    return to_frame([
+        rec("resnet20", 0.0, "clean", "none", resnet_clean, scheme="euler", **kw),
+        rec("resnet20", 0.0, "attack", "pgd", bits(200, 40), eps=E8, backend="art", scheme="euler", **kw),
+        rec("inresnet20", 0.5, "clean", "none", bits(200, 140), **kw),
+        rec("inresnet20", 0.5, "attack", "pgd", bits(200, 60), eps=E8, backend="art", **kw),
+        rec("inresnet20", 0.5, "corruption", "gaussian_noise", bits(200, 120), sev=3, **kw),
+    ])
+
+
+def run_cli(tmp_path, base, new, capsys):
+    from robench.cli import main
+
+    write_table(base, tmp_path / "base")
+    write_table(new, tmp_path / "new")
+    with pytest.raises(SystemExit) as e:
+        main(["regress", "--baseline", str(tmp_path / "base.parquet"), str(tmp_path / "new.csv")])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_identical_tables_pass(tmp_path, capsys):
+    code, out, err = run_cli(tmp_path, table(), table(), capsys)
+    assert code == 0, err
+    assert "5 matched cells, 0 significant regressions" in out and "REGRESSION" not in out
+
+
+def test_significant_drop_fails_and_names_the_cell(tmp_path, capsys):
+    code, out, err = run_cli(tmp_path, table(), table(resnet_clean=bits(200, 100)), capsys)
+    assert code == 1
+    assert "regression: resnet20 λ=0 clean seed=0 n=200 (samples)" in err
+    line = next(l for l in out.splitlines() if "REGRESSION" in l)
+    assert "resnet20 λ=0 clean" in line and "75.00%" in line and "50.00%" in line and "mcnemar" in line
+    assert "1 significant regression " in out
+
+
+def test_noise_level_change_passes(tmp_path, capsys):
+    # 150 → 147 of 200 right, three examples flipped: p = 1/8 for McNemar, ≈0.33 for the z-test
+    noisy = bits(200, 150)
+    noisy[[3, 50, 99]] = False
+    code, out, err = run_cli(tmp_path, table(), table(resnet_clean=noisy), capsys)
+    assert code == 0, err
+    assert "worse" in out and "REGRESSION" not in out
+
+
+def test_paired_test_sees_what_unpaired_cannot():
+    # 150 → 140: ten examples lost, none gained. McNemar: p = 2^-10 ≈ 0.001; two-proportion z: p ≈ 0.13
+    drop = bits(200, 140)
+    rep = regress(table(), table(resnet_clean=drop))
+    cell = rep.diff[(rep.diff["model"] == "resnet20") & (rep.diff["kind"] == "clean")].iloc[0]
+    assert cell["test"] == "mcnemar" and cell["worse"] == 10 and cell["better"] == 0
+    assert cell["p_value"] == pytest.approx(2 ** -10) and not rep.ok
+    rep = regress(table(with_flags=False), table(resnet_clean=drop, with_flags=False))
+    cell = rep.diff[(rep.diff["model"] == "resnet20") & (rep.diff["kind"] == "clean")].iloc[0]
+    assert cell["test"] == "z" and cell["p_value"] == pytest.approx(0.1314, abs=1e-3) and rep.ok
+    # same accuracy, but 10 examples swapped each way: no regression
+    swapped = bits(200, 150)
+    swapped[:10] = False
+    swapped[150:160] = True
+    assert regress(table(), table(resnet_clean=swapped)).ok
+    # different data (fingerprint) → the unpaired test, even with flags
+    other = table(resnet_clean=drop)
+    other["data_sha256"] = "e" * 64
+    assert regress(table(), other).diff["test"].eq("z").all()
+
+
+def test_missing_and_new_cells_are_listed(tmp_path, capsys):
+    base = table()
+    new = table().iloc[1:].copy()
+    extra = to_frame([rec("lmresnet20", float("nan"), "clean", "none", bits(200, 150), scheme="lm")])
+    import pandas as pd
+
+    code, out, err = run_cli(tmp_path, base, pd.concat([new, extra], ignore_index=True), capsys)
+    assert code == 0, err
+    assert "missing (only in the baseline): 1\n  resnet20 λ=0 clean seed=0 n=200 (samples)" in out
+    assert "new (only in the results): 1\n  lmresnet20 λ=learned/– clean seed=0 n=200 (samples)" in out
+
+
+def test_no_matching_cells_and_duplicates_are_bad_input(tmp_path, capsys):
+    other = table()
+    other["n"] = 100  # n is part of the key
+    code, out, err = run_cli(tmp_path, table(), other, capsys)
+    assert code == 2 and err.startswith("error: the baseline has no cell in common") and len(err.splitlines()) == 1
+    import pandas as pd
+
+    with pytest.raises(BadInput, match="same cell more than once"):
+        regress(table(), pd.concat([table(), table().iloc[:1]], ignore_index=True))

@@ -1,0 +1,204 @@
+"""Sweeps: kill -9 at several points, resume, and get the table of an uninterrupted run; config
+changes are detected; results merge; the Ray executor."""
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+import model_zoo
+from robench.errors import BadInput
+from robench.results import KEY, read_table
+from robench.sweep import SweepConfig, load_config, merge, plan_sweep, run_sweep
+
+TINY = """
+models = ["resnet20"]
+dataset = "samples"
+n = 4
+attacks = ["fgsm"]
+eps = ["4/255", 0.03137254901960784]
+corruptions = ["gaussian_noise"]
+severities = [1, 2]
+"""
+VOLATILE = ["seconds", "timestamp"]
+
+
+def _save(name, lam=None, seed=0):
+    torch.manual_seed(seed)
+    m = model_zoo.create_model(name, lam=lam)
+    m.train()
+    m(torch.rand(8, 3, 32, 32))  # non-trivial BN statistics so that predictions differ between images
+    return model_zoo.save(m.eval(), model_zoo.user_zoo() / model_zoo.zoo_stem(name, lam))
+
+
+@pytest.fixture
+def zoo():
+    _save("resnet20")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY)
+    return p
+
+
+def _cli(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", "from robench.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def _parts(out):
+    return sorted(p.name for p in (out / "cells").glob("*.json") if not p.name.startswith(".tmp-"))
+
+
+def _stable(df):
+    return df.drop(columns=VOLATILE).reset_index(drop=True)
+
+
+def test_kill9_at_several_points_then_resume_equals_uninterrupted(zoo, tiny, tmp_path):
+    ref = run_sweep(plan_sweep(load_config(tiny), out=tmp_path / "ref"), log=lambda m: None)
+    assert len(ref) == 7  # clean, 2 × fgsm, 2 × gaussian_noise, 2 derived worst-case rows
+    assert sorted(ref["kind"]) == ["attack"] * 2 + ["clean"] + ["corruption"] * 2 + ["worst_case"] * 2
+
+    out = tmp_path / "killed"
+    # 1) killed right after its first part file is in place
+    r = _cli(["sweep", tiny, "--out", out], {"ROBENCH_SWEEP_KILL": "after:1"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert "0 already done, 5 to run" in r.stdout
+    assert len(_parts(out)) == 1 and not (out / "results.parquet").exists()
+    # 2) killed between writing the temp file of its 2nd cell and committing it: a complete temp file stays
+    r = _cli(["sweep", tiny, "--out", out], {"ROBENCH_SWEEP_KILL": "before_replace:2"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert "1 already done, 4 to run" in r.stdout
+    assert len(_parts(out)) == 2
+    assert len(list((out / "cells").glob(".tmp-*"))) == 1
+    assert len(merge(out)) == 2 + 1  # the temp file is ignored (+1 worst case: the fgsm cell has flags)
+    # 3) killed after one more cell
+    r = _cli(["sweep", tiny, "--out", out], {"ROBENCH_SWEEP_KILL": "after:1"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert "2 already done, 3 to run" in r.stdout
+    assert len(_parts(out)) == 3
+    # 4) resume to the end
+    plan = plan_sweep(load_config(tiny), out=out)
+    assert len(plan.done) == 3 and len(plan.pending) == 2
+    df = run_sweep(plan, log=lambda m: None)
+    assert len(_parts(out)) == 5 and not list((out / "cells").glob(".tmp-*"))
+    assert not df.duplicated(list(KEY)).any()
+    pd.testing.assert_frame_equal(_stable(df), _stable(ref))
+    pd.testing.assert_frame_equal(_stable(read_table(out / "results.parquet")), _stable(ref))
+    # 5) a finished sweep reruns nothing
+    r = _cli(["sweep", tiny, "--out", out])
+    assert r.returncode == 0, r.stderr
+    assert "5 already done, 0 to run" in r.stdout
+
+
+def test_dry_run_prints_plan_and_writes_nothing(zoo, tiny, tmp_path):
+    from robench.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(tiny), "--out", str(tmp_path / "dry"), "--dry-run"])
+    assert e.value.code == 0
+    assert not (tmp_path / "dry").exists()
+
+
+def test_changed_config_is_detected_not_mixed(zoo, tiny, tmp_path):
+    out = tmp_path / "s"
+    cfg = load_config(tiny)
+    small = SweepConfig(**{**cfg.__dict__, "attacks": [], "corruptions": []})  # the clean cell only
+    run_sweep(plan_sweep(small, out=out), log=lambda m: None)
+    # extending the grid runs only the new cells
+    plan = plan_sweep(cfg, out=out)
+    assert len(plan.done) == 1 and len(plan.pending) == 4
+    # another n
+    with pytest.raises(BadInput, match="n=4.*n=5"):
+        plan_sweep(SweepConfig(**{**cfg.__dict__, "n": 5}), out=out)
+    # other attack parameters for an already finished cell
+    one_step = SweepConfig(**{**cfg.__dict__, "attacks": ["ifgsm"], "eps": [8 / 255], "corruptions": [],
+                              "attack_params": {"ifgsm": {"steps": 1}}})
+    run_sweep(plan_sweep(one_step, out=out), log=lambda m: None)
+    with pytest.raises(BadInput, match="ifgsm.*other settings.*'steps', 2"):
+        plan_sweep(SweepConfig(**{**one_step.__dict__, "attack_params": {"ifgsm": {"steps": 2}}}), out=out)
+    # a stored cell whose key was tampered with
+    part = next((out / "cells").glob("*.json"))
+    data = json.loads(part.read_text())
+    data["key"] = data["key"].replace("resnet20", "resnet32")
+    part.write_text(json.dumps(data))
+    with pytest.raises(BadInput, match="does not match the plan"):
+        plan_sweep(cfg, out=out)
+    part.write_text("{ torn")
+    with pytest.raises(BadInput, match="unreadable"):
+        plan_sweep(cfg, out=out)
+    part.unlink()
+    # retrained weights (new sha256) for a model the sweep already ran
+    _save("resnet20", seed=1)
+    with pytest.raises(BadInput, match="weights of resnet20 changed"):
+        plan_sweep(cfg, out=out)
+
+
+def test_missing_weights_name_the_training_command(zoo, tmp_path):
+    cfg = SweepConfig(models=["resnet20", "inresnet20"], lams=[0.5, None], n=2, dataset="samples", out=str(tmp_path / "o"))
+    with pytest.raises(BadInput, match=r"inresnet20__lam0.5, inresnet20 .*robench train --model inresnet20 --lam 0.5"):
+        plan_sweep(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_second_sweep_on_a_locked_out_dir_is_refused(zoo, tiny, tmp_path):
+    out = tmp_path / "locked"
+    out.mkdir()
+    with open(out / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(BadInput, match="another sweep is writing"):
+            run_sweep(plan_sweep(load_config(tiny), out=out), log=lambda m: None)
+    assert not (out / "cells").exists() or not _parts(out)
+
+
+def test_results_merge_cli(zoo, tiny, tmp_path):
+    from robench.cli import main
+
+    cfg = load_config(tiny)
+    out = tmp_path / "m"
+    df = run_sweep(plan_sweep(SweepConfig(**{**cfg.__dict__, "corruptions": []}), out=out), log=lambda m: None)
+    with pytest.raises(SystemExit) as e:
+        main(["results", "merge", str(out), "-o", str(tmp_path / "merged")])
+    assert e.value.code == 0
+    merged = read_table(tmp_path / "merged.parquet")
+    pd.testing.assert_frame_equal(merged, df)
+    csv = read_table(tmp_path / "merged.csv")
+    assert list(csv["correct"]) == list(df["correct"])
+
+
+def _ray_or_skip():
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("Ray is not installed (pip install 'robench[ray]')")
+    return ray
+
+
+@pytest.mark.slow
+def test_ray_executor_fills_the_same_store(zoo, tiny, tmp_path):
+    ray = _ray_or_skip()
+    ref = run_sweep(plan_sweep(load_config(tiny), out=tmp_path / "ref"), log=lambda m: None)
+    out = tmp_path / "ray"
+    # one cell done locally first: Ray must skip it and fill in the rest
+    cfg = load_config(tiny)
+    run_sweep(plan_sweep(SweepConfig(**{**cfg.__dict__, "attacks": [], "corruptions": []}), out=out), log=lambda m: None)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.time()
+        plan = plan_sweep(cfg, out=out)
+        assert len(plan.pending) == 4
+        df = run_sweep(plan, executor="ray", log=lambda m: None)
+        print(f"ray sweep: {time.time() - t0:.1f} s")
+    finally:
+        ray.shutdown()
+    assert len(_parts(out)) == 5
+    pd.testing.assert_frame_equal(_stable(df), _stable(ref))
