@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_write:
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        command = " ".join(["python benchmarks/eval_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+        command = shlex.join(["python", "benchmarks/eval_throughput.py", *(argv if argv is not None else sys.argv[1:])])
         section = "\n".join([
             SECTION, "",
             f"PGD-20 L∞ (ε=8/255, step 2/255, random start) on ResNet-20 (untrained weights), n={args.n} "

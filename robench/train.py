@@ -172,7 +172,7 @@ def train(
     dev = torch.device(device)
     run_dir = Path(run_dir)
     config = dict(model=model_name, lam=lam, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=rec.lr,
-                  seed=seed, num_classes=train_set.num_classes, n_train=len(train_set), data_sha256=test_set.sha256)
+                  seed=seed, amp=bool(amp), num_classes=train_set.num_classes, n_train=len(train_set), data_sha256=test_set.sha256)
     if resume and (run_dir / "state.json").exists():
         prev = json.loads((run_dir / "state.json").read_text())["config"]
         if prev != config:

@@ -7,6 +7,7 @@ Backends only translate (model, x, y, ε, hyper-parameters) into a library call.
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +79,33 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+def noise_starting_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          tries: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Misclassified uniform-noise images to start decision-based attacks from, drawn from the
+    (scoped, seeded) numpy RNG so both backends start alike and same seed → same result.
+
+    Returns (starts, found): found[i] is False where x[i] is already misclassified (nothing to do)
+    or no noise image in ``tries`` draws was misclassified (the attack fails there and keeps x).
+    ART's HopSkipJump would otherwise draw from an unseeded ``np.random.RandomState()``, and
+    Foolbox's raises when its own initialisation fails for any input.
+    """
+    starts = x.clone()
+    with torch.no_grad():
+        todo = _predict(model, x) == y
+        found = torch.zeros_like(todo)
+        for _ in range(tries):
+            if not todo.any():
+                break
+            idx = todo.nonzero().squeeze(1)
+            noise = torch.from_numpy(np.random.uniform(0.0, 1.0, size=(len(idx), *x.shape[1:])))
+            noise = noise.to(device=x.device, dtype=x.dtype)
+            hit = _predict(model, noise) != y[idx]
+            starts[idx[hit]] = noise[hit]
+            found[idx[hit]] = True
+            todo[idx[hit]] = False
+    return starts, found
 
 
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -204,9 +232,9 @@ def make_attack(name: str, *, eps: float, backend: str | None = None, seed: int 
         backend = spec.backends[0]
     if backend not in spec.backends:
         raise BadInput(f"attack {name!r} has no backend {backend!r}; choose one of: {', '.join(spec.backends)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
         raise BadInput(f"ε must be a finite number ≥ 0 in pixel units (e.g. 8/255), got {eps!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise BadInput(f"seed must be an integer ≥ 0, got {seed!r}")
     unknown = sorted(set(overrides) - set(spec.params))
     if unknown:

@@ -6,6 +6,7 @@ and the shared contract lives in ``robench.attacks.base``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,11 +34,11 @@ class Param:
         if isinstance(value, bool):
             raise bad
         if self.kind.startswith("int"):
-            if not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+            if not isinstance(value, numbers.Integral) and not (isinstance(value, numbers.Real) and float(value).is_integer()):
                 raise bad
             value = int(value)
         else:
-            if not isinstance(value, (int, float)):
+            if not isinstance(value, numbers.Real):
                 raise bad
             value = float(value)
             if not math.isfinite(value):
@@ -107,25 +108,25 @@ _add(AttackSpec(
     {"steps": Param(100, "int>0", "iterations"),
      "restarts": Param(1, "int>0", "random restarts")},
     "Auto-PGD with cross-entropy loss (Croce & Hein 2020), initial step 2·ε",
-    budget="moderate: 100 fwd+bwd per restart",
+    budget="moderate: 100 fwd+bwd per restart; n=20: ~2 s",
 ))
 _add(AttackSpec(
-    "cw_l2", "l2", ("art", "foolbox"),
+    "cw_l2", "l2", ("foolbox", "art"),
     {"steps": Param(50, "int>0", "Adam steps per binary-search step"),
      "binary_search_steps": Param(5, "int>0", "binary-search steps over the trade-off constant"),
      "learning_rate": Param(0.01, "float>0", "Adam learning rate"),
      "initial_const": Param(0.01, "float>0", "initial trade-off constant c"),
      "confidence": Param(0.0, "float>=0", "logit margin κ")},
     "Carlini–Wagner L2 (minimal norm; output projected into the ε-ball)",
-    minimal=True, budget="moderate: 5×50 fwd+bwd (paper: 9×10000)",
+    minimal=True, budget="moderate: 5×50 steps (paper: 9×10000); n=20: foolbox ~5 s, art 40 s–5 min",
 ))
 _add(AttackSpec(
-    "deepfool", "l2", ("art", "foolbox"),
+    "deepfool", "l2", ("foolbox", "art"),
     {"steps": Param(50, "int>0", "iterations"),
      "overshoot": Param(0.02, "float>=0", "overshoot past the linearised boundary"),
      "candidates": Param(10, "int>0", "classes considered (top logits), capped at num_classes")},
     "DeepFool L2 (minimal norm; output projected into the ε-ball)",
-    minimal=True,
+    minimal=True, budget="cheap: ≤50 steps; n=20: foolbox ~1 s, art ~7 s",
 ))
 _add(AttackSpec(
     "square", "linf", ("art",),
@@ -133,23 +134,23 @@ _add(AttackSpec(
      "p_init": Param(0.05, "float>0", "initial fraction of pixels changed"),
      "restarts": Param(1, "int>0", "restarts")},
     "Square Attack L∞ (score-based black box, Andriushchenko et al. 2020)",
-    budget="moderate: 1000 queries (paper: 10000)",
+    budget="moderate: 1000 queries (paper: 10000); n=20: ~30 s",
     steps_of=lambda p: p["queries"],
 ))
 _add(AttackSpec(
-    "hsj", "linf", ("art", "foolbox"),
+    "hsj", "linf", ("foolbox", "art"),
     {"steps": Param(20, "int>0", "iterations (geometric step-size search each)"),
      "max_evals": Param(1000, "int>0", "max queries for one gradient estimate"),
      "init_evals": Param(100, "int>0", "queries for the first gradient estimate")},
     "HopSkipJump L∞ (decision-based; minimal norm, output projected into the ε-ball)",
-    minimal=True, budget="moderate: 20 iterations, ≤1000 queries per estimate (paper: 64, 10000)",
+    minimal=True, budget="moderate: 20 iterations, ≤1000 queries per estimate (paper: 64, 10000); n=20: ~1 min",
 ))
 _add(AttackSpec(
     "autoattack", "linf", ("art",),
     {"steps": Param(100, "int>0", "APGD iterations (CE and DLR)"),
      "queries": Param(1000, "int>0", "Square queries")},
     "AutoAttack-lite (ART): APGD-CE + APGD-DLR + Square, 1 restart each, worst case per example",
-    budget="moderate: 2×100 fwd+bwd + 1000 queries (standard AA: APGD-T, FAB-T, Square 5000)",
+    budget="moderate: 2×100 fwd+bwd + 1000 queries (standard AA: APGD-T, FAB-T, Square 5000); n=20: 3–40 s",
 ))
 
 

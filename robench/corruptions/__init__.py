@@ -201,7 +201,7 @@ def load_cifar10c(corruption_dir: str | os.PathLike, name: str, severity: int, n
     count = per if n is None else int(n)
     start = (severity - 1) * per
     rows = slice(start, start + count)
-    lab = np.asarray(labels[rows], dtype=np.int64)
+    lab = np.array(labels[rows], dtype=np.int64)  # a writable copy: the labels file is memory-mapped read-only
     if lab.size and (lab.min() < 0 or lab.max() > 9):
         raise BadInput(f"{root / 'labels.npy'} holds labels outside 0–9; " + _layout(root))
     img = torch.from_numpy(np.ascontiguousarray(images[rows].transpose(0, 3, 1, 2)))
