@@ -7,7 +7,6 @@ the weights file; loading recomputes it and refuses a mismatch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -15,13 +14,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model_zoo.registry import check_model_name, create_model
 from robench.errors import BadInput
+from robench.fileio import atomic_write_text, sha256_file
 
 SHIPPED_ZOO = Path(__file__).resolve().parent / "weights"
 _SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -67,14 +66,6 @@ def robench_version() -> str:
     from robench import __version__
 
     return __version__
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def zoo_stem(name: str, lam: float | None) -> str:
@@ -141,15 +132,8 @@ def save(model: nn.Module, path: str | os.PathLike, card: ModelCard | dict | Non
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    _atomic_write_text(stem.parent / (stem.name + ".json"), card.to_json())
+    atomic_write_text(stem.parent / (stem.name + ".json"), card.to_json())
     return card
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def resolve(name_or_path: str | os.PathLike, *, lam: float | None = None) -> Path | None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from robench.errors import BadInput
+from robench.fileio import sha256_file
 
 DATASETS = ("samples", "cifar10", "cifar100")
 _LAYOUT = {
@@ -55,14 +56,6 @@ class Dataset:
     def as_float(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels in [0, 1] as float32 on ``device`` and labels, moved once."""
         return self.images.to(device).float().div_(255.0), self.labels.to(device)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +106,7 @@ def load_cifar(name: str, data_dir: str | os.PathLike, split: str = "test", *, d
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     return Dataset(name=name, split=split, images=images, labels=labels, source=str(root),
-                   sha256=_sha256(root / test_file))
+                   sha256=sha256_file(root / test_file))
 
 
 def _download(name: str, data_dir: Path) -> None:

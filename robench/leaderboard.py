@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -40,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
+from robench.fileio import atomic_write
 from robench.results import KEY, wilson
 
 FIXED_METRICS = ("clean", "worst_case", "corruption_mean")
@@ -240,27 +240,13 @@ def read_tables(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _atomic(out: str | os.PathLike, write) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=out.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
 def write_csv(board: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write the leaderboard CSV atomically (temp file + os.replace)."""
-    return _atomic(out, lambda tmp: board.to_csv(tmp, index=False))
+    return atomic_write(out, lambda tmp: board.to_csv(tmp, index=False))
 
 
 def write_text(text: str, out: str | os.PathLike) -> Path:
-    return _atomic(out, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(out, lambda tmp: Path(tmp).write_text(text))
 
 
 def to_markdown(board: pd.DataFrame) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
+from robench.fileio import atomic_write
 
 KINDS = ("clean", "attack", "corruption", "worst_case")
 
@@ -96,16 +96,7 @@ def write_table(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
     written = []
     for suffix, writer in ((".parquet", lambda p: df.to_parquet(p, index=False)),
                            (".csv", lambda p: df.to_csv(p, index=False))):
-        target = stem.with_name(stem.name + suffix)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=suffix)
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        written.append(target)
+        written.append(atomic_write(stem.with_name(stem.name + suffix), writer))
     return written
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
 import time
@@ -25,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import model_zoo
-from model_zoo.checkpoint import _atomic_write_text, zoo_stem
+from model_zoo.checkpoint import zoo_stem
+from robench.fileio import atomic_write_text
 from robench.data import Dataset, augment, data_label
 from robench.errors import BadInput
 
@@ -105,7 +105,7 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: 
     tmp = path / "state.safetensors.tmp"
     save_file(tensors, str(tmp))
     os.replace(tmp, path / "state.safetensors")
-    _atomic_write_text(path / "state.json", json.dumps(meta, indent=1))
+    atomic_write_text(path / "state.json", json.dumps(meta, indent=1))
 
 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, device) -> dict:

@@ -148,43 +148,6 @@ BUILDERS: dict[str, Callable[..., Any]] = {
 }
 
 
-def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        from art.attacks.evasion.auto_attack import run_attack
-
-        onehot = np.eye(self.clf.nb_classes, dtype=np.float32)[y]
-        x_adv = x.astype(np.float32).copy()
-        robust = self.clf.predict(x_adv, batch_size=len(x)).argmax(1) == y
-        for attack in self.attacks:
-            if not robust.any():
-                break
-            x_adv, robust = run_attack(x=x_adv, y=onehot, sample_is_robust=robust, attack=attack,
-                                       estimator_orig=self.clf, norm=np.inf, eps=self.eps)
-        return x_adv
-
-
-def _autoattack(clf, eps, p, n):
-    from art.attacks.evasion import SquareAttack
-    attacks = [_apgd(clf, eps, p, n, "cross_entropy"), _apgd(clf, eps, p, n, "difference_logits_ratio"),
-               SquareAttack(clf, norm=np.inf, eps=eps, max_iter=p["queries"], p_init=0.05, nb_restarts=1,
-                            batch_size=n, verbose=False)]
-    return _AutoAttack(clf, eps, attacks)
-
-
-BUILDERS: dict[str, Callable[..., Any]] = {
-    "fgsm": _fgsm,
-    "ifgsm": _ifgsm,
-    "pgd": _pgd(np.inf),
-    "pgd10": _pgd(np.inf),
-    "pgd_l2": _pgd(2),
-    "apgd_ce": _apgd,
-    "cw_l2": _cw,
-    "deepfool": _deepfool,
-    "square": _square,
-    "hsj": _hsj,
-    "autoattack": _autoattack,
-}
-
-
 def _hsj_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tries: int = 100) -> np.ndarray:
     """Seeded uniform-noise starting points for HopSkipJump (ART draws its own from an unseeded
     ``np.random.RandomState()``, which would break same seed → same x_adv). Examples for which no

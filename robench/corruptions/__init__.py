@@ -50,7 +50,8 @@ import torch
 
 from robench.corruptions.image import IMAGE
 from robench.corruptions.noise import NOISE
-from robench.data import Dataset, _sha256
+from robench.data import Dataset
+from robench.fileio import sha256_file
 from robench.errors import BadInput
 
 __all__ = ["corrupt", "list_corruptions", "load_cifar10c", "NOISE_CORRUPTIONS", "MISSING", "CIFAR10C_NAMES"]
@@ -206,4 +207,4 @@ def load_cifar10c(corruption_dir: str | os.PathLike, name: str, severity: int, n
         raise BadInput(f"{root / 'labels.npy'} holds labels outside 0–9; " + _layout(root))
     img = torch.from_numpy(np.ascontiguousarray(images[rows].transpose(0, 3, 1, 2)))
     return Dataset(name="cifar10c", split=f"{name}-{severity}", images=img, labels=torch.from_numpy(lab),
-                   source=str(root), sha256=_sha256(path))
+                   source=str(root), sha256=sha256_file(path))
