@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import torch
 
 import model_zoo
 
@@ -14,7 +15,8 @@ def zoo_table(pattern: str = "*") -> pd.DataFrame:
         trained.setdefault(card.name, []).append(card)
     rows = []
     for name in model_zoo.list_models(pattern):
-        m = model_zoo.create_model(name)
+        with torch.device("meta"):  # counts parameters without allocating ResNeXt's 68M floats
+            m = model_zoo.create_model(name)
         params = sum(p.numel() for p in m.parameters())
         cards = sorted(trained.get(name, []), key=lambda c: (c.lam is not None, c.lam or 0.0))
         base = dict(model=name, params_M=round(params / 1e6, 3), scheme=m.scheme.value)
