@@ -78,9 +78,26 @@ def test_name_escaping_zoo_refused():
         model_zoo.load("../../etc/passwd")
 
 
-def test_shipped_weights_load_and_are_accurate_enough():
+def test_shipped_weights_load_and_record_accuracy():
     """Every shipped checkpoint verifies, loads, and its card records an accuracy."""
-    shipped = [c for c in model_zoo.available() if c.dataset.get("zoo") == str(model_zoo.checkpoint.SHIPPED_ZOO)]
+    shipped = _shipped()
     for card in shipped:
         m = model_zoo.load(card.name, lam=card.lam)
         assert m.card.metrics["test_acc"] > 0.5
+
+
+def _shipped():
+    return [c for c in model_zoo.available() if c.dataset.get("zoo") == str(model_zoo.checkpoint.SHIPPED_ZOO)]
+
+
+@pytest.mark.parametrize("card", _shipped(), ids=lambda c: model_zoo.zoo_stem(c.name, c.lam))
+def test_shipped_weights_classify_real_cifar10_images(card):
+    """Shipped weights are real: on Foolbox's 20 exact CIFAR-10 test images they score like their card says."""
+    from robench.data import load_samples
+
+    x, y = load_samples().as_float()
+    m = model_zoo.load(card.name, lam=card.lam)
+    with torch.no_grad():
+        acc = (m(x).argmax(1) == y).float().mean().item()
+    assert acc >= 0.6, (card.name, acc, card.metrics)
+    assert card.dataset["test_batch_sha256"] and card.training["seed"] == 0
