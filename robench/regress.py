@@ -15,11 +15,12 @@ listed as *missing*, cells only in the new table as *new*; neither fails the che
 with no cell in common with the results is bad input (exit 2), as is a table holding the same
 cell twice.
 
-Refreshing a baseline on purpose (a deliberate change of models, attacks or data): run the
-evaluation that CI runs, inspect ``robench regress --baseline OLD NEW`` by hand, then replace the
-baseline file with the new table (``cp NEW.parquet baselines/<name>.parquet`` — or write it with
-``robench results merge`` / ``robench eval -o``) and commit it with a message saying why the numbers
-moved. Never refresh a baseline to silence a regression you cannot explain.
+Refreshing a baseline on purpose (a deliberate change of models, attacks or data): CI's baselines
+are ``results/baseline_samples.*`` and ``results/baseline_cifar1000.*``, written by
+``bash .ci/regression --refresh`` (the same evaluation CI runs). Inspect the change by hand first
+(``bash .ci/regression`` prints the regress report), then commit the new baseline files with a
+message saying why the numbers moved. Never refresh a baseline to silence a regression you cannot
+explain.
 """
 from __future__ import annotations
 
