@@ -128,6 +128,7 @@ def save(model: nn.Module, path: str | os.PathLike, card: ModelCard | dict | Non
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})  # one key: byte-identical files for identical weights
         card.weights_sha256 = sha256_file(Path(tmp))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, weights)
     finally:
         if os.path.exists(tmp):
