@@ -5,9 +5,16 @@ import torch
 
 # Tests must never touch a developer's own zoo or cache.
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
+def _isolated_home(tmp_path, monkeypatch, request):
     monkeypatch.setenv("ROBENCH_HOME", str(tmp_path / "robench_home"))
     monkeypatch.setenv("ROBENCH_PROGRESS", "0")
+    if "shipped_zoo" not in request.keywords:
+        # A test sees only the checkpoints it saves itself, whatever weights the package ships today.
+        import model_zoo.checkpoint
+
+        empty = tmp_path / "shipped_zoo"
+        empty.mkdir()
+        monkeypatch.setattr(model_zoo.checkpoint, "SHIPPED_ZOO", empty)
 
 
 # Tests use small batches, where a second OpenMP thread only adds synchronisation (and on a shared

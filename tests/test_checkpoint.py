@@ -78,6 +78,7 @@ def test_name_escaping_zoo_refused():
         model_zoo.load("../../etc/passwd")
 
 
+@pytest.mark.shipped_zoo
 def test_shipped_weights_load_and_record_accuracy():
     """Every shipped checkpoint verifies, loads, and its card records an accuracy."""
     shipped = _shipped()
@@ -90,6 +91,7 @@ def _shipped():
     return [c for c in model_zoo.available() if c.dataset.get("zoo") == str(model_zoo.checkpoint.SHIPPED_ZOO)]
 
 
+@pytest.mark.shipped_zoo
 @pytest.mark.parametrize("card", _shipped(), ids=lambda c: model_zoo.zoo_stem(c.name, c.lam))
 def test_shipped_weights_classify_real_cifar10_images(card):
     """Shipped weights are real: on Foolbox's 20 exact CIFAR-10 test images they score like their card says."""
