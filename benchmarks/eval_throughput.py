@@ -32,6 +32,7 @@ from torch import nn
 
 import model_zoo
 from robench.attacks import make_attack
+from robench.machine import cpu_label
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 20
 SECTION = "## eval_throughput"
@@ -131,19 +132,11 @@ def torchattacks_row() -> tuple[Callable | None, str]:
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import art
     import foolbox
     return {
         "platform": platform.platform(),
-        "cpu": f"{cpu} ({os.cpu_count()} logical cores)",
+        "cpu": cpu_label(),
         "torch": f"{torch.__version__}, {torch.get_num_threads()} threads",
         "libraries": f"ART {art.__version__}, Foolbox {foolbox.__version__}, Python {platform.python_version()}",
         "load": "load average at start %.2f / %.2f / %.2f (1/5/15 min)" % os.getloadavg(),

@@ -43,6 +43,7 @@ from PIL import Image
 
 import model_zoo
 from robench.data import augment
+from robench.machine import cpu_label
 from robench.train import RECIPES, _param_groups, lr_at
 
 SECTION = "## train_throughput"
@@ -221,16 +222,8 @@ def time_round(v: Variant, warmup: int, steps: int, batch_size: int) -> float:
 
 # -- reporting -------------------------------------------------------------------------------------
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no CUDA device"
-    return (f"{platform.platform()}, CPU {cpu} ({os.cpu_count()} logical cores), torch {torch.__version__} "
+    return (f"{platform.platform()}, CPU {cpu_label()}, torch {torch.__version__} "
             f"with {torch.get_num_threads()} threads{gpu}")
 
 

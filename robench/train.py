@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,7 @@ from tqdm import tqdm
 import model_zoo
 from model_zoo.checkpoint import zoo_stem
 from robench.fileio import atomic_write_text
+from robench.machine import cpu_name
 from robench.data import Dataset, augment, data_label
 from robench.errors import BadInput
 
@@ -256,7 +256,7 @@ def train(
             dataset=dict(name=test_set.name, label=data_label_text or data_label(test_set),
                          test_batch_sha256=test_set.sha256, n_train=len(train_set), n_test=len(test_set)),
             training=dict(recipe=dataclasses.asdict(rec) | dict(epochs=epochs, batch_size=batch_size), seed=seed,
-                          device=f"{dev.type}:{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor() or platform.machine()}",
+                          device=f"{dev.type}:{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_name()}",
                           amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                           wall_seconds=round(wall, 1), torch=torch.__version__),
             metrics=dict(test_acc=final_acc, n_test=len(test_set)),
