@@ -219,6 +219,5 @@ def available(pattern: str = "*") -> list[ModelCard]:
                 continue  # an unreadable card is reported when that checkpoint is loaded
             key = zoo_stem(card.name, card.lam)
             if fnmatch.fnmatchcase(card.name, pattern) and key not in seen:
-                card.notes = card.notes or ""
                 seen[key] = dataclasses.replace(card, dataset={**card.dataset, "zoo": str(root)})
     return list(seen.values())

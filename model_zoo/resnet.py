@@ -188,7 +188,10 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         x = self.conv1(x)
-        coef = self.k if self.learned else None
+        s = self.scheme
+        if s in (Scheme.DAMPED, Scheme.LAMBDA_DAMPED):
+            # one formula for λ_n (lambdas()); a fixed λ stays a Python float so λ=0 is exactly ResNet
+            lams = self.lambdas() if self.learned else [self.lam] * len(self.damped_blocks)
         prev = x  # x_{n-1} for LM; after a projection block it is the projected input
         for i, block in enumerate(self.blocks):
             proj = self.projections[str(i)] if str(i) in self.projections else None
@@ -197,17 +200,16 @@ class CifarResNet(nn.Module):
                 x, prev = block(x) + shortcut, shortcut
                 continue
             f = block(x)
-            s = self.scheme
             if s == Scheme.EULER:
                 out = x + f
             elif s == Scheme.DAMPED:
-                lam = F.relu(1 - coef[self._slot[i]]) if coef is not None else self.lam
+                lam = lams[self._slot[i]]
                 out = f + (1 - lam) * x
             elif s == Scheme.LAMBDA_DAMPED:
-                lam = F.relu(coef[self._slot[i]]) if coef is not None else self.lam
+                lam = lams[self._slot[i]]
                 out = (1 + lam) * f + (1 - lam) * x
             else:  # LM
-                k = coef[self._slot[i]]
+                k = self.k[self._slot[i]]
                 out = f + (1 - k) * x + k * prev
             x, prev = out, x
         x = F.relu(self.bn(x))

@@ -609,7 +609,6 @@ def check_corruption_dir(corruption_dir: str | os.PathLike, cells: list[Cell]) -
         load_cifar10c(corruption_dir, name, 1, n=cells[0].n)
 
 
-_check_corruption_dir = check_corruption_dir  # the name robench.sweep imports
 
 
 def _fmt_eps(eps: float | None) -> str:

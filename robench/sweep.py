@@ -271,9 +271,9 @@ def plan_sweep(config: SweepConfig, *, out: str | os.PathLike | None = None, exe
                        n=len(data), dataset=data.name, backend=config.backend,
                        corruption_dir=config.corruption_dir, attack_params=config.attack_params)
     if config.corruption_dir is not None:
-        from robench.engine import _check_corruption_dir
+        from robench.engine import check_corruption_dir
 
-        _check_corruption_dir(config.corruption_dir, [c for c in cells if c.dataset == "cifar10c"])
+        check_corruption_dir(config.corruption_dir, [c for c in cells if c.dataset == "cifar10c"])
     pairs = list(dict.fromkeys((c.model, c.lam) for c in cells))
     weights = check_weights(pairs, data.num_classes)
     plan = SweepPlan(config=config, out=out, cells=cells, data=data, weights=weights, done=set())
