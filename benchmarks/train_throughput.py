@@ -9,15 +9,16 @@ median of the per-round ratios to the seed-style loop.
 
 * robench: the loop of ``robench.train.train`` — images as one uint8 tensor on the device, a seeded
   permutation, ``robench.data.augment`` on the whole batch, /255, forward, cross-entropy, backward,
-  SGD step, the per-step lr from ``robench.train.lr_at`` and the loss/accuracy read-back; on CUDA
-  also bf16 autocast + channels_last (what ``robench train --device cuda --amp`` does).
+  SGD step, the per-step lr from ``robench.train.lr_at`` and the loss/accuracy read-back, in
+  channels_last as ``robench train`` runs on every device; fp32 on CPU (``robench train``), and on
+  CUDA bf16 autocast (``robench train --device cuda --amp``).
 * seed: a ``torch.utils.data.Dataset`` returning one image at a time through per-sample transforms
   done in PIL/numpy as torchvision would (zero-pad + random crop, random horizontal flip, ToTensor,
   Normalize), a ``DataLoader(batch_size=128, shuffle=True, num_workers=2)``, fp32, contiguous memory.
   Its model is the zoo model with the internal normalisation set to the identity (mean 0, std 1),
   because the transform already normalises, as in the seed code.
 
-``--investigate`` adds robench variants (channels_last on CPU, bf16 autocast on CPU as
+``--investigate`` adds robench variants (contiguous fp32 on CPU, bf16 autocast on CPU as
 ``robench train --amp`` does, flush-denormal) and data-pipeline-only rows, to see where time goes.
 
     python benchmarks/train_throughput.py --steps 8 --rounds 3
@@ -283,15 +284,17 @@ def main(argv: list[str] | None = None) -> None:
         cuda = dev.type == "cuda"
         variants.append(SeedVariant(f"seed-style DataLoader ({dev.type}, fp32)", args.model, images, labels, dev, bs,
                                     args.workers))
-        variants.append(RobenchVariant(f"robench ({dev.type}, {'bf16 + channels_last' if cuda else 'fp32'})", args.model,
-                                       images, labels, dev, bs, amp=cuda, channels_last=cuda))
+        variants.append(RobenchVariant(f"robench ({dev.type}, {'bf16' if cuda else 'fp32'}, channels_last)", args.model,
+                                       images, labels, dev, bs, amp=cuda, channels_last=True))
+        if not cuda:
+            # what `robench train --amp` does on CPU (bf16 autocast; this machine's CPU has AVX512-BF16)
+            variants.append(RobenchVariant("robench (cpu, bf16 = --amp, channels_last)", args.model, images, labels, dev,
+                                           bs, amp=True, channels_last=True))
         if args.investigate and not cuda:
-            variants.append(RobenchVariant("robench (cpu, fp32, channels_last)", args.model, images, labels, dev, bs,
-                                           amp=False, channels_last=True))
-            variants.append(RobenchVariant("robench (cpu, bf16 autocast = --amp)", args.model, images, labels, dev, bs,
-                                           amp=True, channels_last=False))
-            variants.append(RobenchVariant("robench (cpu, fp32, flush_denormal)", args.model, images, labels, dev, bs,
-                                           amp=False, channels_last=False, flush_denormal=True))
+            variants.append(RobenchVariant("robench (cpu, fp32, contiguous)", args.model, images, labels, dev, bs,
+                                           amp=False, channels_last=False))
+            variants.append(RobenchVariant("robench (cpu, fp32, channels_last, flush_denormal)", args.model, images,
+                                           labels, dev, bs, amp=False, channels_last=True, flush_denormal=True))
     if args.investigate:
         # in this process (no workers), so prefetching cannot hide the per-sample cost
         seed_loader = torch.utils.data.DataLoader(variants[0].loader.dataset, batch_size=bs,  # type: ignore[attr-defined]
@@ -349,9 +352,12 @@ def main(argv: list[str] | None = None) -> None:
     table = header + "".join(f"| {n} | {m:.1f} | {lo:.1f} – {hi:.1f} | {'' if x != x else f'{x:.2f}×'} | "
                              f"{'' if p != p else f'{p:.2f}×'} |\n" for n, m, lo, hi, x, p in rows)
     print("\n" + table)
-    cpu_ratio = paired["robench (cpu, fp32)"]
-    print(f"robench / seed-style on CPU (median of per-round ratios): {cpu_ratio:.2f}× (target ≥ 1.3×); "
-          f"{elapsed:.0f} s of timing")
+    cpu_ratio = paired["robench (cpu, fp32, channels_last)"]
+    amp_ratio = paired["robench (cpu, bf16 = --amp, channels_last)"]
+    cuda_ratio = paired.get("robench (cuda, bf16, channels_last)")
+    summary = (f"robench / seed-style (median of per-round ratios): CPU fp32 {cpu_ratio:.2f}×, CPU --amp {amp_ratio:.2f}× "
+               f"(target ≥ 1.3×)" + (f"; GPU --amp {cuda_ratio:.2f}× (target ≥ 3×)" if cuda_ratio else ""))
+    print(f"{summary}; {elapsed:.0f} s of timing")
 
     if args.no_write:
         return
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
             f"recipe (paper: SGD 0.1, momentum 0.9, wd 1e-4, pad-2 crop + flip); synthetic uint8 images. The "
             f"seed-style loop normalises per sample and uses the zoo model with identity normalisation; robench's "
             f"model normalises inside.\n"
-            f"- robench / seed-style on CPU (median of per-round ratios): **{cpu_ratio:.2f}×** (target ≥ 1.3×)\n\n"
+            f"- {summary}\n\n"
             f"{table}\n"
             + (f"{args.note}\n" if args.note else ""))
     write_section(args.results, body)
