@@ -18,8 +18,9 @@ median of the per-round ratios to the seed-style loop.
   Its model is the zoo model with the internal normalisation set to the identity (mean 0, std 1),
   because the transform already normalises, as in the seed code.
 
-``--investigate`` adds robench variants (contiguous fp32 on CPU, bf16 autocast on CPU as
-``robench train --amp`` does, flush-denormal) and data-pipeline-only rows, to see where time goes.
+On CPU a second robench row times ``robench train --amp`` (bf16 autocast). ``--investigate`` adds
+robench variants (contiguous fp32, fp32 with flush-denormal) and data-pipeline-only rows, to see
+where time goes.
 
     python benchmarks/train_throughput.py --steps 8 --rounds 3
 """
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop (the seed code's: 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     ap.add_argument("--investigate", action="store_true",
-                    help="add CPU variants (channels_last, bf16 autocast, flush-denormal) and data-only rows")
+                    help="add CPU variants (fp32 contiguous, fp32 flush-denormal) and data-only rows")
     ap.add_argument("--no-cuda", action="store_true", help="CPU columns only, even with a CUDA device")
     ap.add_argument("--note", default="", help="a sentence added to the RESULTS.md section")
     ap.add_argument("--results", type=Path, default=RESULTS, help="file whose '## train_throughput' section is written")

@@ -184,7 +184,6 @@ def train(
     model = model_zoo.create_model(model_name, num_classes=train_set.num_classes, lam=lam).to(dev)
     # channels_last on every device: the convolutions are faster in NHWC on GPU and on CPU too
     # (resnet20, batch 256, bf16, one thread: 1.3x); the saved weights are made contiguous again
-    channels_last = True
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(_param_groups(model, rec), lr=rec.lr, momentum=rec.momentum, nesterov=rec.nesterov)
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16) if amp else None
@@ -217,9 +216,7 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr_at(rec, step, steps_per_epoch, epochs)
             idx = perm[s * batch_size:(s + 1) * batch_size]
-            xb = augment(xtr[idx], g, pad=rec.pad).float().div_(255.0)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = augment(xtr[idx], g, pad=rec.pad).float().div_(255.0).contiguous(memory_format=torch.channels_last)
             yb = ytr[idx]
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = step_fn(xb)
@@ -233,7 +230,7 @@ def train(
             seen += len(yb)
             if s % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        test_acc = evaluate_accuracy(model, xte, yte, amp_dtype=amp_dtype, channels_last=channels_last)
+        test_acc = evaluate_accuracy(model, xte, yte, amp_dtype=amp_dtype, channels_last=True)
         secs = time.perf_counter() - t0
         wall += secs
         damp = [d["value"] for d in model.damping()] if hasattr(model, "damping") else []
