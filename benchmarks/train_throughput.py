@@ -205,6 +205,17 @@ class PipelineOnly(Variant):
         self.next()
 
 
+def seed_label(device_type: str) -> str:
+    """Row label of the seed-style loop; the ratios are taken against this row."""
+    return f"seed-style DataLoader ({device_type}, fp32)"
+
+
+def robench_label(device_type: str, *, amp: bool) -> str:
+    """Row label of robench's training step (channels_last, bf16 autocast when ``amp``)."""
+    precision = "fp32" if not amp else ("bf16 = --amp" if device_type == "cpu" else "bf16")
+    return f"robench ({device_type}, {precision}, channels_last)"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -283,14 +294,13 @@ def main(argv: list[str] | None = None) -> None:
     variants: list[Variant] = []
     for dev in devices:
         cuda = dev.type == "cuda"
-        variants.append(SeedVariant(f"seed-style DataLoader ({dev.type}, fp32)", args.model, images, labels, dev, bs,
-                                    args.workers))
-        variants.append(RobenchVariant(f"robench ({dev.type}, {'bf16' if cuda else 'fp32'}, channels_last)", args.model,
-                                       images, labels, dev, bs, amp=cuda, channels_last=True))
+        variants.append(SeedVariant(seed_label(dev.type), args.model, images, labels, dev, bs, args.workers))
+        variants.append(RobenchVariant(robench_label(dev.type, amp=cuda), args.model, images, labels, dev, bs, amp=cuda,
+                                       channels_last=True))
         if not cuda:
             # what `robench train --amp` does on CPU (bf16 autocast; this machine's CPU has AVX512-BF16)
-            variants.append(RobenchVariant("robench (cpu, bf16 = --amp, channels_last)", args.model, images, labels, dev,
-                                           bs, amp=True, channels_last=True))
+            variants.append(RobenchVariant(robench_label("cpu", amp=True), args.model, images, labels, dev, bs,
+                                           amp=True, channels_last=True))
         if args.investigate and not cuda:
             variants.append(RobenchVariant("robench (cpu, fp32, contiguous)", args.model, images, labels, dev, bs,
                                            amp=False, channels_last=False))
@@ -337,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     med = {k: statistics.median(v) for k, v in results.items()}
     rows, paired = [], {}
     for dev in devices:
-        seed_name = f"seed-style DataLoader ({dev.type}, fp32)"
+        seed_name = seed_label(dev.type)
         for name in results:
             if f"({dev.type}" in name:
                 # the ratio within each round (runs next to each other in time), then its median: less
@@ -353,9 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     table = header + "".join(f"| {n} | {m:.1f} | {lo:.1f} – {hi:.1f} | {'' if x != x else f'{x:.2f}×'} | "
                              f"{'' if p != p else f'{p:.2f}×'} |\n" for n, m, lo, hi, x, p in rows)
     print("\n" + table)
-    cpu_ratio = paired["robench (cpu, fp32, channels_last)"]
-    amp_ratio = paired["robench (cpu, bf16 = --amp, channels_last)"]
-    cuda_ratio = paired.get("robench (cuda, bf16, channels_last)")
+    cpu_ratio = paired[robench_label("cpu", amp=False)]
+    amp_ratio = paired[robench_label("cpu", amp=True)]
+    cuda_ratio = paired.get(robench_label("cuda", amp=True))
     summary = (f"robench / seed-style (median of per-round ratios): CPU fp32 {cpu_ratio:.2f}×, CPU --amp {amp_ratio:.2f}× "
                f"(target ≥ 1.3×)" + (f"; GPU --amp {cuda_ratio:.2f}× (target ≥ 3×)" if cuda_ratio else ""))
     print(f"{summary}; {elapsed:.0f} s of timing")

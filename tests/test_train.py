@@ -190,3 +190,22 @@ def test_fast_schedule_warms_up_then_decays_to_zero():
     # an lr override scales the whole curve
     half = dataclasses.replace(rec, lr=rec.lr / 2)
     assert lr_at(half, 700, spe, epochs) == pytest.approx(lr_at(rec, 700, spe, epochs) / 2)
+
+
+def test_train_command_puts_a_fixed_lambda_model_into_the_zoo(tmp_path, capsys):
+    """`robench train` end to end: the start-up line states λ, the zoo gets the λ-named checkpoint whose card
+    records λ and the epochs, and metrics.csv has a row per epoch."""
+    from robench.cli import main
+
+    _write_colour_cifar(tmp_path / "data", 60, 20)
+    zoo, run = tmp_path / "zoo", tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--model", "inresnet20", "--lam", "0.5", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+              "--batch-size", "12", "--out", str(zoo), "--run-dir", str(run)])
+    out = capsys.readouterr()
+    assert e.value.code == 0, out.err
+    assert "training inresnet20 (λ=0.5) on cifar10: 60 train / 20 test" in out.out
+    card = json.loads((zoo / "inresnet20__lam0.5.json").read_text())
+    assert card["lam"] == 0.5 and card["training"]["recipe"]["epochs"] == 1 and card["training"]["recipe"]["batch_size"] == 12
+    with open(run / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]

@@ -9,6 +9,13 @@ from robench.cli import cli
 from robench.cli.options import parse_lam
 
 
+def coefficient_text(model, lam: str | None) -> str:
+    """How the run's per-block coefficients are set, for the start-up line."""
+    if lam is not None:
+        return f"λ={lam}"
+    return "learned coefficients" if getattr(model, "learned", False) else "no per-block coefficients"
+
+
 @cli.command("train")
 @click.option("--model", "model_name", required=True, help="Registered model name (see `robench zoo list`).")
 @click.option("--lam", default=None, help="Fixed λ in [0,1] for damped models; default: learned.")
@@ -37,13 +44,14 @@ def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr
 
     check_model_name(model_name)
     lam_v = parse_lam(lam)
-    model_zoo.create_model(model_name, lam=lam_v)  # validates λ against the model before loading data
+    # validates λ against the model before loading data
+    coeffs = coefficient_text(model_zoo.create_model(model_name, lam=lam_v), lam)
     train_set = load_cifar(dataset, data_dir, "train")
     test_set = load_cifar(dataset, data_dir, "test")
     out = Path(out) if out else user_zoo()
     if run_dir is None:
         run_dir = user_zoo().parent / "runs" / f"{zoo_stem(model_name, lam_v)}-{recipe}-seed{seed}"
-    click.echo(f"training {model_name} (λ={lam if lam is not None else 'learned/none'}) on {dataset}: "
+    click.echo(f"training {model_name} ({coeffs}) on {dataset}: "
                f"{len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {device}; run dir {run_dir}")
     train(model_name, train_set, test_set, lam=lam_v, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
           device=device, amp=amp, compile=compile_, seed=seed, run_dir=run_dir, resume=resume, out=out,
