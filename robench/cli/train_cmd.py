@@ -9,11 +9,11 @@ from robench.cli import cli
 from robench.cli.options import parse_lam
 
 
-def coefficient_text(model, lam: str | None) -> str:
+def coefficient_text(model, lam: float | None) -> str:
     """How the run's per-block coefficients are set, for the start-up line."""
     if lam is not None:
-        return f"λ={lam}"
-    return "learned coefficients" if getattr(model, "learned", False) else "no per-block coefficients"
+        return f"λ={lam:g}"
+    return "learned coefficients" if model.learned else "no per-block coefficients"
 
 
 @cli.command("train")
@@ -45,7 +45,7 @@ def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr
     check_model_name(model_name)
     lam_v = parse_lam(lam)
     # validates λ against the model before loading data
-    coeffs = coefficient_text(model_zoo.create_model(model_name, lam=lam_v), lam)
+    coeffs = coefficient_text(model_zoo.create_model(model_name, lam=lam_v), lam_v)
     train_set = load_cifar(dataset, data_dir, "train")
     test_set = load_cifar(dataset, data_dir, "test")
     out = Path(out) if out else user_zoo()
