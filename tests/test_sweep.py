@@ -1,5 +1,6 @@
 """Sweeps: kill -9 at several points, resume, and get the table of an uninterrupted run; config
 changes are detected; results merge; the Ray executor."""
+import dataclasses
 import fcntl
 import json
 import os
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -141,6 +143,20 @@ def test_changed_config_is_detected_not_mixed(zoo, tiny, tmp_path):
     _save("resnet20", seed=1)
     with pytest.raises(BadInput, match="weights of resnet20 changed"):
         plan_sweep(cfg, out=out)
+
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+
+
+@pytest.mark.shipped_zoo
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_plan_against_the_shipped_zoo(path, tmp_path):
+    """Every config in configs/ names registered models, attacks and corruptions and only (model, λ)
+    pairs with shipped weights, so the README's sweep commands start on a fresh install (on the bundled
+    images here: the real data's folder is the user's)."""
+    config = dataclasses.replace(load_config(path), dataset="samples", data_dir=None, n=None)
+    plan = plan_sweep(config, out=tmp_path / "out")
+    assert plan.pending and not (tmp_path / "out").exists()
 
 
 def test_missing_weights_name_the_training_command(zoo, tmp_path):
