@@ -19,7 +19,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 import model_zoo
 from robench.attacks import make_attack
 from robench.machine import cpu_label
+from results_md import write_section  # beside this script
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 20
 SECTION = "## eval_throughput"
@@ -231,25 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             *([f"- note: {args.note}"] if args.note else []),
             "", table, "", *[f"- {c}" for c in checks], "",
         ])
-        write_section(args.results, section)
+        write_section(args.results, SECTION, section)
         print(f"\nwrote section {SECTION!r} of {args.results}")
     return 0
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section (its heading up to the next '## ') and keep everyone else's."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + section + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

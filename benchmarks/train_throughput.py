@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -45,10 +43,11 @@ from PIL import Image
 
 import model_zoo
 from robench.data import augment
-from robench.machine import cpu_label
+from robench.machine import cpu_capability, cpu_has_fast_bf16, cpu_label
 from robench.train import RECIPES, _param_groups, lr_at
+from results_md import write_section  # beside this script
 
-SECTION = "## train_throughput"
+SECTION = "## train_throughput"  # one section per kind of machine: see section_heading()
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)  # the seed code's Normalize constants
 STD = np.array([0.2023, 0.1994, 0.2010], dtype=np.float32)
@@ -236,26 +235,17 @@ def time_round(v: Variant, warmup: int, steps: int, batch_size: int) -> float:
 # -- reporting -------------------------------------------------------------------------------------
 def machine() -> str:
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no CUDA device"
-    return (f"{platform.platform()}, CPU {cpu_label()}, torch {torch.__version__} "
+    bf16 = "oneDNN bf16 kernels" if cpu_has_fast_bf16() else "no oneDNN bf16 kernels (bf16 runs reference code)"
+    return (f"{platform.platform()}, CPU {cpu_label()} with {bf16}, torch {torch.__version__} "
             f"with {torch.get_num_threads()} threads{gpu}")
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    new = body.rstrip("\n") + "\n"
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + new
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        text = "".join(lines[:start]) + new + ("\n" + tail if tail else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def section_heading(cuda: bool) -> str:
+    """The RESULTS.md heading for this kind of machine. The ratios depend on it (on an AVX2 CPU without
+    bf16 kernels --amp is many times slower than fp32; with them about twice as fast), so a run on one
+    kind replaces only the section of that kind and keeps the others."""
+    kind = f"CPU {cpu_capability()}" + (f", GPU {torch.cuda.get_device_name(0)}" if cuda else "")
+    return f"{SECTION} ({kind})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -298,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         variants.append(RobenchVariant(robench_label(dev.type, amp=cuda), args.model, images, labels, dev, bs, amp=cuda,
                                        channels_last=True))
         if not cuda:
-            # what `robench train --amp` does on CPU (bf16 autocast; this machine's CPU has AVX512-BF16)
+            # what `robench train --amp` does on CPU (bf16 autocast)
             variants.append(RobenchVariant(robench_label("cpu", amp=True), args.model, images, labels, dev, bs,
                                            amp=True, channels_last=True))
         if args.investigate and not cuda:
@@ -372,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.no_write:
         return
-    body = (f"{SECTION}\n\n"
+    heading = section_heading(cuda=len(devices) > 1)
+    body = (f"{heading}\n\n"
             f"- date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
             f"- machine: {machine()}\n"
             f"- command: `` {command} ``\n"  # double backticks: the command may itself hold a backtick
@@ -384,8 +375,8 @@ def main(argv: list[str] | None = None) -> None:
             f"- {summary}\n\n"
             f"{table}\n"
             + (f"{args.note}\n" if args.note else ""))
-    write_section(args.results, body)
-    print(f"wrote the '{SECTION}' section of {args.results}")
+    write_section(args.results, heading, body)
+    print(f"wrote the '{heading}' section of {args.results}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import os
 import platform
 from pathlib import Path
 
+import torch
+
 
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty on Linux)."""
@@ -17,5 +19,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels use here ("AVX2", "AVX512", ...).
+
+    The model name alone does not tell machines apart: two virtual CPUs both called "AMD EPYC" trained
+    ResNet-20 at 439 (AVX512) and 216 (AVX2) images/s in fp32 on one thread.
+    """
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU. Without them bf16 autocast runs reference code:
+    ResNet-20 training on an AVX2 CPU went from 216 images/s in fp32 to 18 in bf16."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def cpu_label() -> str:
-    return f"{cpu_name()} ({os.cpu_count()} logical cores)"
+    return f"{cpu_name()} ({os.cpu_count()} logical cores, {cpu_capability()})"

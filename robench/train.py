@@ -25,7 +25,7 @@ from tqdm import tqdm
 import model_zoo
 from model_zoo.checkpoint import zoo_stem
 from robench.fileio import atomic_write_text
-from robench.machine import cpu_name
+from robench.machine import cpu_capability, cpu_has_fast_bf16, cpu_name
 from robench.data import Dataset, augment, data_label
 from robench.errors import BadInput
 
@@ -188,6 +188,9 @@ def train(
     opt = torch.optim.SGD(_param_groups(model, rec), lr=rec.lr, momentum=rec.momentum, nesterov=rec.nesterov)
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16) if amp else None
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
+    if dev.type == "cpu" and amp_dtype is not None and not cpu_has_fast_bf16():
+        log(f"warning: this CPU ({cpu_name()}, {cpu_capability()}) has no oneDNN bf16 kernels, so --amp runs "
+            f"many times slower than fp32 here; train without --amp on this machine")
     step_fn = torch.compile(model) if compile else model
 
     history: list[dict] = []
@@ -255,7 +258,7 @@ def train(
             dataset=dict(name=test_set.name, label=data_label_text or data_label(test_set),
                          test_batch_sha256=test_set.sha256, n_train=len(train_set), n_test=len(test_set)),
             training=dict(recipe=dataclasses.asdict(rec) | dict(epochs=epochs, batch_size=batch_size), seed=seed,
-                          device=f"{dev.type}:{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_name()}",
+                          device=f"{dev.type}:{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{cpu_name()} ({cpu_capability()})'}",
                           amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                           wall_seconds=round(wall, 1), torch=torch.__version__),
             metrics=dict(test_acc=final_acc, n_test=len(test_set)),
