@@ -31,7 +31,12 @@ def cpu_capability() -> str:
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN has bf16 kernels for this CPU. Without them bf16 autocast runs reference code:
     ResNet-20 training on an AVX2 CPU went from 216 images/s in fp32 to 18 in bf16."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: a torch without it cannot tell, so do not warn
+        return True
 
 
 def cpu_label() -> str:
