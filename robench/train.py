@@ -254,11 +254,12 @@ def train(
                   test_acc=history[-1]["test_acc"] if history else None)
     if out is not None:
         final_acc = history[-1]["test_acc"]
+        where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_name()} ({cpu_capability()})"
         card = dict(
             dataset=dict(name=test_set.name, label=data_label_text or data_label(test_set),
                          test_batch_sha256=test_set.sha256, n_train=len(train_set), n_test=len(test_set)),
             training=dict(recipe=dataclasses.asdict(rec) | dict(epochs=epochs, batch_size=batch_size), seed=seed,
-                          device=f"{dev.type}:{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{cpu_name()} ({cpu_capability()})'}",
+                          device=f"{dev.type}:{where}",
                           amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                           wall_seconds=round(wall, 1), torch=torch.__version__),
             metrics=dict(test_acc=final_acc, n_test=len(test_set)),
