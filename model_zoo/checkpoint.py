@@ -204,6 +204,37 @@ def load(name_or_path: str | os.PathLike, *, lam: float | None = None, map_locat
     return model.eval()
 
 
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    """A loaded checkpoint as one record: the module (eval mode), its card, where it came from
+    ("shipped": model_zoo/weights, "user": the user zoo, "file": a path given directly), the weights
+    file, and the sha256 of the card file."""
+
+    model: nn.Module
+    card: ModelCard
+    origin: str
+    path: Path
+    card_sha256: str
+
+
+def _origin(stem: Path) -> str:
+    parent = stem.parent.resolve()
+    if parent == SHIPPED_ZOO.resolve():
+        return "shipped"
+    if parent == user_zoo().resolve():
+        return "user"
+    return "file"
+
+
+def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> ZooEntry:
+    """As :func:`load`, but returns the model together with its card and origin (:class:`ZooEntry`)."""
+    stem = resolve(name_or_path, lam=lam)
+    model = load(name_or_path, lam=lam, map_location=map_location)
+    return ZooEntry(model=model, card=model.card, origin=_origin(stem),
+                    path=stem.parent / (stem.name + ".safetensors"),
+                    card_sha256=sha256_file(stem.parent / (stem.name + ".json")))
+
+
 def available(pattern: str = "*") -> list[ModelCard]:
     """Cards of every checkpoint in the zoo directories (user zoo first; a user entry hides a shipped one)."""
     import fnmatch

@@ -1,7 +1,9 @@
 """Name → constructor registry (timm-style). Names are the public API of robench."""
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -47,3 +49,33 @@ def create_model(name: str, *, num_classes: int = 10, lam: float | None = None, 
     model = _MODELS[name](num_classes=num_classes, lam=lam, **kwargs)
     model.model_name = name
     return model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know about a registered architecture, without its weights.
+
+    ``scheme``: "euler", "damped", "lambda_damped" or "lm"; ``takes_lam``: a fixed λ applies (damped
+    schemes); ``learned``: with lam=None the model learns per-block coefficients; ``num_classes`` and
+    ``dataset``: what the registered default is built for.
+    """
+
+    name: str
+    scheme: str
+    takes_lam: bool
+    learned: bool
+    num_classes: int
+    dataset: str
+
+
+@functools.lru_cache(maxsize=None)
+def model_info(name: str) -> ModelInfo:
+    """Metadata of a registered model (interim: built once on the meta device, no allocation)."""
+    import torch
+
+    check_model_name(name)
+    with torch.device("meta"):
+        m = _MODELS[name](num_classes=10, lam=None)
+    scheme = m.scheme.value
+    return ModelInfo(name=name, scheme=scheme, takes_lam=scheme in ("damped", "lambda_damped"),
+                     learned=bool(m.learned), num_classes=10, dataset="cifar10")
