@@ -44,7 +44,10 @@ def _plain_dtype(d: object) -> np.dtype:
 
 
 def _dtype(spec: object, align: object = False, copy: object = True) -> np.dtype:
-    # numpy pickles a dtype as dtype(str, False, True) followed by __setstate__
+    # numpy pickles a dtype as dtype(str, False, True) followed by __setstate__; Python 2 wrote the str
+    # as bytes and the flags as 0/1
+    if isinstance(spec, bytes):
+        spec = spec.decode("latin1")
     if not isinstance(spec, str) or spec[:1] in ("O", "V") or not isinstance(align, (bool, int)):
         raise pickle.UnpicklingError(f"dtype {spec!r} is not a plain numeric dtype")
     return _plain_dtype(np.dtype(spec, bool(align), bool(copy)))
