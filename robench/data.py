@@ -111,6 +111,8 @@ def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     Keys may be bytes (the Python 2 originals read as bytes) or str (a copy written by Python 3)."""
     try:
         d = load_batch(path)
+    except BadInput:  # a refused global: says which
+        raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, RecursionError, OSError) as e:
         raise BadInput(f"{path} is truncated or not a CIFAR batch file ({type(e).__name__}); "
