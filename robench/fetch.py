@@ -37,7 +37,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from robench.data import FOLDERS, data_home
+from robench.datahome import FOLDERS, data_home
 from robench.errors import BadInput
 
 __all__ = ["SOURCES", "Source", "fetch", "FetchError", "is_present"]

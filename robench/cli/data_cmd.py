@@ -45,7 +45,7 @@ def list_cmd(data_dir) -> None:
     """Where each data set is expected and whether it is there."""
     from pathlib import Path
 
-    from robench.data import data_home
+    from robench.datahome import data_home
     from robench.fetch import SOURCES, is_present
 
     parent = Path(data_dir) if data_dir is not None else data_home()
