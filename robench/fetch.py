@@ -148,8 +148,8 @@ class _Progress:
                 self.last_t = now
                 self.stream.write("\r" + self._text(now))
                 self.stream.flush()
-        elif self.total:
-            step = min(10, self.done * 10 // self.total)
+        else:  # every 10 %, or every 50 MB when the total is unknown
+            step = min(10, self.done * 10 // self.total) if self.total else self.done // 50_000_000
             if step > self.last_step:
                 self.last_step = step
                 self.stream.write(self._text(now) + "\n")
@@ -229,40 +229,48 @@ def _download(url: str, part: Path, expected_size: int | None, label: str, strea
 
 # -- extraction -------------------------------------------------------------------------------
 def _check_members(tar: tarfile.TarFile, folder: str, archive: str) -> list[tarfile.TarInfo]:
-    """Every member as a regular file or folder under ``folder/``; refuse anything else by name."""
-    members = tar.getmembers()
-    for m in members:
+    """The members under ``folder/``, once every member is known to be a regular file or folder with a
+    relative path that stays inside the archive; anything else is refused by name."""
+    keep = []
+    for m in tar.getmembers():
         name = m.name
-        parts = Path(name).parts
         if name.startswith(("/", "\\")) or os.path.isabs(name) or re.match(r"^[A-Za-z]:", name):
             raise FetchError(f"{archive} member {name!r} has an absolute path; refusing to extract anything")
-        if ".." in parts or ".." in name.replace("\\", "/").split("/"):
+        if ".." in name.replace("\\", "/").split("/"):
             raise FetchError(f"{archive} member {name!r} points outside the archive ('..'); refusing to extract anything")
         if m.issym() or m.islnk():
             raise FetchError(f"{archive} member {name!r} is a link (to {m.linkname!r}); the official archives hold "
                              "only files and folders, refusing to extract anything")
         if not (m.isfile() or m.isdir()):
             raise FetchError(f"{archive} member {name!r} is a special file (device, FIFO); refusing to extract anything")
-        top = posixpath.normpath(name).split("/")[0]
-        if top not in (".", folder):
-            raise FetchError(f"{archive} member {name!r} is outside {folder}/, the data folder of this archive; "
-                             "refusing to extract anything")
-    return members
+        if posixpath.normpath(name).split("/")[0] == folder:
+            keep.append(m)
+    return keep
 
 
-def _extract(archive: Path, src: Source, target_parent: Path, force: bool, log: Callable[[str], None]) -> Path:
-    """Extract ``archive`` into a temporary folder in ``target_parent``, check it, rename it into place."""
+def _extract(archive: Path, src: Source, target_parent: Path, force: bool, log: Callable[[str], None],
+             stream, tty: bool) -> Path:
+    """Extract ``archive`` into a temporary folder in ``target_parent``, check it, rename it into place.
+
+    Only the data folder is extracted (other members, e.g. an archiver's metadata files, are skipped)."""
     target = target_parent / src.folder
-    tmp = Path(tempfile.mkdtemp(dir=target_parent, prefix=f".fetch-{src.folder}-{os.getpid()}-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=target_parent, prefix=f".fetch-{src.folder}-{os.getpid()}-"))
+    except OSError as e:
+        raise FetchError(f"could not create a temporary folder in {target_parent}: {e}") from None
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 members = _check_members(tar, src.folder, archive.name)
-                log(f"extracting {archive.name} ({len(members)} members)")
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, members=members, filter="data")
-                else:  # Python < 3.11.4: the member check above is the whole defence
-                    tar.extractall(tmp, members=members)
+                skipped = len(tar.getmembers()) - len(members)
+                log(f"extracting {archive.name}: {len(members)} members"
+                    + (f" ({skipped} outside {src.folder}/ skipped)" if skipped else ""))
+                progress = _Progress("extracting", sum(m.size for m in members) or None, 0, stream, tty)
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # else: the check above only
+                for m in members:
+                    tar.extract(m, tmp, **safe)
+                    progress.update(m.size)
+                progress.close()
         except (tarfile.TarError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as e:
             raise FetchError(f"{archive} is not a readable tar archive ({type(e).__name__}: {e})") from None
         except OSError as e:  # full disk, permissions
@@ -331,7 +339,10 @@ def fetch(name: str, *, data_dir: str | os.PathLike | None = None, url: str | No
                        f"{', '.join(src.required()[:3])} …); move it away or pass --force to replace it")
     local = _local_archive(url) if url is not None else None
     expected = md5 or src.md5
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create the data folder {parent}: {e.strerror or e}") from None
     _remove_stale(parent, src.folder)
     stream = sys.stderr if stream is None else stream
     tty = bool(getattr(stream, "isatty", lambda: False)())
@@ -358,7 +369,7 @@ def fetch(name: str, *, data_dir: str | os.PathLike | None = None, url: str | No
                          + ("; the download was deleted, run the fetch again" if downloaded else "")
                          + ("; a re-packed copy needs --md5 with its own checksum" if url is not None and md5 is None else ""))
     log(f"MD5 {actual} verified")
-    folder = _extract(archive, src, parent, force, log)
+    folder = _extract(archive, src, parent, force, log, stream, tty)
     if downloaded:
         archive.unlink(missing_ok=True)
     log(f"{name} is ready at {folder}")

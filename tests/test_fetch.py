@@ -130,8 +130,12 @@ def _leftovers(parent: Path) -> list[str]:
 def test_fetch_over_http_then_idempotent(tmp_path, serve):
     archive, md5, test_images = cifar10_archive(tmp_path)
     base, srv = serve({"/c10.tar.gz": archive.read_bytes()})
-    logs = []
-    folder = fetch("cifar10", url=f"{base}/c10.tar.gz?download=1", md5=md5, log=logs.append, stream=io.StringIO())
+    logs, stream = [], io.StringIO()
+    folder = fetch("cifar10", url=f"{base}/c10.tar.gz?download=1", md5=md5, log=logs.append, stream=stream)
+    # not a terminal: plain progress lines, no carriage returns
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and lines[-1].startswith("extracting") and "(100 %)" in lines[-1]
+    assert any(line.startswith("cifar-10-python.tar.gz:") and "(100 %)" in line for line in lines)
     home = fetched_dir("cifar10").parent
     assert folder == fetched_dir("cifar10") and home == Path(os.environ["ROBENCH_HOME"]) / "data"
     assert _leftovers(home) == ["cifar-10-batches-py"]  # no .part, no temporary folder, archive deleted
@@ -232,7 +236,7 @@ def _member(name: str, kind=tarfile.REGTYPE, linkname: str = "", data: bytes = b
     (lambda p: _member("cifar-10-batches-py/evil", tarfile.SYMTYPE, f"{p}/evil"), "is a link"),
     (lambda p: _member("cifar-10-batches-py/evil", tarfile.LNKTYPE, "/etc/passwd"), "is a link"),
     (lambda p: _member("cifar-10-batches-py/evil", tarfile.FIFOTYPE), "special file"),
-    (lambda p: _member("other/evil"), "outside cifar-10-batches-py/"),
+    (lambda p: _member("other/x", tarfile.CHRTYPE), "special file"),
 ])
 def test_malicious_member_refused(tmp_path, extra, why):
     victim = tmp_path / "victim"
@@ -243,6 +247,25 @@ def test_malicious_member_refused(tmp_path, extra, why):
     assert "\n" not in str(e.value) and why in str(e.value) and "refusing to extract anything" in str(e.value)
     assert _leftovers(parent) == [] and not victim.exists()
     assert not list(tmp_path.rglob("evil"))
+
+
+def test_members_outside_the_data_folder_skipped(tmp_path):
+    archive, md5, _ = cifar10_archive(tmp_path, extra=lambda tar: (_member("._cifar-10-batches-py")(tar),
+                                                                    _member("other/evil")(tar)))
+    logs = []
+    fetch("cifar10", data_dir=tmp_path / "d", url=str(archive), md5=md5, log=logs.append)
+    assert _leftovers(tmp_path / "d") == ["cifar-10-batches-py"] and not list((tmp_path / "d").rglob("evil"))
+    assert any("2 outside cifar-10-batches-py/ skipped" in m for m in logs)
+
+
+def test_http_errors_leave_nothing(tmp_path, serve):
+    base, _ = serve({})
+    with pytest.raises(FetchError, match="HTTP 404"):
+        fetch("cifar10", data_dir=tmp_path / "d", url=f"{base}/missing.tgz", md5="0" * 32, log=lambda m: None)
+    assert _leftovers(tmp_path / "d") == []
+    with pytest.raises(FetchError, match="could not download"):  # nothing listens on port 1
+        fetch("cifar10", data_dir=tmp_path / "d", url="http://127.0.0.1:1/x.tgz", md5="0" * 32, log=lambda m: None)
+    assert _leftovers(tmp_path / "d") == []
 
 
 def test_not_the_layout_refused(tmp_path):
