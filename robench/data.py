@@ -99,7 +99,7 @@ def _root_for(name: str, data_dir: str | os.PathLike) -> Path:
 
 def _layout_hint(name: str, data_dir) -> str:
     folder, train, test, _ = _LAYOUT[name]
-    where = f"{Path(data_dir) / folder}/" if data_dir is not None else "a data folder"
+    where = f"{Path(data_dir) / folder}/" if data_dir is not None else f"a folder {folder}/"
     return (f"{name} not found: expected {where} with {', '.join(train + [test])} (the official python "
             f"layout); `robench data fetch {name}` downloads and verifies it into {data_home()}, "
             f"or pass --data-dir with the folder holding an existing copy")
