@@ -10,6 +10,8 @@ complete: an interrupted, killed or corrupted fetch never leaves half a data fol
   starts over when the server does not offer ranges). An archive whose MD5 is wrong is deleted.
   After a successful extraction the downloaded archive is deleted; a local archive given as
   ``url`` is never touched.
+* One fetch of a data set per folder at a time: a second one is refused while the first holds the
+  lock file ``<dir>/.<archive>.lock`` (kept; the OS releases the lock when a process dies).
 * Tar members must be regular files or folders inside the archive's one data folder: absolute
   paths, ``..``, links and special files (devices, FIFOs) are refused before anything is written.
 * The checksums are those published with the data sets and used by torchvision and RobustBench:
@@ -18,6 +20,7 @@ complete: an interrupted, killed or corrupted fetch never leaves half a data fol
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -330,20 +333,46 @@ def fetch(name: str, *, data_dir: str | os.PathLike | None = None, url: str | No
     parent = Path(data_dir) if data_dir is not None else data_home()
     if parent.exists() and not parent.is_dir():
         raise BadInput(f"--dir {parent} is not a folder")
-    target = parent / src.folder
-    if is_present(name, parent) and not force:
-        log(f"{name} is already present at {target}; nothing to do (--force fetches it again)")
-        return target
-    if (target.exists() or target.is_symlink()) and not force:
-        raise BadInput(f"{target} exists but is not a complete {name} folder (it lacks some of "
-                       f"{', '.join(src.required()[:3])} …); move it away or pass --force to replace it")
     local = _local_archive(url) if url is not None else None
     expected = md5 or src.md5
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BadInput(f"cannot create the data folder {parent}: {e.strerror or e}") from None
-    _remove_stale(parent, src.folder)
+    with _lock(parent / f".{src.archive}.lock", name):
+        _remove_stale(parent, src.folder)
+        return _fetch_locked(src, parent, local, url, md5, expected, force, log, stream)
+
+
+@contextlib.contextmanager
+def _lock(path: Path, name: str):
+    """One fetch of a data set per folder at a time (released by the OS when the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the checksum still catches a mixed download
+        yield
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BadInput(f"another robench data fetch of {name} is running in {path.parent}; "
+                           "wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _fetch_locked(src: Source, parent: Path, local: Path | None, url: str | None, md5: str | None, expected: str,
+                  force: bool, log: Callable[[str], None], stream) -> Path:
+    name, target = src.name, parent / src.folder
+    if is_present(name, parent) and not force:
+        log(f"{name} is already present at {target}; nothing to do (--force fetches it again)")
+        return target
+    if (target.exists() or target.is_symlink()) and not force:
+        raise BadInput(f"{target} exists but is not a complete {name} folder (it lacks some of "
+                       f"{', '.join(src.required()[:3])} …); move it away or pass --force to replace it")
     stream = sys.stderr if stream is None else stream
     tty = bool(getattr(stream, "isatty", lambda: False)())
     if local is not None:

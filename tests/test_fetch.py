@@ -123,7 +123,8 @@ def serve(monkeypatch):
 
 
 def _leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir()) if parent.exists() else []
+    """What a fetch left in ``parent``, besides its lock file."""
+    return sorted(p.name for p in parent.iterdir() if not p.name.endswith(".lock")) if parent.exists() else []
 
 
 # -- the happy path ----------------------------------------------------------------------------
@@ -298,6 +299,20 @@ def test_force_replaces_only_when_the_new_copy_is_good(tmp_path):
     fetch("cifar10", data_dir=parent, url=str(archive), md5=md5, force=True, log=lambda m: None)
     assert not (target / "mine.txt").exists() and is_present("cifar10", parent)
     assert _leftovers(parent) == ["cifar-10-batches-py"]
+
+
+def test_one_fetch_at_a_time(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    archive, md5, _ = cifar10_archive(tmp_path)
+    parent = tmp_path / "d"
+    parent.mkdir()
+    with open(parent / ".cifar-10-python.tar.gz.lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(BadInput, match="another robench data fetch of cifar10 is running"):
+            fetch("cifar10", data_dir=parent, url=str(archive), md5=md5, log=lambda m: None)
+        assert not (parent / "cifar-10-batches-py").exists()
+    fetch("cifar10", data_dir=parent, url=str(archive), md5=md5, log=lambda m: None)
+    assert is_present("cifar10", parent)
 
 
 def test_incomplete_existing_folder_refused(tmp_path):
