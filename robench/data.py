@@ -1,5 +1,9 @@
 """Data: CIFAR-10/100 from the official python layout into uint8 tensors (no torchvision), Foolbox's
-20 bundled CIFAR-10 test images as the ``samples`` data set, and batch augmentation on the device.
+20 bundled CIFAR-10 test images as the ``samples`` data set, where fetched data lives
+(``$ROBENCH_HOME/data``, see ``robench.fetch``), and batch augmentation on the device.
+
+The batch files are pickles; they are read with an allow-list unpickler (``robench.safepickle``) that
+never calls anything but numpy's plain-array reconstruction.
 
 ``n`` always means the first n images of the test split in file order, so runs are comparable
 across tools.
@@ -16,12 +20,15 @@ import numpy as np
 import torch
 
 from robench.errors import BadInput
+from robench.datahome import (FOLDERS, data_home, default_corruption_dir, fetched_dir,  # noqa: F401
+                              resolve_data_dir, robench_home)
 from robench.fileio import sha256_file
+from robench.safepickle import load_batch
 
 DATASETS = ("samples", "cifar10", "cifar100")
 _LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
-    "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels"),
+    "cifar10": (FOLDERS["cifar10"], [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+    "cifar100": (FOLDERS["cifar100"], ["train"], "test", b"fine_labels"),
 }
 
 
@@ -59,19 +66,28 @@ class Dataset:
 
 
 def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """One official batch file. These pickles are the data set's own format (plain dicts of arrays)."""
+    """One official batch file, read with the allow-list unpickler (no code from the file ever runs).
+
+    Keys may be bytes (the Python 2 originals read as bytes) or str (a copy written by Python 3)."""
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # CIFAR batch format; never used for checkpoints
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError) as e:
+        d = load_batch(path)
+    except BadInput:  # a refused global: says which
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError, OSError) as e:
         raise BadInput(f"{path} is truncated or not a CIFAR batch file ({type(e).__name__}); "
                        "re-create the data folder") from None
+    if isinstance(d, dict):
+        d = {k.encode("latin1") if isinstance(k, str) else k: v for k, v in d.items()}
     if not isinstance(d, dict) or b"data" not in d or label_key not in d:
         raise BadInput(f"{path} is not a CIFAR batch file (missing 'data' or labels)")
-    data = np.asarray(d[b"data"], dtype=np.uint8)
-    labels = np.asarray(d[label_key], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise BadInput(f"{path} has data of shape {data.shape} for {labels.shape[0]} labels; expected N×3072")
+    try:
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[label_key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise BadInput(f"{path} is not a CIFAR batch file (data or labels are not numbers)") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
+        raise BadInput(f"{path} has data of shape {data.shape} for {labels.shape} labels; expected N×3072")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -83,52 +99,33 @@ def _root_for(name: str, data_dir: str | os.PathLike) -> Path:
 
 def _layout_hint(name: str, data_dir) -> str:
     folder, train, test, _ = _LAYOUT[name]
-    return (f"{name} not found: expected {Path(data_dir) / folder}/ with {', '.join(train + [test])} "
-            f"(the official python layout; for CIFAR-10 here: python ../shared/tools/cifar10_from_jpeg.py {data_dir})")
+    where = f"{Path(data_dir) / folder}/" if data_dir is not None else f"a folder {folder}/"
+    return (f"{name} not found: expected {where} with {', '.join(train + [test])} (the official python "
+            f"layout); `robench data fetch {name}` downloads and verifies it into {data_home()}, "
+            f"or pass --data-dir with the folder holding an existing copy")
 
 
-def load_cifar(name: str, data_dir: str | os.PathLike, split: str = "test", *, download: bool = False) -> Dataset:
-    """CIFAR-10 or CIFAR-100 from ``data_dir`` (the folder holding, or being, the official layout)."""
+def load_cifar(name: str, data_dir: str | os.PathLike | None = None, split: str = "test") -> Dataset:
+    """CIFAR-10 or CIFAR-100 from ``data_dir`` (the folder holding, or being, the official layout);
+    None means the copy ``robench data fetch`` made under ``$ROBENCH_HOME/data``."""
     if name not in _LAYOUT:
         raise BadInput(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise BadInput(f"unknown split {split!r}; valid choices: train, test")
     folder, train_files, test_file, label_key = _LAYOUT[name]
+    data_dir = resolve_data_dir(name, data_dir)
+    if data_dir is None:
+        raise BadInput(_layout_hint(name, None))
     root = _root_for(name, data_dir)
     files = train_files if split == "train" else [test_file]
     # the test batch is needed for either split: its sha256 is the data set's fingerprint
     if not all((root / f).is_file() for f in files + [test_file]):
-        if download:
-            _download(name, Path(data_dir))
-        else:
-            raise BadInput(_layout_hint(name, data_dir))
+        raise BadInput(_layout_hint(name, data_dir))
     parts = [_read_batch(root / f, label_key) for f in files]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     return Dataset(name=name, split=split, images=images, labels=labels, source=str(root),
                    sha256=sha256_file(root / test_file))
-
-
-def _download(name: str, data_dir: Path) -> None:
-    """Fetch the official archive through torchvision into a temporary folder, then move it into place,
-    so an interrupted download never leaves a half-written data folder."""
-    try:
-        import torchvision.datasets as tvd
-    except (ImportError, RuntimeError, OSError):  # a CPU/CUDA-mismatched torchvision raises RuntimeError
-        raise BadInput(_layout_hint(name, data_dir) + "; automatic download needs an importable torchvision") from None
-    import shutil
-    import tempfile
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=".download-"))
-    try:
-        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-        cls(root=str(tmp), train=False, download=True)
-        os.replace(tmp / _LAYOUT[name][0], data_dir / _LAYOUT[name][0])
-    except OSError as e:
-        raise BadInput(f"could not download {name}: {e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_samples() -> Dataset:
@@ -151,7 +148,10 @@ def load_samples() -> Dataset:
 
 def load_dataset(dataset: str | None = None, data_dir: str | os.PathLike | None = None, *,
                  split: str = "test", n: int | None = None) -> Dataset:
-    """The evaluation data: ``samples`` when neither is given; a data dir implies CIFAR-10 by default."""
+    """The evaluation data: ``samples`` when neither is given; a data dir implies CIFAR-10 by default.
+
+    A CIFAR data set named without ``data_dir`` is read from where ``robench data fetch`` put it
+    (``resolve_data_dir``)."""
     if dataset is None:
         dataset = "cifar10" if data_dir is not None else "samples"
     if dataset not in DATASETS:
@@ -161,8 +161,10 @@ def load_dataset(dataset: str | None = None, data_dir: str | os.PathLike | None 
             raise BadInput("the samples data set has only a test split")
         ds = load_samples()
     else:
+        data_dir = resolve_data_dir(dataset, data_dir)
         if data_dir is None:
-            raise BadInput(f"dataset {dataset} needs --data-dir (the folder holding {_LAYOUT[dataset][0]}/)")
+            raise BadInput(f"dataset {dataset} needs --data-dir (the folder holding {_LAYOUT[dataset][0]}/) "
+                           f"or a fetched copy: `robench data fetch {dataset}` puts one in {data_home()}")
         if not Path(data_dir).is_dir():
             raise BadInput(f"data dir {data_dir} does not exist; " + _layout_hint(dataset, data_dir))
         ds = load_cifar(dataset, data_dir, split)

@@ -65,11 +65,15 @@ def test_missing_folder(tmp_path):
     with pytest.raises(BadInput) as e:
         load_cifar("cifar10", tmp_path / "nowhere", "train")
     assert "cifar-10-batches-py" in _one_line(e) and "data_batch_1" in str(e.value)
+    # the way out is the product's own command, never a script outside the repository
+    assert "robench data fetch cifar10" in str(e.value) and "../shared" not in str(e.value)
     with pytest.raises(BadInput) as e:
         load_dataset("cifar10", tmp_path / "nowhere")
     assert "does not exist" in _one_line(e)
-    with pytest.raises(BadInput, match="needs --data-dir"):
-        load_dataset("cifar10")
+    with pytest.raises(BadInput, match="needs --data-dir .* `robench data fetch cifar100`"):
+        load_dataset("cifar100")
+    with pytest.raises(BadInput, match="cifar-10-batches-py/ with .*`robench data fetch cifar10`"):
+        load_cifar("cifar10", None, "test")
     with pytest.raises(BadInput, match="valid choices: samples, cifar10, cifar100"):
         load_dataset("svhn", tmp_path)
     with pytest.raises(BadInput, match="valid choices: train, test"):

@@ -50,7 +50,7 @@ import torch
 
 from robench.corruptions.image import IMAGE
 from robench.corruptions.noise import NOISE
-from robench.data import Dataset
+from robench.data import Dataset, default_corruption_dir, fetched_dir
 from robench.fileio import sha256_file
 from robench.errors import BadInput
 
@@ -171,15 +171,22 @@ def _load_npy(path: Path, root: Path) -> np.ndarray:
         raise BadInput(f"{path} is not a readable .npy array ({type(e).__name__}: {e}); " + _layout(root)) from None
 
 
-def load_cifar10c(corruption_dir: str | os.PathLike, name: str, severity: int, n: int | None = None) -> Dataset:
+def load_cifar10c(corruption_dir: str | os.PathLike | None, name: str, severity: int, n: int | None = None) -> Dataset:
     """The first ``n`` images (all for None) of corruption ``name`` at ``severity`` from the published
-    CIFAR-10-C files in ``corruption_dir`` (the CIFAR-10-C folder, or a folder holding it).
+    CIFAR-10-C files in ``corruption_dir`` (the CIFAR-10-C folder, or a folder holding it); None
+    means the copy ``robench data fetch cifar10c`` made (``robench.data.default_corruption_dir()``).
 
     Every one of the 19 released corruptions can be read, including those ``corrupt`` cannot make.
     """
     if not isinstance(name, str) or name not in CIFAR10C_NAMES:
         raise BadInput(f"unknown CIFAR-10-C corruption {name!r}; valid choices: {', '.join(CIFAR10C_NAMES)}")
     severity = _check_severity(severity)
+    if corruption_dir is None:
+        corruption_dir = default_corruption_dir()
+        if corruption_dir is None:
+            raise BadInput(f"no CIFAR-10-C folder given and none fetched: `robench data fetch cifar10c` downloads "
+                           f"and verifies it into {fetched_dir('cifar10c')}, or pass --corruption-dir with the "
+                           f"folder holding an existing copy (<corruption>.npy, labels.npy)")
     root = Path(corruption_dir)
     if not root.is_dir():
         raise BadInput(f"CIFAR-10-C folder {root} does not exist; " + _layout(root))
