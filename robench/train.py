@@ -265,7 +265,7 @@ def train(
             metrics=dict(test_acc=final_acc, n_test=len(test_set)),
         )
         path = Path(out) / zoo_stem(model_name, lam)
-        model_zoo.save(result["model"].cpu(), path, card)
+        model_zoo.save(result["model"].cpu(), path, card, name=model_name)
         result["card_path"] = str(path) + ".json"
         log(f"saved {path}.safetensors (test accuracy {final_acc:.4f})")
     return result

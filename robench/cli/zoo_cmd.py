@@ -14,10 +14,14 @@ def zoo() -> None:
 @click.argument("pattern", default="*")
 def zoo_list(pattern: str) -> None:
     """Every registered model matching PATTERN with parameter count, scheme, λ and trained weights."""
-    from robench.zoo_table import zoo_table
+    import model_zoo
+    from robench.zoo_table import format_rows, zoo_rows
 
-    df = zoo_table(pattern)
-    if df.empty:
+    records, problems = model_zoo.scan_zoo(pattern)
+    rows = zoo_rows(pattern, records)
+    if not rows:
         click.echo(f"no registered model matches {pattern!r}")
-        return
-    click.echo(df.to_string(index=False))
+    else:
+        click.echo(format_rows(rows))
+    for p in problems:  # one bad card must not hide the rest of the zoo
+        click.echo(f"note: skipped {p.path}: {' '.join(p.problem.split())}", err=True)
