@@ -34,6 +34,10 @@ class Scheme:
     def __str__(self) -> str:
         return self.value
 
+    def __reduce__(self):
+        # pickled (and deep-copied) by name: the registered record is the one definition
+        return get_scheme, (self.value,)
+
 
 _SCHEMES: dict[str, Scheme] = {}
 

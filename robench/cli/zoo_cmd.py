@@ -25,3 +25,23 @@ def zoo_list(pattern: str) -> None:
         click.echo(format_rows(rows))
     for p in problems:  # one bad card must not hide the rest of the zoo
         click.echo(f"note: skipped {p.path}: {' '.join(p.problem.split())}", err=True)
+
+
+@zoo.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--arch", required=True, help="Registered model the weights are for, e.g. inresnet110.")
+@click.option("--source", type=click.Choice(["inresnet", "lmresnet"]), default=None,
+              help="Reference code that saved FILE: minicheshire/InResNet or 2prime/LM-ResNet (default: by --arch).")
+@click.option("--lam", default=None, help="Fixed λ for a damped model (the file's ks are then unused).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Zoo directory (default: the user zoo).")
+@click.option("--force/--no-force", default=False, help="Replace an existing zoo entry.")
+def zoo_import(file: str, arch: str, source: str | None, lam: str | None, out: str | None, force: bool) -> None:
+    """Import a state dict saved by the papers' reference code (torch.save(model.state_dict(), FILE))."""
+    from model_zoo.checkpoint import user_zoo
+    from model_zoo.importer import import_reference
+    from model_zoo.registry import check_model_name
+    from robench.cli.options import parse_lam
+
+    check_model_name(arch)
+    stem = import_reference(file, arch, source=source, lam=parse_lam(lam), out=out or user_zoo(), force=force)
+    click.echo(f"imported {file} as {arch}: {stem}.safetensors + {stem.name}.json")
