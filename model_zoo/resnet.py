@@ -6,12 +6,9 @@ conv (no BN/ReLU, the first block starts with them), three stages, BN-ReLU-avgpo
 Which blocks are damped: the first block of the network and every block with a projection
 shortcut (a stage transition, or the stem→bottleneck widening) keep the plain residual
 ``x + f(x)`` in every scheme, as both reference implementations do. All other blocks follow the
-scheme:
-
-- ``euler``          x_{n+1} = x_n + f(x_n)                                  (ResNet)
-- ``damped``         x_{n+1} = f(x_n) + (1 − λ_n) x_n,  λ_n = relu(1 − k_n)    (In-ResNet)
-- ``lambda_damped``  x_{n+1} = (1 + λ_n) f(x_n) + (1 − λ_n) x_n,  λ_n = relu(k_n)
-- ``lm``             x_{n+1} = (1 − k_n) x_n + k_n x_{n−1} + f(x_n)          (LM-ResNet)
+scheme, a registered record of :mod:`model_zoo.schemes` (its update rule, whether λ applies, the
+init range of the learned k_n): ResNet (``euler``), In-ResNet (``damped``), λ-In-ResNet
+(``lambda_damped``) and LM-ResNet (``lm``); this class has no per-scheme branches.
 
 With a fixed ``lam`` the damped schemes hold λ as a plain float, so the model has exactly the
 parameters and state-dict keys of the ResNet of the same depth and ``lam=0`` *is* that ResNet.
