@@ -373,6 +373,9 @@ def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map
         raise BadInput(f"no trained weights for {zoo_stem(str(name_or_path), lam)} in "
                        f"{' or '.join(str(d) for d in zoo_dirs())}; train them with `{hint}`")
     card, card_path = _read_card(loc)
+    if loc.origin != "file" and zoo_stem(card.name, card.lam) != loc.stem.name:
+        raise BadInput(f"{card_path}: the card is for {zoo_stem(card.name, card.lam)}, not {loc.stem.name}; "
+                       "a zoo entry's file name must match its card")
     weights_link = loc.stem.parent / (loc.stem.name + ".safetensors")
     if not os.path.lexists(weights_link):
         raise BadInput(f"weights file {weights_link} is missing")

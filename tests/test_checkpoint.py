@@ -100,6 +100,16 @@ def test_available_returns_records_with_origin_and_path(tmp_path, monkeypatch):
         model_zoo.available(origin="elsewhere")
 
 
+def test_zoo_entry_whose_card_names_another_model_refused():
+    zoo = model_zoo.user_zoo()
+    model_zoo.save(_model("resnet32"), zoo / "resnet32")
+    for ext in (".json", ".safetensors"):
+        (zoo / ("resnet32" + ext)).rename(zoo / ("resnet20" + ext))
+    with pytest.raises(BadInput, match="the card is for resnet32, not resnet20"):
+        model_zoo.load("resnet20")
+    assert model_zoo.available() == []
+
+
 def test_tampered_weights_refused(tmp_path):
     model_zoo.save(_model(), tmp_path / "inresnet20")
     w = tmp_path / "inresnet20.safetensors"
