@@ -85,7 +85,10 @@ class ModelCard:
             raise bad("name", "a registered model name")
         if not isinstance(self.scheme, str):
             raise bad("scheme", "a scheme name")
-        get_scheme(self.scheme)
+        try:
+            get_scheme(self.scheme)
+        except BadInput as e:
+            raise BadInput(f"{where}: {e}") from None
         if self.lam is not None and not (_number(self.lam) and 0 <= self.lam <= 1):
             raise bad("lam", "null (learned) or a number in [0, 1]")
         if not (isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool)):

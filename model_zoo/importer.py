@@ -50,11 +50,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
         raise BadInput(f"{path} is not a regular file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(f"{path} is not a plain state dict (it holds a pickled object robench will not unpickle: "
-                       f"{first[:120]}); in the reference code save one with "
-                       "`torch.save(model.state_dict(), path)`") from None
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
+        raise BadInput(f"{path} is not a plain state dict that torch.load(weights_only=True) can read (a whole "
+                       "pickled model, as the reference code's torch.save(self.net, ...) writes, is never unpickled); "
+                       "in the reference code save one with `torch.save(model.state_dict(), path)`") from None
     except (OSError, EOFError, ValueError) as e:
         raise BadInput(f"{path} is not a readable torch file: {e}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -78,14 +77,8 @@ def _reference_name(key: str, stage_of_block: list[int]) -> str:
     return key
 
 
-def convert_reference_state(state: dict[str, "torch.Tensor"], name: str, *, source: str | None = None,
-                            lam: float | None = None) -> tuple[dict[str, "torch.Tensor"], int]:
-    """robench's state dict for ``name`` (and λ) from a reference state dict; also returns num_classes.
-
-    Raises :class:`BadInput` naming the missing, unexpected or wrongly shaped keys.
-    """
-    import torch
-
+def check_importable(name: str, source: str | None) -> str:
+    """The source to read ``name`` from (default: by its scheme); BadInput when the reference has no such model."""
     check_model_name(name)
     info, entry = model_info(name), model_entry(name)
     source = source or ("lmresnet" if info.scheme == "lm" else "inresnet")
@@ -97,6 +90,18 @@ def convert_reference_state(state: dict[str, "torch.Tensor"], name: str, *, sour
     if entry.arch is None or entry.arch.get("groups", 1) != 1 or entry.arch.get("stem_width", 16) != 16:
         raise BadInput(f"the reference code has no {name}; importable: the resnet/inresnet/lambda_inresnet/lmresnet "
                        "depths 20…164")
+    return source
+
+
+def convert_reference_state(state: dict[str, "torch.Tensor"], name: str, *, source: str | None = None,
+                            lam: float | None = None) -> tuple[dict[str, "torch.Tensor"], int]:
+    """robench's state dict for ``name`` (and λ) from a reference state dict; also returns num_classes.
+
+    Raises :class:`BadInput` naming the missing, unexpected or wrongly shaped keys.
+    """
+    import torch
+
+    source = check_importable(name, source)
     fc = state.get("fc.weight")
     if fc is None or fc.ndim != 2:
         raise BadInput("the state dict has no fc.weight (missing: fc.weight); is it a CIFAR ResNet of the reference code?")
@@ -152,6 +157,7 @@ def import_reference(path: str | os.PathLike, name: str, *, source: str | None =
     from model_zoo.checkpoint import save, zoo_stem
     from model_zoo.fileio import sha256_file
 
+    source = check_importable(name, source)
     stem = Path(out) / zoo_stem(name, lam)
     if not force and any(os.path.lexists(stem.with_name(stem.name + s)) for s in (".json", ".safetensors")):
         raise BadInput(f"{stem}.json already exists; pass --force to replace that zoo entry")
@@ -159,7 +165,7 @@ def import_reference(path: str | os.PathLike, name: str, *, source: str | None =
     converted, num_classes = convert_reference_state(state, name, source=source, lam=lam)
     model = model_entry(name).build(num_classes=num_classes, lam=lam)
     model.load_state_dict(converted)
-    src = source or ("lmresnet" if model_info(name).scheme == "lm" else "inresnet")
+    src = source
     repo = {"inresnet": "minicheshire/InResNet", "lmresnet": "2prime/LM-ResNet"}[src]
     card = dict(
         dataset={"name": "cifar100" if num_classes == 100 else "cifar10", "label": "unknown (imported weights)"},
