@@ -17,7 +17,9 @@ What differs from robench's :class:`model_zoo.resnet.CifarResNet`:
   so robench k = 1 − reference k;
 - modules built but never used in the forward pass are accepted and dropped: the stem ``bn1``,
   ``downsample1`` in basic-block networks, ``ResNet``'s ``downsample22``/``downsample32``;
-- ``nn.DataParallel`` prefixes (``module.``) are stripped.
+- ``nn.DataParallel`` prefixes (``module.``) are stripped;
+- both reference models run as plain ResNets while their ``pretrain`` flag is set; import a
+  network trained that way as ``resnet<depth>``.
 
 Files are read with ``torch.load(weights_only=True)`` only; the reference code's own
 ``torch.save(self.net, ...)`` (a whole pickled model) is refused with a one-line error.
@@ -171,7 +173,8 @@ def import_reference(path: str | os.PathLike, name: str, *, source: str | None =
         dataset={"name": "cifar100" if num_classes == 100 else "cifar10", "label": "unknown (imported weights)"},
         training={"imported_from": repo, "file": Path(path).name, "file_sha256": sha256_file(path)},
         notes=f"Imported with `robench zoo import --arch {name} --source {src}` from a state dict saved by {repo}; "
-              "not trained by robench, no accuracy measured. Normalisation: robench's CIFAR-10 mean/std.",
+              "not trained by robench, no accuracy measured. Normalisation: the reference code's CIFAR-10 "
+              "mean/std (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010), robench's default.",
     )
     save(model.eval(), stem, card, name=name)
     return stem
