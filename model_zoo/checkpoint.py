@@ -245,8 +245,8 @@ def read_header_metadata(path: Path) -> dict[str, str]:
 def _check_header(weights: Path, card: ModelCard) -> None:
     raw = read_header_metadata(weights).get(ARCH_HEADER_KEY)
     if raw is None:
-        raise BadInput(f"{weights} has no {ARCH_HEADER_KEY} header, so its card cannot be verified; "
-                       "re-save it with model_zoo.save (robench ≥ 0.1 writes the header)")
+        raise BadInput(f"{weights} has no {ARCH_HEADER_KEY} header, so its card cannot be verified (saved by an "
+                       f"older robench); if you trust its card, run `robench zoo upgrade {weights}`")
     try:
         stored = json.loads(raw)
     except ValueError:
@@ -339,6 +339,47 @@ def save(model: "nn.Module", path: str | os.PathLike, card: ModelCard | dict | N
 
     atomic_write(weights, write)
     atomic_write_text(stem.parent / (stem.name + ".json"), card.to_json())
+    return card
+
+
+def upgrade(path: str | os.PathLike) -> ModelCard:
+    """Add the architecture header to a checkpoint saved before robench wrote one.
+
+    The weights must match the card's sha256 (they are what the card was written for); the tensors
+    are rewritten byte for byte with the card's architectural fields in the header, and the card's
+    ``weights_sha256`` is updated (no other card field changes). The card is trusted as it is: run
+    this only on checkpoints you made. Returns the updated card.
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file, save_file
+
+    stem = Path(path)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    loc = _Location(stem, stem.parent, "file")
+    card, card_path = _read_card(loc)
+    weights = regular_file_inside(stem.parent / (stem.name + ".safetensors"), stem.parent, "weights file")
+    if sha256_file(weights) != card.weights_sha256:
+        raise BadInput(f"{weights}: sha256 does not match its card; only intact checkpoints are upgraded")
+    if ARCH_HEADER_KEY in read_header_metadata(weights):
+        raise BadInput(f"{weights} already has its {ARCH_HEADER_KEY} header")
+    _check_card_against_registry(card, str(card_path))
+    try:
+        tensors = load_file(str(weights))
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BadInput(f"{weights} is not a readable safetensors file: {e}") from None
+    raw = json.loads(card_path.read_text())
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata={**meta, ARCH_HEADER_KEY: _canonical(card.arch())})
+        raw["weights_sha256"] = card.weights_sha256 = sha256_file(tmp)
+
+    from model_zoo.fileio import atomic_write
+
+    atomic_write(weights, write)
+    atomic_write_text(card_path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
     return card
 
 

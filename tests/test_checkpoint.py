@@ -152,7 +152,7 @@ def test_edited_normalisation_refused(tmp_path):
 def test_header_less_weights_refused(tmp_path):
     model_zoo.save(_model("resnet20"), tmp_path / "m", name="resnet20")
     _rewrite(tmp_path / "m", header_from_card=False)
-    with pytest.raises(BadInput, match="no robench.arch header"):
+    with pytest.raises(BadInput, match="no robench.arch header.*robench zoo upgrade"):
         model_zoo.load(tmp_path / "m")
 
 
@@ -307,3 +307,21 @@ def test_shipped_weights_classify_real_cifar10_images(rec):
         acc = (m(x).argmax(1) == y).float().mean().item()
     assert acc >= 0.6, (rec.name, acc, rec.card.metrics)
     assert rec.card.dataset["test_batch_sha256"] and rec.card.training["seed"] == 0
+
+
+def test_upgrade_adds_the_header_to_an_old_checkpoint(tmp_path, capsys):
+    """Checkpoints saved before the header existed load again after `robench zoo upgrade`, weights unchanged."""
+    m = _model("inresnet20")
+    model_zoo.save(m, tmp_path / "inresnet20")
+    _rewrite(tmp_path / "inresnet20", header_from_card=False)  # as an older robench wrote it
+    before = json.loads((tmp_path / "inresnet20.json").read_text())
+    with pytest.raises(BadInput, match="robench zoo upgrade"):
+        model_zoo.load(tmp_path / "inresnet20")
+    code, out, _ = _cli(["zoo", "upgrade", str(tmp_path / "inresnet20.safetensors")], capsys)
+    assert code == 0 and "upgraded" in out
+    after = json.loads((tmp_path / "inresnet20.json").read_text())
+    assert {k: v for k, v in after.items() if k != "weights_sha256"} == {k: v for k, v in before.items() if k != "weights_sha256"}
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model_zoo.load(tmp_path / "inresnet20")(x), m(x))
+    code, _, err = _cli(["zoo", "upgrade", str(tmp_path / "inresnet20")], capsys)
+    assert code == 2 and "already has" in err

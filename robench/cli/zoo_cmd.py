@@ -45,3 +45,14 @@ def zoo_import(file: str, arch: str, source: str | None, lam: str | None, out: s
     check_model_name(arch)
     stem = import_reference(file, arch, source=source, lam=parse_lam(lam), out=out or user_zoo(), force=force)
     click.echo(f"imported {file} as {arch}: {stem}.safetensors + {stem.name}.json")
+
+
+@zoo.command("upgrade")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def zoo_upgrade(paths: tuple[str, ...]) -> None:
+    """Add the architecture header to checkpoints saved by an older robench (trusting their cards)."""
+    from model_zoo.checkpoint import upgrade
+
+    for p in paths:
+        card = upgrade(p)
+        click.echo(f"upgraded {p}: weights sha256 {card.weights_sha256}")
