@@ -1,10 +1,28 @@
-"""robench model zoo: what is evaluated. ``create_model(name)``, ``list_models(pattern)``, ``save`` / ``load``."""
-from model_zoo.registry import ModelInfo, create_model, is_model, list_models, model_info, register_model
-from model_zoo.resnet import CIFAR10_MEAN, CIFAR10_STD, CifarResNet, Scheme
+"""robench model zoo: what is evaluated. ``create_model(name)``, ``list_models(pattern)``, ``save`` / ``load``.
+
+Importing the package imports no torch (and nothing from robench): the registry, schemes, cards and
+zoo listing are plain Python; the network classes and weight loading import torch when used.
+"""
+from model_zoo.errors import BadInput
+from model_zoo.arch import CIFAR10_MEAN, CIFAR10_STD, MAX_PARAMETERS
+from model_zoo.schemes import Scheme, get_scheme, lam_schemes, list_schemes, register_scheme
+from model_zoo.registry import (ModelInfo, create_model, is_model, list_models, model_info, models_markdown,
+                                register_cifar_resnet, register_model)
 from model_zoo import variants as _variants  # noqa: F401  (registers the variants)
+from model_zoo.checkpoint import (ModelCard, ZooEntry, ZooProblem, ZooRecord, available, load, load_card, load_entry,
+                                  save, scan_zoo, user_zoo, zoo_dirs, zoo_stem)
 
-__all__ = ["create_model", "list_models", "model_info", "ModelInfo", "register_model", "is_model", "CifarResNet", "Scheme",
-           "CIFAR10_MEAN", "CIFAR10_STD"]
-from model_zoo.checkpoint import ModelCard, ZooEntry, available, load_entry, load, load_card, save, user_zoo, zoo_dirs, zoo_stem  # noqa: E402
+__all__ = ["create_model", "list_models", "model_info", "ModelInfo", "register_model", "register_cifar_resnet",
+           "is_model", "models_markdown", "CifarResNet", "Scheme", "get_scheme", "lam_schemes", "list_schemes", "register_scheme",
+           "CIFAR10_MEAN", "CIFAR10_STD", "MAX_PARAMETERS", "BadInput",
+           "ModelCard", "ZooEntry", "ZooRecord", "ZooProblem", "load_entry", "available", "scan_zoo", "load",
+           "load_card", "save", "user_zoo", "zoo_dirs", "zoo_stem"]
 
-__all__ += ["ModelCard", "ZooEntry", "load_entry", "available", "load", "load_card", "save", "user_zoo", "zoo_dirs", "zoo_stem"]
+
+def __getattr__(name: str):
+    # lazy: the network class needs torch, which listing the zoo must not pay for
+    if name == "CifarResNet":
+        from model_zoo.resnet import CifarResNet
+
+        return CifarResNet
+    raise AttributeError(f"module 'model_zoo' has no attribute {name!r}")

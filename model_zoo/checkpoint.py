@@ -1,29 +1,54 @@
 """Checkpoints: weights as safetensors, metadata as a JSON model card. Nothing is ever unpickled.
 
 A checkpoint is two files side by side, ``<stem>.safetensors`` and ``<stem>.json``; the stem of a
-zoo entry is the model name, plus ``__lam<λ>`` for a fixed-λ model. The card records the sha256 of
-the weights file; loading recomputes it and refuses a mismatch.
+zoo entry is the model name, plus ``__lam<λ>`` for a fixed-λ model. Its identity covers everything
+that changes the function it computes:
+
+- the card records the sha256 of the weights file, recomputed at load;
+- the weights file's safetensors header stores the card's architectural fields (name, scheme, λ,
+  num_classes, kwargs, normalisation) under ``robench.arch``; they must equal the card's, so an
+  edited card no longer passes with the same weights;
+- the card's scheme must be the registered scheme of its name, the architecture must be within
+  :data:`model_zoo.arch.MAX_PARAMETERS` (checked by formula, before anything is allocated), the
+  tensors must fit it, and every weight and BatchNorm statistic must be finite (variances ≥ 0);
+- both files must be regular files inside their zoo directory after resolving symlinks (a FIFO,
+  a device, a directory or a link out of the zoo is refused without being read).
+
+Every card field is validated with a one-line :class:`BadInput`. This module imports torch and
+safetensors only inside :func:`save` and :func:`load_entry`: listing the zoo needs neither.
 """
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
+import math
 import os
 import re
-import tempfile
+import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from model_zoo.arch import check_arch, check_num_classes, check_size
+from model_zoo.errors import BadInput
+from model_zoo.fileio import atomic_write_text, regular_file_inside, sha256_file
+from model_zoo.registry import check_model_name, create_model, is_model, model_entry, model_info
+from model_zoo.schemes import get_scheme
 
-from model_zoo.registry import check_model_name, create_model
-from robench.errors import BadInput
-from robench.fileio import atomic_write_text, sha256_file
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 SHIPPED_ZOO = Path(__file__).resolve().parent / "weights"
+ORIGINS = ("shipped", "user", "file")
+ARCH_HEADER_KEY = "robench.arch"
+ARCH_FIELDS = ("name", "scheme", "lam", "num_classes", "kwargs", "normalisation")
 _SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_HEADER = 100 << 20
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclasses.dataclass
@@ -47,6 +72,51 @@ class ModelCard:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
+    def arch(self) -> dict[str, Any]:
+        """The fields that decide the function the weights compute (stored in the weights' header)."""
+        return {k: getattr(self, k) for k in ARCH_FIELDS}
+
+    def validate(self, where: str = "model card") -> "ModelCard":
+        """Check every field's type and range; :class:`BadInput` names the first bad one."""
+        def bad(field: str, want: str) -> BadInput:
+            return BadInput(f"{where}: {field} must be {want}, got {getattr(self, field)!r}")
+
+        if not isinstance(self.name, str) or not self.name:
+            raise bad("name", "a registered model name")
+        if not isinstance(self.scheme, str):
+            raise bad("scheme", "a scheme name")
+        try:
+            get_scheme(self.scheme)
+        except BadInput as e:
+            raise BadInput(f"{where}: {e}") from None
+        if self.lam is not None and not (_number(self.lam) and 0 <= self.lam <= 1):
+            raise bad("lam", "null (learned) or a number in [0, 1]")
+        if not (isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool)):
+            raise bad("num_classes", "an integer")
+        try:
+            check_num_classes(self.num_classes)
+        except BadInput as e:
+            raise BadInput(f"{where}: {e}") from None
+        for field in ("kwargs", "dataset", "normalisation", "training", "metrics"):
+            v = getattr(self, field)
+            if not (isinstance(v, dict) and all(isinstance(k, str) for k in v)):
+                raise bad(field, "a JSON object")
+        if not (isinstance(self.damping, list) and all(isinstance(d, dict) for d in self.damping)):
+            raise bad("damping", "a list of objects")
+        if not (isinstance(self.weights_sha256, str) and _SHA256.match(self.weights_sha256)):
+            raise bad("weights_sha256", "64 lowercase hex digits")
+        for field in ("robench_version", "notes"):
+            if not isinstance(getattr(self, field), str):
+                raise bad(field, "a string")
+        acc = self.metrics.get("test_acc")
+        if acc is not None and not (_number(acc) and 0 <= acc <= 1):
+            raise BadInput(f"{where}: metrics.test_acc must be a number in [0, 1], got {acc!r}")
+        norm = self.normalisation
+        if norm and not (set(norm) == {"mean", "std"} and all(
+                isinstance(norm[k], list) and len(norm[k]) == 3 and all(_number(x) for x in norm[k]) for k in norm)):
+            raise BadInput(f"{where}: normalisation must be {{\"mean\": [3 numbers], \"std\": [3 numbers]}}, got {norm!r}")
+        return self
+
     @classmethod
     def from_file(cls, path: Path) -> "ModelCard":
         try:
@@ -59,13 +129,21 @@ class ModelCard:
         missing = {"name", "scheme", "lam", "weights_sha256"} - data.keys()
         if missing:
             raise BadInput(f"model card {path} lacks {', '.join(sorted(missing))}")
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        card = cls(**{k: v for k, v in data.items() if k in fields})
+        card.validate(f"model card {path}")
+        if card.lam is not None:
+            card.lam = float(card.lam)
+        return card
 
 
 def robench_version() -> str:
-    from robench import __version__
+    """The installed robench distribution's version (read from package metadata, not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("robench")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def zoo_stem(name: str, lam: float | None) -> str:
@@ -87,17 +165,128 @@ def zoo_dirs() -> list[Path]:
     return [user_zoo(), SHIPPED_ZOO]
 
 
-def _inside(path: Path, root: Path) -> Path:
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise BadInput(f"{path} escapes the zoo directory {root}")
-    return resolved
+def _zoo_roots() -> list[tuple[str, Path]]:
+    return [("user", user_zoo()), ("shipped", SHIPPED_ZOO)]
 
 
-def _card_for(model: nn.Module, card: ModelCard | dict | None) -> ModelCard:
+def shipped_path(name: str, lam: float | None) -> Path | None:
+    """The shipped weights of that model and λ, or None (``robench train`` warns before shadowing them)."""
+    p = SHIPPED_ZOO / (zoo_stem(name, lam) + ".json")
+    return p.with_suffix(".safetensors") if os.path.lexists(p) else None
+
+
+# -- where a checkpoint is -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Location:
+    stem: Path
+    root: Path
+    origin: str
+
+
+def _locate(name_or_path: str | os.PathLike, *, lam: float | None = None) -> _Location | None:
+    p = Path(name_or_path)
+    if p.suffix in (".safetensors", ".json") or os.path.lexists(p) or os.sep in str(name_or_path):
+        if p.suffix in (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"):
+            raise BadInput(f"{p} is a pickle-style checkpoint; robench loads only .safetensors with a .json card "
+                           "(a state dict from the papers' code: `robench zoo import`)")
+        stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+        if not os.path.lexists(stem.parent / (stem.name + ".json")):
+            raise BadInput(f"no model card {stem}.json next to the weights")
+        root = stem.parent
+        origin = next((o for o, r in _zoo_roots() if root.resolve() == r.resolve()), "file")
+        return _Location(stem, root, origin)
+    name = str(name_or_path)
+    check_model_name(name)
+    file_stem = zoo_stem(name, lam)
+    if not _SAFE_STEM.match(file_stem):
+        raise BadInput(f"invalid checkpoint name {file_stem!r}")
+    for origin, root in _zoo_roots():
+        if os.path.lexists(root / (file_stem + ".json")):
+            return _Location(root / file_stem, root, origin)
+    return None
+
+
+def resolve(name_or_path: str | os.PathLike, *, lam: float | None = None) -> Path | None:
+    """The stem of the checkpoint for a model name (+λ) or a path; None when no weights exist."""
+    loc = _locate(name_or_path, lam=lam)
+    return None if loc is None else loc.stem
+
+
+def _read_card(loc: _Location) -> tuple[ModelCard, Path]:
+    card_path = regular_file_inside(loc.stem.parent / (loc.stem.name + ".json"), loc.root, "model card")
+    return ModelCard.from_file(card_path), card_path
+
+
+def load_card(name_or_path: str | os.PathLike, *, lam: float | None = None) -> ModelCard | None:
+    loc = _locate(name_or_path, lam=lam)
+    return None if loc is None else _read_card(loc)[0]
+
+
+# -- the architecture header -----------------------------------------------------------------
+def _canonical(arch: dict) -> str:
+    return json.dumps(arch, sort_keys=True, separators=(",", ":"))
+
+
+def read_header_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, read from its header without loading tensors."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if not 0 < n <= _MAX_HEADER:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path} is not a readable safetensors file: {e}") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _check_header(weights: Path, card: ModelCard) -> None:
+    raw = read_header_metadata(weights).get(ARCH_HEADER_KEY)
+    if raw is None:
+        raise BadInput(f"{weights} has no {ARCH_HEADER_KEY} header, so its card cannot be verified (saved by an "
+                       f"older robench); if you trust its card, run `robench zoo upgrade {weights}`")
+    try:
+        stored = json.loads(raw)
+    except ValueError:
+        raise BadInput(f"{weights}: its {ARCH_HEADER_KEY} header is not JSON") from None
+    if not isinstance(stored, dict):
+        raise BadInput(f"{weights}: its {ARCH_HEADER_KEY} header is not a JSON object")
+    ours = json.loads(_canonical(card.arch()))
+    differ = [k for k in ARCH_FIELDS if stored.get(k) != ours.get(k)]
+    if differ:
+        detail = "; ".join(f"{k}: card {ours.get(k)!r}, weights {stored.get(k)!r}" for k in differ)
+        raise BadInput(f"the card of {weights} does not match the architecture saved with the weights ({detail}); "
+                       "the card was edited or belongs to other weights")
+
+
+def _check_card_against_registry(card: ModelCard, where: str) -> dict[str, Any] | None:
+    """The card's name must be registered with the card's scheme; returns the full arch (family models)."""
+    check_model_name(card.name)
+    info = model_info(card.name)
+    if card.scheme != info.scheme:
+        raise BadInput(f"{where}: the card says scheme {card.scheme!r} but {card.name} is registered as "
+                       f"{info.scheme!r}; these weights are not a {card.name}")
+    if card.lam is not None and not info.takes_lam:
+        raise BadInput(f"{where}: λ={card.lam:g} does not apply to {card.name} (scheme {info.scheme!r})")
+    entry = model_entry(card.name)
+    if entry.arch is None:
+        return None
+    try:
+        arch = check_arch({**entry.arch, **card.kwargs})
+        check_size(arch, scheme=card.scheme, lam=card.lam, num_classes=card.num_classes, what=card.name)
+    except BadInput as e:
+        raise BadInput(f"{where}: {e}") from None
+    return arch
+
+
+# -- save / load -----------------------------------------------------------------------------
+def _card_for(model: "nn.Module", card: ModelCard | dict | None, name: str) -> ModelCard:
+    scheme = getattr(model, "scheme", None)
     base = dict(
-        name=getattr(model, "model_name", type(model).__name__),
-        scheme=getattr(getattr(model, "scheme", None), "value", "euler"),
+        name=name,
+        scheme=str(scheme) if scheme is not None else model_info(name).scheme,
         lam=getattr(model, "lam", None),
         num_classes=getattr(model, "num_classes", 10),
         normalisation={"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()}
@@ -110,85 +299,146 @@ def _card_for(model: nn.Module, card: ModelCard | dict | None) -> ModelCard:
     return ModelCard(**{**base, **extra})
 
 
-def save(model: nn.Module, path: str | os.PathLike, card: ModelCard | dict | None = None) -> ModelCard:
+def _card_name(card: ModelCard | dict | None) -> str | None:
+    if isinstance(card, ModelCard):
+        return card.name
+    return (card or {}).get("name")
+
+
+def save(model: "nn.Module", path: str | os.PathLike, card: ModelCard | dict | None = None, *,
+         name: str | None = None) -> ModelCard:
     """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the card written.
 
-    ``path`` may name either file or the common stem.
+    ``name`` is the registered model name the weights are for (default: ``card["name"]``, else the
+    model part of a zoo stem such as ``inresnet20__lam0.5``); the model's scheme must be that name's
+    registered scheme. ``path`` may name either file or the stem.
     """
+    from safetensors.torch import save_file
+
     stem = Path(path)
     if stem.suffix in (".safetensors", ".json"):
         stem = stem.with_suffix("")
+    from_stem = stem.name.split("__lam")[0]
+    name = name or _card_name(card) or (from_stem if is_model(from_stem) else None)
+    if not name:
+        raise BadInput("model_zoo.save needs the registered model name: pass name=... (or a card with a name, "
+                       "or a zoo stem such as resnet20 / inresnet20__lam0.5)")
+    check_model_name(name)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    card = _card_for(model, card)
+    card = _card_for(model, card, name)
+    _check_card_against_registry(dataclasses.replace(card, weights_sha256="0" * 64).validate(f"card for {name}"), name)
     card.robench_version = robench_version()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = stem.parent / (stem.name + ".safetensors")
-    fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})  # one key: byte-identical files for identical weights
-        card.weights_sha256 = sha256_file(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, weights)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata={"format": "pt", ARCH_HEADER_KEY: _canonical(card.arch())})
+        card.weights_sha256 = sha256_file(tmp)
+
+    from model_zoo.fileio import atomic_write
+
+    atomic_write(weights, write)
     atomic_write_text(stem.parent / (stem.name + ".json"), card.to_json())
     return card
 
 
-def resolve(name_or_path: str | os.PathLike, *, lam: float | None = None) -> Path | None:
-    """The stem of the checkpoint for a model name (+λ) or a path; None when no weights exist."""
-    p = Path(name_or_path)
-    if p.suffix in (".safetensors", ".json") or p.exists() or os.sep in str(name_or_path):
-        if p.suffix in (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"):
-            raise BadInput(f"{p} is a pickle-style checkpoint; robench loads only .safetensors with a .json card")
-        stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-        if not (stem.parent / (stem.name + ".json")).exists():
-            raise BadInput(f"no model card {stem}.json next to the weights")
-        return stem
-    name = str(name_or_path)
-    check_model_name(name)
-    file_stem = zoo_stem(name, lam)
-    if not _SAFE_STEM.match(file_stem):
-        raise BadInput(f"invalid checkpoint name {file_stem!r}")
-    for root in zoo_dirs():
-        cand = root / file_stem
-        if (root / (file_stem + ".json")).exists():
-            _inside(root / (file_stem + ".json"), root)
-            return cand
-    return None
+def upgrade(path: str | os.PathLike) -> ModelCard:
+    """Add the architecture header to a checkpoint saved before robench wrote one.
 
-
-def load_card(name_or_path: str | os.PathLike, *, lam: float | None = None) -> ModelCard | None:
-    stem = resolve(name_or_path, lam=lam)
-    return None if stem is None else ModelCard.from_file(stem.parent / (stem.name + ".json"))
-
-
-def load(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> nn.Module:
-    """Build the model named by the card and load its verified weights (eval mode).
-
-    Raises :class:`BadInput` when no trained weights exist, the sha256 does not match, the file is not
-    safetensors, or the weights do not fit the architecture on the card.
+    The weights must match the card's sha256 (they are what the card was written for); the tensors
+    are rewritten byte for byte with the card's architectural fields in the header, and the card's
+    ``weights_sha256`` is updated (no other card field changes). The card is trusted as it is: run
+    this only on checkpoints you made. Returns the updated card.
     """
-    stem = resolve(name_or_path, lam=lam)
-    if stem is None:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file, save_file
+
+    stem = Path(path)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    loc = _Location(stem, stem.parent, "file")
+    card, card_path = _read_card(loc)
+    weights = regular_file_inside(stem.parent / (stem.name + ".safetensors"), stem.parent, "weights file")
+    if sha256_file(weights) != card.weights_sha256:
+        raise BadInput(f"{weights}: sha256 does not match its card; only intact checkpoints are upgraded")
+    if ARCH_HEADER_KEY in read_header_metadata(weights):
+        raise BadInput(f"{weights} already has its {ARCH_HEADER_KEY} header")
+    _check_card_against_registry(card, str(card_path))
+    try:
+        tensors = load_file(str(weights))
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BadInput(f"{weights} is not a readable safetensors file: {e}") from None
+    raw = json.loads(card_path.read_text())
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata={**meta, ARCH_HEADER_KEY: _canonical(card.arch())})
+        raw["weights_sha256"] = card.weights_sha256 = sha256_file(tmp)
+
+    from model_zoo.fileio import atomic_write
+
+    atomic_write(weights, write)
+    atomic_write_text(card_path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
+    return card
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    """A loaded checkpoint as one record: the module (eval mode), its card, where it came from
+    ("shipped": model_zoo/weights, "user": the user zoo, "file": a path given directly), the weights
+    file, and the sha256 of the card file."""
+
+    model: "nn.Module"
+    card: ModelCard
+    origin: str
+    path: Path
+    card_sha256: str
+
+
+def _check_finite(state: dict, weights: Path) -> None:
+    import torch
+
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad += [k for k, t in state.items() if k.endswith("running_var") and bool((t < 0).any()) and k not in bad]
+    if bad:
+        raise BadInput(f"{weights} holds non-finite weights or negative BatchNorm variances in "
+                       f"{', '.join(bad[:3])}{'…' if len(bad) > 3 else ''}; refused")
+
+
+def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> ZooEntry:
+    """Verify and load a checkpoint; returns the model (eval mode) with its card and origin.
+
+    Raises :class:`BadInput` when no trained weights exist or any check of the module docstring fails.
+    """
+    loc = _locate(name_or_path, lam=lam)
+    if loc is None:
         hint = f"robench train --model {name_or_path}" + ("" if lam is None else f" --lam {lam:g}")
         raise BadInput(f"no trained weights for {zoo_stem(str(name_or_path), lam)} in "
                        f"{' or '.join(str(d) for d in zoo_dirs())}; train them with `{hint}`")
-    card = ModelCard.from_file(stem.parent / (stem.name + ".json"))
-    weights = stem.parent / (stem.name + ".safetensors")
-    if not weights.exists():
-        raise BadInput(f"weights file {weights} is missing")
+    card, card_path = _read_card(loc)
+    if loc.origin != "file" and zoo_stem(card.name, card.lam) != loc.stem.name:
+        raise BadInput(f"{card_path}: the card is for {zoo_stem(card.name, card.lam)}, not {loc.stem.name}; "
+                       "a zoo entry's file name must match its card")
+    weights_link = loc.stem.parent / (loc.stem.name + ".safetensors")
+    if not os.path.lexists(weights_link):
+        raise BadInput(f"weights file {weights_link} is missing")
+    weights = regular_file_inside(weights_link, loc.root, "weights file")
     digest = sha256_file(weights)
     if digest != card.weights_sha256:
-        raise BadInput(f"{weights}: sha256 {digest[:12]}… does not match its card ({card.weights_sha256[:12]}…); "
+        raise BadInput(f"{weights_link}: sha256 {digest[:12]}… does not match its card ({card.weights_sha256[:12]}…); "
                        "the file is corrupt or was modified")
+    _check_header(weights_link, card)
+    _check_card_against_registry(card, str(card_path))
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(weights), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
-        raise BadInput(f"{weights} is not a readable safetensors file: {e}") from None
-    check_model_name(card.name)
+        raise BadInput(f"{weights_link} is not a readable safetensors file: {e}") from None
+    _check_finite(state, weights_link)
     model = create_model(card.name, num_classes=card.num_classes, lam=card.lam, **card.kwargs)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -198,57 +448,85 @@ def load(name_or_path: str | os.PathLike, *, lam: float | None = None, map_locat
         detail = "; ".join(f"{label}: {', '.join(keys[:3])}{'…' if len(keys) > 3 else ''}"
                            for label, keys in (("missing", missing), ("unexpected", unexpected),
                                                ("wrong shape", bad_shape)) if keys)
-        raise BadInput(f"{weights} does not fit {card.name} (lam={card.lam}) on its card: {detail}")
+        raise BadInput(f"{weights_link} does not fit {card.name} (lam={card.lam}) on its card: {detail}")
+    if card.normalisation and hasattr(model, "mean"):
+        built = {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()}
+        if built != card.normalisation:
+            raise BadInput(f"{card_path}: normalisation {card.normalisation} differs from the model's {built}")
     model.load_state_dict(state)
-    model.card = card
-    return model.eval()
+    return ZooEntry(model=model.eval(), card=card, origin=loc.origin, path=weights_link,
+                    card_sha256=sha256_file(card_path))
+
+
+def load(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> "nn.Module":
+    """Build the model named by the card and load its verified weights (eval mode); see :func:`load_entry`."""
+    return load_entry(name_or_path, lam=lam, map_location=map_location).model
+
+
+# -- what the zoos hold ----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ZooRecord:
+    """One checkpoint found in a zoo directory (card read and validated, weights not loaded)."""
+
+    card: ModelCard
+    origin: str        # "user" or "shipped"
+    path: Path         # the weights file
+    card_path: Path
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def lam(self) -> float | None:
+        return self.card.lam
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.card.weights_sha256
 
 
 @dataclasses.dataclass(frozen=True)
-class ZooEntry:
-    """A loaded checkpoint as one record: the module (eval mode), its card, where it came from
-    ("shipped": model_zoo/weights, "user": the user zoo, "file": a path given directly), the weights
-    file, and the sha256 of the card file."""
+class ZooProblem:
+    """A file in a zoo directory that is not a usable checkpoint, and why."""
 
-    model: nn.Module
-    card: ModelCard
     origin: str
     path: Path
-    card_sha256: str
+    problem: str
 
 
-def _origin(stem: Path) -> str:
-    parent = stem.parent.resolve()
-    if parent == SHIPPED_ZOO.resolve():
-        return "shipped"
-    if parent == user_zoo().resolve():
-        return "user"
-    return "file"
-
-
-def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> ZooEntry:
-    """As :func:`load`, but returns the model together with its card and origin (:class:`ZooEntry`)."""
-    stem = resolve(name_or_path, lam=lam)
-    model = load(name_or_path, lam=lam, map_location=map_location)
-    return ZooEntry(model=model, card=model.card, origin=_origin(stem),
-                    path=stem.parent / (stem.name + ".safetensors"),
-                    card_sha256=sha256_file(stem.parent / (stem.name + ".json")))
-
-
-def available(pattern: str = "*") -> list[ModelCard]:
-    """Cards of every checkpoint in the zoo directories (user zoo first; a user entry hides a shipped one)."""
-    import fnmatch
-
-    seen: dict[str, ModelCard] = {}
-    for root in zoo_dirs():
-        if not root.is_dir():
+def scan_zoo(pattern: str = "*", *, origin: str | None = None) -> tuple[list[ZooRecord], list[ZooProblem]]:
+    """Every checkpoint in the zoo directories, user zoo first (a user entry hides the shipped one of
+    the same stem), and the cards that could not be used, with the one-line reason."""
+    if origin is not None and origin not in ("user", "shipped"):
+        raise BadInput(f"unknown zoo origin {origin!r}; valid choices: user, shipped")
+    seen: dict[str, ZooRecord] = {}
+    problems: list[ZooProblem] = []
+    for where, root in _zoo_roots():
+        if origin not in (None, where) or not root.is_dir():
             continue
-        for card_path in sorted(root.glob("*.json")):
+        for card_link in sorted(root.glob("*.json")):
+            stem = card_link.with_suffix("")
             try:
+                card_path = regular_file_inside(card_link, root, "model card")
                 card = ModelCard.from_file(card_path)
-            except BadInput:
-                continue  # an unreadable card is reported when that checkpoint is loaded
+                _check_card_against_registry(card, str(card_link))
+                if card_link.stem != zoo_stem(card.name, card.lam):
+                    raise BadInput(f"{card_link}: its file name does not match the card "
+                                   f"(expected {zoo_stem(card.name, card.lam)}.json)")
+                weights = stem.parent / (stem.name + ".safetensors")
+                regular_file_inside(weights, root, "weights file")
+            except BadInput as e:
+                if fnmatch.fnmatchcase(card_link.stem.split("__lam")[0], pattern):
+                    problems.append(ZooProblem(where, card_link, str(e)))
+                continue
             key = zoo_stem(card.name, card.lam)
             if fnmatch.fnmatchcase(card.name, pattern) and key not in seen:
-                seen[key] = dataclasses.replace(card, dataset={**card.dataset, "zoo": str(root)})
-    return list(seen.values())
+                seen[key] = ZooRecord(card=card, origin=where, path=weights, card_path=card_link)
+    return list(seen.values()), problems
+
+
+def available(pattern: str = "*", *, origin: str | None = None) -> list[ZooRecord]:
+    """The usable checkpoints whose model name matches ``pattern``: with ``origin`` None both zoos,
+    where a user entry hides the shipped one of the same stem; "user" or "shipped": all of that zoo."""
+    return scan_zoo(pattern, origin=origin)[0]

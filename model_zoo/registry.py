@@ -1,25 +1,76 @@
-"""Name → constructor registry (timm-style). Names are the public API of robench."""
+"""Name → model registry (timm-style) whose entries carry their metadata. Names are robench's API.
+
+A registered entry knows its scheme, whether λ applies, whether it learns coefficients, its
+classes, data set and parameter count without being built: :func:`model_info` reads the record,
+so planning and ``robench zoo list`` never import torch. Two ways to register:
+
+- ``register_cifar_resnet(name, scheme, arch)``: one line per member of the CIFAR ResNet family
+  (arch = :class:`model_zoo.resnet.CifarResNet` keywords, see :mod:`model_zoo.arch`);
+- ``@register_model`` on any constructor ``fn(*, num_classes, lam, **kw) -> nn.Module`` (a user
+  package); pass ``scheme=`` and friends for metadata, or its metadata is read once from a build
+  on the meta device.
+"""
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
 import functools
-from typing import Any, Callable
+import re
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import torch.nn as nn
+from model_zoo.arch import check_arch, count_parameters
+from model_zoo.errors import BadInput
+from model_zoo.schemes import get_scheme
 
-from robench.errors import BadInput
+if TYPE_CHECKING:
+    import torch.nn as nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: its constructor and what is known about it without building it."""
+
+    name: str
+    build: Callable[..., "nn.Module"] = dataclasses.field(repr=False)
+    scheme: str | None = None          # None: not declared (read from a meta-device build)
+    arch: Mapping[str, Any] | None = None  # CifarResNet keywords (family members only)
+    num_classes: int = 10
+    dataset: str = "cifar10"
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its own name; a second registration of a name is a bug."""
-    name = fn.__name__
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is already registered")
-    _MODELS[name] = fn
-    return fn
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def _add(entry: ModelEntry) -> None:
+    if entry.name in _MODELS:
+        raise ValueError(f"model {entry.name!r} is already registered")
+    if entry.scheme is not None:
+        get_scheme(entry.scheme)
+    _MODELS[entry.name] = entry
+
+
+def register_model(fn: Callable[..., "nn.Module"] | None = None, *, scheme: str | None = None,
+                   num_classes: int = 10, dataset: str = "cifar10"):
+    """Register ``fn`` under its own name (usable bare, ``@register_model``, or with metadata)."""
+    def deco(f):
+        _add(ModelEntry(name=f.__name__, build=f, scheme=scheme, num_classes=num_classes, dataset=dataset))
+        return f
+    return deco if fn is None else deco(fn)
+
+
+def register_cifar_resnet(name: str, scheme: str, arch: Mapping[str, Any], *, num_classes: int = 10,
+                          dataset: str = "cifar10") -> None:
+    """Register a member of the CIFAR ResNet family: a name, a skip rule and architecture keywords."""
+    arch = dict(arch)
+    check_arch(arch)
+
+    def build(*, num_classes: int = 10, lam: float | None = None, **kw: Any):
+        from model_zoo.resnet import CifarResNet
+
+        return CifarResNet(**{**arch, **kw}, scheme=scheme, lam=lam, num_classes=num_classes)
+
+    build.__name__ = build.__qualname__ = name
+    _add(ModelEntry(name=name, build=build, scheme=scheme, arch=arch, num_classes=num_classes, dataset=dataset))
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -29,8 +80,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def _natural_key(name: str) -> tuple:
-    import re
-
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
@@ -39,16 +88,18 @@ def is_model(name: str) -> bool:
 
 
 def check_model_name(name: str) -> None:
-    if name not in _MODELS:
+    if not isinstance(name, str) or name not in _MODELS:
         raise BadInput(f"unknown model {name!r}; valid choices: {', '.join(list_models())}")
 
 
-def create_model(name: str, *, num_classes: int = 10, lam: float | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered model. ``lam`` fixes λ for every block of a damped model (None: learned)."""
+def model_entry(name: str) -> ModelEntry:
     check_model_name(name)
-    model = _MODELS[name](num_classes=num_classes, lam=lam, **kwargs)
-    model.model_name = name
-    return model
+    return _MODELS[name]
+
+
+def create_model(name: str, *, num_classes: int = 10, lam: float | None = None, **kwargs: Any) -> "nn.Module":
+    """Build a registered model. ``lam`` fixes λ for every block of a damped model (None: learned)."""
+    return model_entry(name).build(num_classes=num_classes, lam=lam, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +108,8 @@ class ModelInfo:
 
     ``scheme``: "euler", "damped", "lambda_damped" or "lm"; ``takes_lam``: a fixed λ applies (damped
     schemes); ``learned``: with lam=None the model learns per-block coefficients; ``num_classes`` and
-    ``dataset``: what the registered default is built for.
+    ``dataset``: what the registered default is built for; ``params``: trainable parameters of the
+    default (lam=None) build; ``update``: the scheme's update rule as text.
     """
 
     name: str
@@ -66,16 +118,50 @@ class ModelInfo:
     learned: bool
     num_classes: int
     dataset: str
+    params: int
+    update: str
 
 
 @functools.lru_cache(maxsize=None)
 def model_info(name: str) -> ModelInfo:
-    """Metadata of a registered model (interim: built once on the meta device, no allocation)."""
-    import torch
+    """Metadata of a registered model, from its registry entry (no build, no torch) where declared."""
+    e = model_entry(name)
+    if e.scheme is not None and e.arch is not None:
+        scheme, params = e.scheme, count_parameters(e.arch, scheme=e.scheme, num_classes=e.num_classes)
+    else:  # a user model: build it once on the meta device (no allocation)
+        import torch
 
-    check_model_name(name)
-    with torch.device("meta"):
-        m = _MODELS[name](num_classes=10, lam=None)
-    scheme = m.scheme.value
-    return ModelInfo(name=name, scheme=scheme, takes_lam=scheme in ("damped", "lambda_damped"),
-                     learned=bool(m.learned), num_classes=10, dataset="cifar10")
+        with torch.device("meta"):
+            m = e.build(num_classes=e.num_classes, lam=None)
+        scheme = e.scheme or str(getattr(m, "scheme", "euler"))
+        params = sum(p.numel() for p in m.parameters())
+    s = get_scheme(scheme)
+    return ModelInfo(name=name, scheme=s.value, takes_lam=s.takes_lam, learned=s.learned, num_classes=e.num_classes,
+                     dataset=e.dataset, params=params, update=s.update)
+
+
+def _compact(names: list[str]) -> list[str]:
+    """``resnet20, resnet32, …, resnet164`` → ``resnet20…164``; names without a trailing depth stay."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        m = re.fullmatch(r"(.*?\D)(\d+)", n)
+        groups.setdefault(m.group(1) if m else n, []).append(n)
+    out = []
+    for prefix, members in groups.items():
+        if len(members) > 1:
+            out.append(f"{members[0]}…{members[-1][len(prefix):]}")
+        else:
+            out.extend(members)
+    return out
+
+
+def models_markdown() -> str:
+    """The README's "Model zoo" scheme table (scheme | update | names), generated from the registries."""
+    from model_zoo.schemes import list_schemes
+
+    lines = ["| scheme | update | names |", "| --- | --- | --- |"]
+    for s in list_schemes():
+        names = [n for n in list_models() if model_info(n).scheme == s.value]
+        if names:
+            lines.append(f"| `{s.value}` | {s.update} | {', '.join(f'`{n}`' for n in _compact(names))} |")
+    return "\n".join(lines) + "\n"

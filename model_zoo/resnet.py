@@ -6,12 +6,9 @@ conv (no BN/ReLU, the first block starts with them), three stages, BN-ReLU-avgpo
 Which blocks are damped: the first block of the network and every block with a projection
 shortcut (a stage transition, or the stem→bottleneck widening) keep the plain residual
 ``x + f(x)`` in every scheme, as both reference implementations do. All other blocks follow the
-scheme:
-
-- ``euler``          x_{n+1} = x_n + f(x_n)                                  (ResNet)
-- ``damped``         x_{n+1} = f(x_n) + (1 − λ_n) x_n,  λ_n = relu(1 − k_n)    (In-ResNet)
-- ``lambda_damped``  x_{n+1} = (1 + λ_n) f(x_n) + (1 − λ_n) x_n,  λ_n = relu(k_n)
-- ``lm``             x_{n+1} = (1 − k_n) x_n + k_n x_{n−1} + f(x_n)          (LM-ResNet)
+scheme, a registered record of :mod:`model_zoo.schemes` (its update rule, whether λ applies, the
+init range of the learned k_n): ResNet (``euler``), In-ResNet (``damped``), λ-In-ResNet
+(``lambda_damped``) and LM-ResNet (``lm``); this class has no per-scheme branches.
 
 With a fixed ``lam`` the damped schemes hold λ as a plain float, so the model has exactly the
 parameters and state-dict keys of the ResNet of the same depth and ``lam=0`` *is* that ResNet.
@@ -19,28 +16,15 @@ parameters and state-dict keys of the ResNet of the same depth and ``lam=0`` *is
 from __future__ import annotations
 
 import math
-from enum import Enum
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robench.errors import BadInput
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
-
-
-class Scheme(str, Enum):
-    EULER = "euler"
-    DAMPED = "damped"
-    LAMBDA_DAMPED = "lambda_damped"
-    LM = "lm"
-
-
-# Initial ranges of the learned per-block coefficient k_n (reference code).
-_K_INIT = {Scheme.DAMPED: (0.75, 0.8), Scheme.LAMBDA_DAMPED: (0.2, 0.25), Scheme.LM: (-0.1, 0.0)}
+from model_zoo.arch import CIFAR10_MEAN, CIFAR10_STD, check_arch, check_num_classes
+from model_zoo.errors import BadInput
+from model_zoo.schemes import Scheme, get_scheme
 
 
 class PreActBasic(nn.Module):
@@ -95,22 +79,26 @@ class CifarResNet(nn.Module):
         widths: Sequence[int] = (16, 32, 64),
         inner_widths: Sequence[int] | None = None,
         groups: int = 1,
-        scheme: Scheme | str = Scheme.EULER,
+        scheme: Scheme | str = "euler",
         lam: float | None = None,
         num_classes: int = 10,
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
     ) -> None:
         super().__init__()
-        scheme = Scheme(scheme)
+        scheme = get_scheme(scheme)
         if lam is not None:
-            if scheme not in (Scheme.DAMPED, Scheme.LAMBDA_DAMPED):
-                raise BadInput(f"λ (lam) does not apply to scheme {scheme.value!r}; it applies to damped and lambda_damped models")
-            if not (isinstance(lam, (int, float)) and 0.0 <= float(lam) <= 1.0):
+            if not scheme.takes_lam:
+                from model_zoo.schemes import lam_schemes
+
+                raise BadInput(f"λ (lam) does not apply to scheme {scheme.value!r}; it applies to "
+                               f"{' and '.join(lam_schemes())} models")
+            if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and 0.0 <= float(lam) <= 1.0):
                 raise BadInput(f"lam must be a number in [0, 1], got {lam!r}")
             lam = float(lam)
-        if block not in ("basic", "bottleneck"):
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
+        check_arch(dict(block=block, layers=layers, stem_width=stem_width, widths=widths, inner_widths=inner_widths,
+                        groups=groups, mean=mean, std=std))
+        check_num_classes(num_classes)
         self.scheme = scheme
         self.lam = lam
         self.num_classes = num_classes
@@ -152,46 +140,50 @@ class CifarResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
         # k_n is a parameter only when it is learned, so fixed-λ and ResNet state dicts coincide.
-        self.learned = scheme != Scheme.EULER and lam is None
+        self.learned = scheme.learned and lam is None
         if self.learned:
-            lo, hi = _K_INIT[scheme]
+            lo, hi = scheme.k_init
             self.k = nn.Parameter(torch.empty(len(damped)).uniform_(lo, hi))
         self._slot = {b: i for i, b in enumerate(damped)}
 
     # -- the per-block coefficients --------------------------------------------------------
     def lambdas(self) -> torch.Tensor:
-        """λ_n per damped block (damped schemes), differentiable when learned."""
-        if self.scheme == Scheme.DAMPED:
-            return F.relu(1 - self.k) if self.learned else torch.full((len(self.damped_blocks),), self.lam)
-        if self.scheme == Scheme.LAMBDA_DAMPED:
-            return F.relu(self.k) if self.learned else torch.full((len(self.damped_blocks),), self.lam)
-        raise ValueError(f"scheme {self.scheme.value!r} has no λ")
+        """λ_n per damped block (schemes that take λ), differentiable when learned."""
+        if not self.scheme.takes_lam:
+            raise ValueError(f"scheme {self.scheme.value!r} has no λ")
+        return self.scheme.lam_of_k(self.k) if self.learned else torch.full((len(self.damped_blocks),), self.lam)
+
+    def _coefficients(self) -> list | torch.Tensor:
+        """The coefficient each damped block's update gets (λ_n, k_n, or None for a rule without one)."""
+        s = self.scheme
+        if self.learned:
+            return s.lam_of_k(self.k) if s.lam_of_k is not None else self.k
+        # a fixed λ stays a Python float so that λ=0 is exactly ResNet
+        return [self.lam] * len(self.damped_blocks)
 
     def damping(self) -> list[dict]:
         """Per-block damping as flat records: block index, stage, coefficient name and value.
 
         λ_n for the damped schemes, k_n for LM-ResNet, λ=0 for ResNet's blocks.
         """
-        if self.scheme in (Scheme.DAMPED, Scheme.LAMBDA_DAMPED):
-            name, values = "lam", self.lambdas().detach().cpu().tolist()
-        elif self.scheme == Scheme.LM:
-            name, values = "k", self.k.detach().cpu().tolist()
+        if self.scheme.takes_lam and (self.learned or self.lam is not None):
+            values = self.lambdas().detach().cpu().tolist()
+        elif self.learned:
+            values = self.k.detach().cpu().tolist()
         else:
-            name, values = "lam", [0.0] * len(self.damped_blocks)
+            values = [0.0] * len(self.damped_blocks)
         stage_of = []
         for stage, n in enumerate(self.config["layers"]):
             stage_of += [stage] * n
-        return [{"block": b, "stage": stage_of[b], "coef": name, "value": float(v)}
+        return [{"block": b, "stage": stage_of[b], "coef": self.scheme.coef, "value": float(v)}
                 for b, v in zip(self.damped_blocks, values)]
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         x = self.conv1(x)
-        s = self.scheme
-        if s in (Scheme.DAMPED, Scheme.LAMBDA_DAMPED):
-            # one formula for λ_n (lambdas()); a fixed λ stays a Python float so λ=0 is exactly ResNet
-            lams = self.lambdas() if self.learned else [self.lam] * len(self.damped_blocks)
+        step = self.scheme.step
+        coefs = self._coefficients()
         prev = x  # x_{n-1} for LM; after a projection block it is the projected input
         for i, block in enumerate(self.blocks):
             proj = self.projections[str(i)] if str(i) in self.projections else None
@@ -199,18 +191,7 @@ class CifarResNet(nn.Module):
                 shortcut = proj(x) if proj is not None else x
                 x, prev = block(x) + shortcut, shortcut
                 continue
-            f = block(x)
-            if s == Scheme.EULER:
-                out = x + f
-            elif s == Scheme.DAMPED:
-                lam = lams[self._slot[i]]
-                out = f + (1 - lam) * x
-            elif s == Scheme.LAMBDA_DAMPED:
-                lam = lams[self._slot[i]]
-                out = (1 + lam) * f + (1 - lam) * x
-            else:  # LM
-                k = self.k[self._slot[i]]
-                out = f + (1 - k) * x + k * prev
+            out = step(block(x), x, prev, coefs[self._slot[i]])
             x, prev = out, x
         x = F.relu(self.bn(x))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)

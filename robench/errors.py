@@ -1,6 +1,10 @@
-"""The one exception type that means "the user asked for something invalid"."""
+"""The one exception type that means "the user asked for something invalid".
+
+The class is defined in :mod:`model_zoo.errors` (the leaf package); this is the same object, so
+``except robench.errors.BadInput`` catches what the zoo raises.
+"""
 from __future__ import annotations
 
+from model_zoo.errors import BadInput
 
-class BadInput(ValueError):
-    """Invalid user input. The CLI prints ``error: <message>`` on one line and exits with code 2."""
+__all__ = ["BadInput"]

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import model_zoo
-from model_zoo.checkpoint import zoo_stem
+from model_zoo.checkpoint import shipped_path, user_zoo, zoo_stem
 from robench.fileio import atomic_write_text
 from robench.machine import cpu_capability, cpu_has_fast_bf16, cpu_name
 from robench.data import Dataset, augment, data_label
@@ -132,6 +132,30 @@ def _metrics_csv(path: Path, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def check_outputs(model_name: str, lam: float | None, run_dir: str | os.PathLike,
+                  out: str | os.PathLike | None, *, resume: bool = False, force: bool = False) -> list[str]:
+    """Refuse (BadInput) to replace an existing run folder (unless resuming it) or zoo entry without
+    ``force``; returns notes for the user (the output will shadow a shipped checkpoint)."""
+    run_dir = Path(run_dir)
+    if not resume and not force and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise BadInput(f"run folder {run_dir} already exists; pass --resume to continue that run or --force "
+                       "to replace it")
+    notes = []
+    if out is not None:
+        stem = Path(out) / zoo_stem(model_name, lam)
+        existing = [p for p in (stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors"))
+                    if os.path.lexists(p)]
+        if existing and not force:
+            raise BadInput(f"{existing[0]} already exists; pass --force to replace that zoo entry "
+                           "(or --out DIR to write elsewhere)")
+        shipped = shipped_path(model_name, lam)
+        if shipped is not None and Path(out).resolve() == user_zoo().resolve():
+            notes.append(f"note: the new {zoo_stem(model_name, lam)} in the user zoo ({out}) will shadow the shipped "
+                         f"{shipped}: the user zoo wins lookups, so `robench eval --model {model_name}` will use "
+                         "the new weights; delete them to use the shipped ones again")
+    return notes
+
+
 def train(
     model_name: str,
     train_set: Dataset,
@@ -152,12 +176,14 @@ def train(
     data_label_text: str | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    force: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train ``model_name`` and return the run summary (history, final accuracy, card path when ``out``).
 
     ``run_dir`` holds the epoch checkpoint and ``metrics.csv``; ``out`` is the zoo directory the
-    final weights and card go to. ``stop_after_epoch`` ends the run early (for tests of resume).
+    final weights and card go to. ``stop_after_epoch`` ends the run early (for tests of resume). An
+    existing run folder (unless ``resume``) or zoo entry is replaced only with ``force``.
     """
     if recipe not in RECIPES:
         raise BadInput(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
@@ -172,6 +198,8 @@ def train(
         raise BadInput("device cuda was asked for but torch sees no CUDA device; valid choices here: cpu")
     dev = torch.device(device)
     run_dir = Path(run_dir)
+    for note in check_outputs(model_name, lam, run_dir, out, resume=resume, force=force):
+        log(note)
     config = dict(model=model_name, lam=lam, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=rec.lr,
                   seed=seed, amp=bool(amp), num_classes=train_set.num_classes, n_train=len(train_set), data_sha256=test_set.sha256)
     if resume and (run_dir / "state.json").exists():
@@ -265,7 +293,7 @@ def train(
             metrics=dict(test_acc=final_acc, n_test=len(test_set)),
         )
         path = Path(out) / zoo_stem(model_name, lam)
-        model_zoo.save(result["model"].cpu(), path, card)
+        model_zoo.save(result["model"].cpu(), path, card, name=model_name)
         result["card_path"] = str(path) + ".json"
         log(f"saved {path}.safetensors (test accuracy {final_acc:.4f})")
     return result

@@ -1,29 +1,48 @@
-"""``robench zoo list`` as a DataFrame: architectures × trained weights."""
+"""``robench zoo list`` as a DataFrame: architectures × trained weights (read from the registry and
+the cards: nothing is built and torch is not imported)."""
 from __future__ import annotations
 
 import math
-
-import pandas as pd
-import torch
+from typing import TYPE_CHECKING
 
 import model_zoo
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def zoo_table(pattern: str = "*") -> pd.DataFrame:
+COLUMNS = ("model", "params_M", "scheme", "lam", "weights", "test_acc")
+
+
+def zoo_table(pattern: str = "*", records: list | None = None) -> "pd.DataFrame":
+    """:func:`zoo_rows` as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(zoo_rows(pattern, records), columns=list(COLUMNS))
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Right-aligned plain-text table (what ``DataFrame.to_string(index=False)`` prints), without pandas."""
+    cells = [[str(c) for c in COLUMNS]] + [["NaN" if isinstance(r[c], float) and math.isnan(r[c]) else str(r[c])
+                                             for c in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join(" ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)
+
+
+def zoo_rows(pattern: str = "*", records: list | None = None) -> list[dict]:
+    """One row per registered model matching ``pattern`` and per checkpoint of it (``records``:
+    what :func:`model_zoo.available` returns, by default read now)."""
     trained: dict[str, list] = {}
-    for card in model_zoo.available(pattern):
-        trained.setdefault(card.name, []).append(card)
+    for rec in model_zoo.available(pattern) if records is None else records:
+        trained.setdefault(rec.name, []).append(rec)
     rows = []
     for name in model_zoo.list_models(pattern):
-        with torch.device("meta"):  # counts parameters without allocating ResNeXt's 68M floats
-            m = model_zoo.create_model(name)
-        params = sum(p.numel() for p in m.parameters())
-        cards = sorted(trained.get(name, []), key=lambda c: (c.lam is not None, c.lam or 0.0))
-        base = dict(model=name, params_M=round(params / 1e6, 3), scheme=m.scheme.value)
-        if not cards:
-            rows.append(base | dict(lam="learned" if m.learned else "-", weights="-", test_acc=math.nan))
-        for c in cards:
-            lam = "learned" if c.lam is None and m.learned else ("-" if c.lam is None else f"{c.lam:g}")
-            acc = c.metrics.get("test_acc", math.nan)
-            rows.append(base | dict(lam=lam, weights=c.dataset.get("zoo", "?"), test_acc=acc))
-    return pd.DataFrame(rows)
+        info = model_zoo.model_info(name)
+        recs = sorted(trained.get(name, []), key=lambda r: (r.lam is not None, r.lam or 0.0))
+        base = dict(model=name, params_M=round(info.params / 1e6, 3), scheme=info.scheme)
+        if not recs:
+            rows.append(base | dict(lam="learned" if info.learned else "-", weights="-", test_acc=math.nan))
+        for r in recs:
+            lam = "learned" if r.lam is None and info.learned else ("-" if r.lam is None else f"{r.lam:g}")
+            acc = r.card.metrics.get("test_acc", math.nan)
+            rows.append(base | dict(lam=lam, weights=f"{r.origin}: {r.path.parent}", test_acc=acc))
+    return rows

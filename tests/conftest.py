@@ -8,6 +8,7 @@ import torch
 def _isolated_home(tmp_path, monkeypatch, request):
     monkeypatch.setenv("ROBENCH_HOME", str(tmp_path / "robench_home"))
     monkeypatch.setenv("ROBENCH_PROGRESS", "0")
+    monkeypatch.setenv("ROBENCH_THREADS", "1")  # commands set torch's threads from it (see below)
     if "shipped_zoo" not in request.keywords:
         # A test sees only the checkpoints it saves itself, whatever weights the package ships today.
         import model_zoo.checkpoint

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 import model_zoo
-from model_zoo import Scheme, create_model, list_models
-from model_zoo.registry import register_model
+from model_zoo import Scheme, create_model, list_models, model_info
+from model_zoo.registry import _MODELS, register_cifar_resnet, register_model
+from model_zoo.schemes import _SCHEMES, get_scheme, register_scheme
 from robench.errors import BadInput
 
 ALL = list_models()
@@ -133,5 +134,95 @@ def test_normalisation_inside_model():
 
 
 def test_schemes():
-    assert create_model("lmresnet20").scheme is Scheme.LM
-    assert create_model("lambda_inresnet20").scheme is Scheme.LAMBDA_DAMPED
+    assert create_model("lmresnet20").scheme is get_scheme("lm")
+    assert create_model("lambda_inresnet20").scheme.value == "lambda_damped"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model_info_matches_the_built_model_without_building(name):
+    """13.3: the registry entry knows scheme, λ, classes and size; the meta-device build agrees."""
+    info = model_info(name)
+    with torch.device("meta"):
+        m = create_model(name)
+    assert info.scheme == m.scheme.value and info.learned == m.learned and info.num_classes == m.num_classes
+    assert info.takes_lam == (info.scheme in ("damped", "lambda_damped")) and info.dataset == "cifar10"
+    assert info.params == sum(p.numel() for p in m.parameters())
+
+
+def test_a_new_scheme_is_one_registered_definition(monkeypatch):
+    """13.3: a scheme (update rule, λ, k init) and a model using it are one definition each."""
+    monkeypatch.setattr("model_zoo.schemes._SCHEMES", dict(_SCHEMES))
+    monkeypatch.setattr("model_zoo.registry._MODELS", dict(_MODELS))
+    half = register_scheme(Scheme("half", "x_{n+1} = x_n + (1−λ_n) f(x_n)", step=lambda f, x, prev, lam: x + (1 - lam) * f,
+                                  takes_lam=True, learned=True, k_init=(0.5, 0.5), lam_of_k=lambda k: k.clamp(0, 1)))
+    register_cifar_resnet("halfresnet20", "half", {"layers": (3, 3, 3)})
+    info = model_info("halfresnet20")
+    assert (info.scheme, info.takes_lam, info.learned) == ("half", True, True)
+    torch.manual_seed(0)
+    m = create_model("halfresnet20", lam=1.0).eval()
+    res = create_model("resnet20").eval()
+    res.load_state_dict(m.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    h = m.conv1((x - m.mean) / m.std)
+    for i, b in enumerate(m.blocks):  # λ=1 drops f in the damped blocks: only projections and block 0 remain
+        if str(i) in m.projections:
+            h = b(h) + m.projections[str(i)](h)
+        elif i == 0:
+            h = b(h) + h
+    torch.testing.assert_close(m(x), m.fc(torch.relu(m.bn(h)).mean((2, 3))))
+    learned = create_model("halfresnet20")
+    assert learned.k.shape == (6,) and all(r["value"] == 0.5 for r in learned.damping())
+    assert "halfresnet20" in model_zoo.models_markdown() and half.update in model_zoo.models_markdown()
+
+
+def test_models_markdown_lists_every_registered_model_once():
+    md = model_zoo.models_markdown()
+    assert md.splitlines()[0] == "| scheme | update | names |"
+    assert "| `lm` | x_{n+1} = (1−k_n) x_n + k_n x_{n−1} + f(x_n) | `lmresnet20…164`, `lmresnext29_8x64d` |" in md
+    assert "`resnet20…164`, `resnext29_8x64d`, `resnext29_16x64d`" in md
+
+
+def test_no_attributes_glued_onto_models():
+    assert not hasattr(create_model("resnet20"), "model_name")
+
+
+def test_bad_architecture_keywords_one_line():
+    with pytest.raises(BadInput, match="widths must be 3 positive integers"):
+        create_model("resnet20", widths=[16, "32", 64])
+    with pytest.raises(BadInput, match="unknown scheme 'rk4'; valid choices: euler, damped"):
+        get_scheme("rk4")
+
+
+def _reference_forward(m, x, scheme):
+    """The four update rules written out independently of model_zoo.schemes (as in the README table)."""
+    h = m.conv1((x - m.mean) / m.std)
+    prev = h
+    for i, b in enumerate(m.blocks):
+        if str(i) in m.projections or i == 0:
+            sc = m.projections[str(i)](h) if str(i) in m.projections else h
+            h, prev = b(h) + sc, sc
+            continue
+        f, slot = b(h), m.damped_blocks.index(i)
+        if scheme == "euler":
+            out = h + f
+        elif scheme == "damped":
+            out = f + (1 - torch.relu(1 - m.k)[slot]) * h
+        elif scheme == "lambda_damped":
+            out = (1 + torch.relu(m.k)[slot]) * f + (1 - torch.relu(m.k)[slot]) * h
+        else:
+            out = f + (1 - m.k[slot]) * h + m.k[slot] * prev
+        h, prev = out, h
+    return m.fc(torch.nn.functional.adaptive_avg_pool2d(torch.relu(m.bn(h)), 1).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "inresnet20", "lambda_inresnet20", "lmresnet20"])
+def test_scheme_records_compute_the_documented_updates_exactly(name):
+    """13.3: moving the update rules into registered schemes keeps every scheme's logits bit-identical."""
+    torch.manual_seed(3)
+    m = create_model(name).eval()
+    if m.learned:
+        with torch.no_grad():
+            m.k.uniform_(-0.5, 1.5)  # both sides of the relu kinks
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), _reference_forward(m, x, m.scheme.value))

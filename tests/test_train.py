@@ -136,10 +136,10 @@ def test_resume_after_interruption_is_exact(tmp_path, model_name, recipe):
     assert _rows(tmp_path / "a" / "metrics.csv") == _rows(tmp_path / "b" / "metrics.csv")
     # the final checkpoints hold the same weights (compared as tensors: safetensors writes its metadata
     # in no fixed order, so the files' bytes may differ)
-    za, zb = model_zoo.load(tmp_path / "zoo_a" / model_name), model_zoo.load(tmp_path / "zoo_b" / model_name)
-    for k, v in za.state_dict().items():
-        assert torch.equal(v, zb.state_dict()[k]), k
-    assert za.card.metrics == zb.card.metrics
+    ea, eb = model_zoo.load_entry(tmp_path / "zoo_a" / model_name), model_zoo.load_entry(tmp_path / "zoo_b" / model_name)
+    for k, v in ea.model.state_dict().items():
+        assert torch.equal(v, eb.model.state_dict()[k]), k
+    assert ea.card.metrics == eb.card.metrics
     # and the run really trained: the weights moved away from the seeded initialisation
     torch.manual_seed(5)
     init = model_zoo.create_model(model_name).state_dict()
@@ -232,3 +232,79 @@ def test_amp_warns_on_a_cpu_without_bf16_kernels(tmp_path, monkeypatch, fast_bf1
     card = json.loads((tmp_path / "zoo" / "resnet20.json").read_text())
     assert card["training"]["device"] == f"cpu:{rt.cpu_name()} ({torch.backends.cpu.get_cpu_capability()})"
     assert card["training"]["amp"] == ("bfloat16" if amp else "fp32")
+
+
+def test_train_refuses_to_replace_a_run_or_zoo_entry_without_force(tmp_path):
+    """14.4: a second run onto the same run folder or zoo entry was silently replaced."""
+    x, y = colour_images(16, seed=0)
+    ds = Dataset("cifar10", "train", torch.from_numpy(x), torch.from_numpy(y), "synthetic", "0" * 64)
+    kw = dict(epochs=1, batch_size=16, progress=False, log=_quiet)
+    train("resnet20", ds, ds, run_dir=tmp_path / "run", out=tmp_path / "zoo", **kw)
+    card = (tmp_path / "zoo" / "resnet20.json").read_bytes()
+    with pytest.raises(BadInput, match="run folder .*run already exists; pass --resume .* or --force"):
+        train("resnet20", ds, ds, run_dir=tmp_path / "run", out=tmp_path / "zoo", **kw)
+    with pytest.raises(BadInput, match="resnet20.json already exists; pass --force"):
+        train("resnet20", ds, ds, run_dir=tmp_path / "run2", out=tmp_path / "zoo", **kw)
+    assert (tmp_path / "zoo" / "resnet20.json").read_bytes() == card and not (tmp_path / "run2").exists()
+    train("resnet20", ds, ds, run_dir=tmp_path / "run", out=tmp_path / "zoo", seed=1, force=True, **kw)
+    assert json.loads((tmp_path / "zoo" / "resnet20.json").read_text())["training"]["seed"] == 1
+
+
+def test_train_says_it_will_shadow_a_shipped_checkpoint(tmp_path, monkeypatch):
+    """14.4: the user zoo wins lookups, so training into it hides the shipped weights; the run says so."""
+    import robench.train as rt
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "resnet20.json").write_text("{}")
+    monkeypatch.setattr(model_zoo.checkpoint, "SHIPPED_ZOO", shipped)
+    notes = rt.check_outputs("resnet20", None, tmp_path / "run", model_zoo.user_zoo())
+    assert len(notes) == 1 and "will shadow the shipped" in notes[0] and str(shipped / "resnet20.safetensors") in notes[0]
+    assert rt.check_outputs("resnet20", None, tmp_path / "run", tmp_path / "elsewhere") == []
+    assert rt.check_outputs("resnet32", None, tmp_path / "run", model_zoo.user_zoo()) == []
+
+
+def test_train_command_n_threads_and_force(tmp_path, capsys, monkeypatch):
+    """14.9: `train --n` takes the first N training images, `--threads` (or ROBENCH_THREADS) sets the threads;
+    a second run needs --force."""
+    from robench.cli import main
+
+    _write_colour_cifar(tmp_path / "data", 60, 20)
+    argv = ["train", "--model", "resnet20", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "12",
+            "--out", str(tmp_path / "zoo"), "--run-dir", str(tmp_path / "run"), "--n", "24"]
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("ROBENCH_THREADS", "1")
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        out = capsys.readouterr()
+        assert e.value.code == 0, out.err
+        assert "on cifar10: 24 train / 20 test" in out.out and "1 threads" in out.out
+        assert json.loads((tmp_path / "zoo" / "resnet20.json").read_text())["dataset"]["n_train"] == 24
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: run folder") and "--force" in err
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--threads", "two"])
+        assert e.value.code == 2 and "--threads must be a whole number" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_resolve_threads(monkeypatch):
+    from robench.machine import resolve_threads
+
+    monkeypatch.delenv("ROBENCH_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(16)))
+    assert resolve_threads() == 4 and resolve_threads(2) == 2 and resolve_threads("3") == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    assert resolve_threads(None) == 2
+    monkeypatch.setenv("ROBENCH_THREADS", "1")
+    assert resolve_threads() == 1 and resolve_threads(3) == 3
+    for bad in ("0", "-1", "2.5", "many"):
+        monkeypatch.setenv("ROBENCH_THREADS", bad)
+        with pytest.raises(BadInput, match="ROBENCH_THREADS must be a whole number"):
+            resolve_threads()
+    with pytest.raises(BadInput, match="--threads"):
+        resolve_threads(0)

@@ -33,27 +33,38 @@ def coefficient_text(model, lam: float | None) -> str:
 @click.option("--run-dir", type=click.Path(), default=None, help="Epoch checkpoints + metrics.csv (default under $ROBENCH_HOME/runs).")
 @click.option("--resume/--no-resume", default=False, help="Continue from the last epoch checkpoint in --run-dir.")
 @click.option("--data-label", default=None, help='Human label of the data, e.g. "CIFAR-10 (JPEG copy)".')
+@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Train on the first N training images only.")
+@click.option("--threads", default=None,
+              help="CPU threads (default: $ROBENCH_THREADS, else min(cores, 4)).")
+@click.option("--force/--no-force", default=False, help="Replace an existing run folder or zoo entry.")
 def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr, device, amp, compile_, seed, out,
-              run_dir, resume, data_label) -> None:
+              run_dir, resume, data_label, n, threads, force) -> None:
     """Train a zoo model on CIFAR and put the final checkpoint, with its card, into a zoo."""
     import model_zoo
     from model_zoo.checkpoint import user_zoo, zoo_stem
     from model_zoo.registry import check_model_name
     from robench.data import load_cifar
-    from robench.train import train
+    from robench.machine import resolve_threads
+    from robench.train import check_outputs, train
 
     check_model_name(model_name)
     lam_v = parse_lam(lam)
+    n_threads = resolve_threads(threads)
     # validates λ against the model before loading data
     coeffs = coefficient_text(model_zoo.create_model(model_name, lam=lam_v), lam_v)
-    train_set = load_cifar(dataset, data_dir, "train")
-    test_set = load_cifar(dataset, data_dir, "test")
     out = Path(out) if out else user_zoo()
     if run_dir is None:
         run_dir = user_zoo().parent / "runs" / f"{zoo_stem(model_name, lam_v)}-{recipe}-seed{seed}"
+    check_outputs(model_name, lam_v, run_dir, out, resume=resume, force=force)  # before reading any data
+    train_set = load_cifar(dataset, data_dir, "train").first(n)
+    test_set = load_cifar(dataset, data_dir, "test")
+    import torch
+
+    torch.set_num_threads(n_threads)
     click.echo(f"training {model_name} ({coeffs}) on {dataset}: "
-               f"{len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {device}; run dir {run_dir}")
+               f"{len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {device}, {n_threads} threads; "
+               f"run dir {run_dir}")
     train(model_name, train_set, test_set, lam=lam_v, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
           device=device, amp=amp, compile=compile_, seed=seed, run_dir=run_dir, resume=resume, out=out,
-          data_label_text=data_label, progress=os.environ.get("ROBENCH_PROGRESS", "1") != "0",
+          data_label_text=data_label, progress=os.environ.get("ROBENCH_PROGRESS", "1") != "0", force=force,
           log=lambda m: click.echo(m, err=False))
