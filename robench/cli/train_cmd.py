@@ -19,7 +19,8 @@ def coefficient_text(model, lam: float | None) -> str:
 @cli.command("train")
 @click.option("--model", "model_name", required=True, help="Registered model name (see `robench zoo list`).")
 @click.option("--lam", default=None, help="Fixed λ in [0,1] for damped models; default: learned.")
-@click.option("--data-dir", required=True, type=click.Path(), help="Folder holding cifar-10-batches-py/ (or cifar-100-python/).")
+@click.option("--data-dir", default=None, type=click.Path(),
+              help="Folder holding cifar-10-batches-py/ (or cifar-100-python/); default: the copy `robench data fetch` made.")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10", show_default=True)
 @click.option("--recipe", type=click.Choice(["paper", "fast"]), default="fast", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
