@@ -41,3 +41,26 @@ def cpu_has_fast_bf16() -> bool:
 
 def cpu_label() -> str:
     return f"{cpu_name()} ({os.cpu_count()} logical cores, {cpu_capability()})"
+
+
+def resolve_threads(value: int | str | None) -> int:
+    """The CPU threads to run with: ``value`` (a whole number ≥ 1, or its text), else the environment
+    variable ROBENCH_THREADS, else min(cores, 4). Anything else is :class:`~robench.errors.BadInput`."""
+    from robench.errors import BadInput
+
+    source = "--threads"
+    if value is None:
+        value = os.environ.get("ROBENCH_THREADS")
+        source = "ROBENCH_THREADS"
+        if value is None or not str(value).strip():
+            return max(1, min(os.cpu_count() or 1, 4))
+    if isinstance(value, bool):
+        v = None
+    elif isinstance(value, int):
+        v = value
+    else:
+        t = str(value).strip()
+        v = int(t) if t.isascii() and t.isdigit() else None
+    if v is None or v < 1:
+        raise BadInput(f"{source} must be a whole number ≥ 1 (CPU threads), got {value!r}")
+    return v
