@@ -102,7 +102,7 @@ def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, execut
     out = Path(spec.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"out {out} exists and is not a folder")
-    if out.is_dir() and not is_sweep_store(out) and any(out.iterdir()) and not force:
+    if out.is_dir() and not is_sweep_store(out) and {p.name for p in out.iterdir()} - {".lock", "cells"} and not force:
         raise BadInput(f"out {out} is a folder that is not a sweep store (no sweep.json) and not empty; "
                        "pass --force to write the sweep into it anyway, or choose another folder")
     data = load_dataset(spec.dataset, spec.data_dir, n=spec.n)
