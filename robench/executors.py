@@ -31,6 +31,16 @@ Log = Callable[[str], None]
 
 
 # -- models ---------------------------------------------------------------------------------
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CPU, where oneDNN's convolutions run faster in it (PGD-20 on ResNet-20: see
+    benchmarks/RESULTS.md), the default layout elsewhere (not measured)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def _to_format(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=memory_format(x.device)) if x.dim() == 4 else x
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """A model ready to evaluate (eval mode, on the device, parameters frozen) with the provenance
@@ -102,7 +112,7 @@ class ModelCache:
                               origin=entry.origin, path=str(entry.path), weights_sha256=entry.card.weights_sha256 or None,
                               card_sha256=entry.card_sha256, num_classes=int(entry.card.num_classes))
             # attacks need gradients w.r.t. the input only
-            net.to(self.device).eval().requires_grad_(False)
+            net.to(self.device, memory_format=memory_format(self.device)).eval().requires_grad_(False)
             self._models[key] = LoadedModel(**loaded)
         return self._models[key]
 
@@ -143,7 +153,8 @@ class Inputs:
         if n > len(self.data):
             raise BadInput(f"n={n} is larger than the {self.data.name} {self.data.split} split ({len(self.data)} images)")
         if self._clean is None:
-            self._clean = self.data.as_float(self.device)
+            x, y = self.data.as_float(self.device)
+            self._clean = (_to_format(x), y)
         x, y = self._clean
         return x[:n], y[:n]
 
@@ -160,13 +171,13 @@ class Inputs:
                 raise BadInput("a cifar10c cell needs corruption_dir (--corruption-dir) holding CIFAR-10-C")
             ds = load_cifar10c(self.corruption_dir, cell.perturbation, cell.severity, n=cell.n)
             x, y = ds.as_float(self.device)
-            value = (x, y, ds.sha256)
+            value = (_to_format(x), y, ds.sha256)
         else:
             from robench.corruptions import corrupt
 
             x0, y = self.clean(cell.n)
             x = corrupt(cell.perturbation, x0, cell.severity, seed=cell.seed)
-            value = (x.to(self.device), y, self.data.sha256)
+            value = (_to_format(x.to(self.device)), y, self.data.sha256)
         self._slot = (key, value)
         return value
 

@@ -15,7 +15,7 @@ import robench
 from engine_helpers import expected_clean_flags, save_fitted
 from robench.corruptions import corrupt
 from robench.data import load_samples
-from robench.engine import Cell, EvalSpec, batch_seed, plan_cells, row_key, worst_case_records
+from robench.engine import Cell, EvalSpec, batch_seed, plan_cells, row_key
 from robench.errors import BadInput
 from synthetic_cifar import write_cifar10
 from robench.results import SCHEMA, read_table, unpack_flags, wilson, write_table
@@ -119,14 +119,7 @@ def test_worst_case_is_and_of_clean_and_attack_flags(table):
         np.testing.assert_array_equal(_flags(w), expected)
         assert w["correct"] == expected.sum() <= members["correct"].min()
         assert w["norm"] == "linf" and pd.isna(w["backend"])
-
-
-def test_worst_case_records_recomputes_from_records_alone(table):
-    cells = table[table["kind"] != "worst_case"].to_dict("records")
-    again = pd.DataFrame(worst_case_records(cells))
-    mine = table[table["kind"] == "worst_case"]
-    assert sorted(again["flags"]) == sorted(mine["flags"])
-    assert sorted(again["correct"]) == sorted(mine["correct"])
+        assert w["attacks"] == "fgsm+pgd" and w["complete"]
 
 
 def test_rows_match_the_planned_cells(table):
