@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
-from robench.fileio import _umask
 
 KINDS = ("clean", "attack", "corruption", "worst_case")
 
@@ -94,6 +93,12 @@ def to_frame(records: Iterable[dict]) -> pd.DataFrame:
         else:
             df[col] = df[col].astype(dtype)
     return df
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _as_bool(v):

@@ -107,10 +107,14 @@ def parse_param(text: str) -> tuple[str, str, Any]:
     key, eq, raw = rest.partition("=")
     if not dot or not eq or not attack.strip() or not key.strip():
         raise BadInput(f"malformed --param {text!r}; write ATTACK.NAME=VALUE such as pgd.steps=50")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"] if tomllib is not None else raw.strip()
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()  # a bare word such as true/false/inf is TOML; anything else stays text
+    value = raw.strip()  # text unless it reads as a TOML value (a number, true/false, a quoted string)
+    if tomllib is not None:
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass
+    if isinstance(value, str) and "/" in value:
+        value = parse_number(value, f"--param {attack}.{key}")  # a fraction such as 2/255
     return attack.strip(), key.strip(), value
 
 
