@@ -106,12 +106,13 @@ def hand_pgd(memory_format: torch.memory_format) -> Callable:
     return fn
 
 
-def robench_engine(model: nn.Module) -> Callable:
+def robench_engine(model: nn.Module, fmt: torch.memory_format | None = None) -> Callable:
     """PGD-20 the way ``robench eval`` runs it: the engine's model cache (eval mode, frozen, its
-    memory format) and :func:`robench.executors.run_attack_group` on inputs in that format."""
+    memory format unless ``fmt`` is given) and :func:`robench.executors.run_attack_group` on inputs
+    in that format."""
     from robench.executors import memory_format, run_attack_group
 
-    fmt = memory_format(torch.device("cpu"))
+    fmt = memory_format(torch.device("cpu")) if fmt is None else fmt
 
     def fn(_, x, y):
         net = model.to(memory_format=fmt)
@@ -127,7 +128,8 @@ def main_engine(args, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int
     """--engine: robench's evaluation path against the hand-written loop in both memory formats."""
     rows = [("hand loop, contiguous", hand_pgd(torch.contiguous_format)),
             ("hand loop, channels_last", hand_pgd(torch.channels_last)),
-            ("robench eval path (run_attack_group, art)", robench_engine(model))]
+            ("robench eval path (run_attack_group, art)", robench_engine(model)),
+            ("robench eval path, contiguous (for comparison)", robench_engine(model, torch.contiguous_format))]
     info = machine()
     print(f"n={args.n}, rounds={args.rounds}; " + "; ".join(info.values()), flush=True)
     for _, fn in rows:
@@ -147,7 +149,8 @@ def main_engine(args, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int
     engine = rows[2][0]
     checks = [f"best hand loop: {best} (channels_last / contiguous: "
               f"{med[rows[1][0]] / med[rows[0][0]]:.3f})",
-              f"robench eval path / best hand loop: {med[engine] / med[best]:.3f} (target ≤ 1.05)"]
+              f"robench eval path / best hand loop: {med[engine] / med[best]:.3f} (target ≤ 1.05)",
+              f"robench eval path, channels_last / contiguous: {med[engine] / med[rows[3][0]]:.3f}"]
     table = "\n".join(lines)
     print("\n" + table + "\n\n" + "\n".join(checks))
     if not args.no_write:

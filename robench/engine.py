@@ -16,8 +16,8 @@ import torch
 
 from robench.aggregate import table, worst_case_records
 from robench.errors import BadInput
-from robench.executors import (Inputs, ModelCache, batch_seed, check_corruption_dir, check_module, progress_enabled,
-                               run_attack_group, run_local)
+from robench.executors import Inputs, batch_seed, check_corruption_dir, run_attack_group, run_local
+from robench.models import ModelCache, check_module
 from robench.plan import LAM_SCHEMES, Cell, fmt_eps, missing, plan_cells, planned_attacks, row_key, units
 from robench.provenance import git_sha, provenance
 from robench.spec import SEVERITIES, EvalSpec

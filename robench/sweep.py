@@ -71,7 +71,7 @@ def _weights(pairs: list[tuple[str, float | None]], num_classes: int) -> dict[st
     """Every (model, λ) has verified trained weights that fit the data; → zoo stem → weights sha256."""
     import model_zoo
     from model_zoo.checkpoint import zoo_stem
-    from robench.executors import ModelCache
+    from robench.models import ModelCache
 
     ModelCache("cpu").check_weights(pairs)
     shas = {}
@@ -153,7 +153,8 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None =
     with plan.store.open() as store:
         todo = units(plan.pending)
         if executor == "local":
-            from robench.executors import Inputs, ModelCache, run_local
+            from robench.executors import Inputs, run_local
+            from robench.models import ModelCache
             from robench.provenance import provenance
 
             cache = ModelCache(spec.device)

@@ -147,3 +147,19 @@ def test_line_per_cell_without_a_terminal(zoo, capsys, monkeypatch):
     assert [ln.split(":")[0] for ln in done] == ["[1/3] resnet20 clean seed=0", "[2/3] resnet20 fgsm[art] ε=2/255 seed=0",
                                                  "[3/3] resnet20 fgsm[art] ε=8/255 seed=0"]
     assert "1 thread" in stdout
+
+
+def test_progress_bars_only_on_a_terminal_and_tqdm_disable_is_honoured(monkeypatch):
+    import sys
+
+    from robench.executors import progress_enabled
+
+    monkeypatch.setenv("ROBENCH_PROGRESS", "1")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert progress_enabled(True)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not progress_enabled(True)
+    monkeypatch.delenv("TQDM_DISABLE")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not progress_enabled(True)

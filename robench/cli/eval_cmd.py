@@ -7,7 +7,6 @@ import click
 
 from robench.cli import cli
 from robench.cli.options import parse_param, split_list
-from robench.errors import BadInput
 
 
 def _silence(stream) -> None:
