@@ -75,7 +75,21 @@ def plugnet8(**kw):
 '''
 
 
-def test_a_registered_user_model_is_found_through_its_entry_point(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def private_registry(monkeypatch):
+    """The plugin's registration must not leak into other tests' list_models()."""
+    import sys
+
+    import model_zoo.registry
+    import robench.plugins
+
+    monkeypatch.setattr(model_zoo.registry, "_MODELS", dict(model_zoo.registry._MODELS))
+    monkeypatch.setattr(robench.plugins, "_loaded", set())
+    yield
+    sys.modules.pop("robench_testplug", None)
+
+
+def test_a_registered_user_model_is_found_through_its_entry_point(tmp_path, monkeypatch, capsys, private_registry):
     import model_zoo
 
     site = tmp_path / "site"
