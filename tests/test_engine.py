@@ -242,3 +242,16 @@ def test_real_cifar10c_files_are_read_when_given(zoo, tmp_path):
     with pytest.raises(BadInput, match="larger than CIFAR-10-C"):
         robench.evaluate(models=["resnet20"], corruptions=["fog"], n=5, corruption_dir=tmp_path,
                          data_dir=tmp_path / "clean", progress=False)
+
+
+def test_cpu_evaluation_runs_in_channels_last(zoo):
+    from robench.executors import Inputs
+    from robench.models import ModelCache
+
+    cache = ModelCache("cpu")
+    net = cache.get("resnet20", None).module
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert all(not p.requires_grad for p in net.parameters()) and not net.training
+    x, _ = Inputs(load_samples(), cache.device).clean(4)
+    assert x.is_contiguous(memory_format=torch.channels_last)
