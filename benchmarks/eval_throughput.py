@@ -36,6 +36,7 @@ from results_md import write_section  # beside this script
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 20
 SECTION = "## eval_throughput"
+ENGINE_SECTION = "## eval_throughput (robench eval path vs hand-written loop)"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -84,6 +85,88 @@ def seed_repo_pgd(net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) ->
         inputs = where(inputs < cp_inputs - eps, cp_inputs - eps, inputs)
         inputs = inputs.clamp(min=0, max=1)
     return inputs.detach()
+
+
+def hand_pgd(memory_format: torch.memory_format) -> Callable:
+    """A hand-written PGD-20 (random start, projection on the clean image, [0,1] clip) with frozen
+    parameters, model and input in ``memory_format``, plus the scoring forward: the loop robench's
+    evaluation is held to."""
+    def fn(model, x, y):
+        model = model.to(memory_format=memory_format)
+        x = x.contiguous(memory_format=memory_format)
+        with params_requiring_grad(model, False):
+            g = torch.Generator().manual_seed(0)
+            adv = (x + torch.empty_like(x).uniform_(-EPS, EPS, generator=g)).clamp(0, 1)
+            for _ in range(STEPS):
+                adv.requires_grad_(True)
+                (grad,) = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
+                adv = torch.min(torch.max(adv.detach() + ALPHA * grad.sign(), x - EPS), x + EPS).clamp(0, 1)
+            with torch.no_grad():
+                return model(adv).argmax(1) == y
+    return fn
+
+
+def robench_engine(model: nn.Module, fmt: torch.memory_format | None = None) -> Callable:
+    """PGD-20 the way ``robench eval`` runs it: the engine's model cache (eval mode, frozen, its
+    memory format unless ``fmt`` is given) and :func:`robench.executors.run_attack_group` on inputs
+    in that format."""
+    from robench.executors import memory_format, run_attack_group
+
+    fmt = memory_format(torch.device("cpu")) if fmt is None else fmt
+
+    def fn(_, x, y):
+        net = model.to(memory_format=fmt)
+        with params_requiring_grad(net, False):
+            (r,) = run_attack_group(net, x.contiguous(memory_format=fmt), y, attack="pgd", eps=[EPS], backend="art",
+                                    params={"steps": STEPS, "step_size": ALPHA, "random_start": True}, seed=0,
+                                    batch_size=len(x))
+        return r.flags
+    return fn
+
+
+def main_engine(args, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """--engine: robench's evaluation path against the hand-written loop in both memory formats."""
+    rows = [("hand loop, contiguous", hand_pgd(torch.contiguous_format)),
+            ("hand loop, channels_last", hand_pgd(torch.channels_last)),
+            ("robench eval path (run_attack_group, art)", robench_engine(model)),
+            ("robench eval path, contiguous (for comparison)", robench_engine(model, torch.contiguous_format))]
+    info = machine()
+    print(f"n={args.n}, rounds={args.rounds}; " + "; ".join(info.values()), flush=True)
+    for _, fn in rows:
+        fn(model, x[:8], y[:8])
+    times: dict[str, list[float]] = {name: [] for name, _ in rows}
+    for r in range(args.rounds):
+        for name, fn in rows:
+            t0 = time.perf_counter()
+            fn(model, x, y)
+            times[name].append(time.perf_counter() - t0)
+            print(f"  round {r + 1}: {name:44s} {times[name][-1]:8.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = min(rows[:2], key=lambda r: med[r[0]])[0]
+    lines = ["| row | median s | × best hand loop | rounds (s) |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {med[name]:.2f} | {med[name] / med[best]:.2f} | {', '.join(f'{t:.2f}' for t in times[name])} |"
+              for name, _ in rows]
+    engine = rows[2][0]
+    checks = [f"best hand loop: {best} (channels_last / contiguous: "
+              f"{med[rows[1][0]] / med[rows[0][0]]:.3f})",
+              f"robench eval path / best hand loop: {med[engine] / med[best]:.3f} (target ≤ 1.05)",
+              f"robench eval path, channels_last / contiguous: {med[engine] / med[rows[3][0]]:.3f}"]
+    table = "\n".join(lines)
+    print("\n" + table + "\n\n" + "\n".join(checks))
+    if not args.no_write:
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = shlex.join(["python", "benchmarks/eval_throughput.py", *sys.argv[1:]])
+        section = "\n".join([
+            ENGINE_SECTION, "",
+            f"PGD-20 L∞ (ε=8/255, step 2/255, random start) + the scoring forward on ResNet-20 (untrained "
+            f"weights), n={args.n} random [0,1] images in one batch, CPU, parameters frozen; median of "
+            f"{args.rounds} interleaved rounds. Command: `{command}`", "",
+            f"- date: {now}", *[f"- {k}: {v}" for k, v in info.items()],
+            *([f"- note: {args.note}"] if args.note else []), "", table, "", *[f"- {c}" for c in checks], "",
+        ])
+        write_section(args.results, ENGINE_SECTION, section)
+        print(f"\nwrote section {ENGINE_SECTION!r} of {args.results}")
+    return 0
 
 
 def robench_pgd(backend: str, scored: bool = False) -> Callable:
@@ -151,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="Markdown file whose section is (re)written")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     ap.add_argument("--note", default="", help="extra line for the results section (e.g. about contention)")
+    ap.add_argument("--engine", action="store_true",
+                    help="compare robench's evaluation path with a hand-written loop in the best memory format")
     args = ap.parse_args(argv)
     if args.n < 1 or args.rounds < 1:
         ap.error("--n and --rounds must be ≥ 1")
@@ -163,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.rand(args.n, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.n,), generator=g)
 
+    if args.engine:
+        return main_engine(args, model, x, y)
     ta_fn, ta_note = torchattacks_row()
     rows: list[tuple[str, str, Callable | None]] = [
         ("floor", "21 fwd+bwd, input grad only, frozen", floor),

@@ -1,7 +1,7 @@
 """robench: adversarial-robustness benchmark harness for ODE-inspired networks."""
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "evaluate"]
+__all__ = ["__version__", "evaluate", "EvalSpec"]
 
 
 def __getattr__(name: str):
@@ -10,4 +10,8 @@ def __getattr__(name: str):
         from robench.engine import evaluate
 
         return evaluate
+    if name == "EvalSpec":
+        from robench.spec import EvalSpec
+
+        return EvalSpec
     raise AttributeError(f"module 'robench' has no attribute {name!r}")

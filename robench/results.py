@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -14,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
-from robench.fileio import atomic_write
 
 KINDS = ("clean", "attack", "corruption", "worst_case")
 
@@ -47,8 +47,13 @@ SCHEMA: dict[str, str] = {
     "timestamp": "string",
     "data_sha256": "string",
     "weights_sha256": "string",
+    "origin": "string",  # where the weights came from: shipped | user | file | module
+    "card_sha256": "string",  # sha256 of the model card file (NA for a module)
+    "attacks": "string",  # worst_case rows: the sorted '+'-joined attacks the row is the AND of
+    "complete": "boolean",  # worst_case rows: every attack the plan has for the group (and clean) finished
     "flags": "string",
 }
+ORIGINS = ("shipped", "user", "file", "module")
 # What identifies a cell (sweeps skip finished keys; regress matches on them).
 KEY = ("model", "lam", "dataset", "kind", "perturbation", "backend", "eps", "severity", "seed", "n")
 
@@ -83,21 +88,90 @@ def to_frame(records: Iterable[dict]) -> pd.DataFrame:
     for col, dtype in SCHEMA.items():
         if dtype in ("float64",):
             df[col] = pd.to_numeric(df[col], errors="raise").astype("float64")
+        elif dtype == "boolean":
+            df[col] = df[col].map(_as_bool, na_action="ignore").astype("boolean")
         else:
             df[col] = df[col].astype(dtype)
     return df
 
 
-def write_table(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
-    """Write ``out`` as parquet and CSV side by side (``x.parquet`` + ``x.csv``), each atomically."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_bool(v):
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in ("true", "1"):
+            return True
+        if t in ("false", "0"):
+            return False
+        return pd.NA if t in ("", "nan", "<na>", "none") else v
+    return v if isinstance(v, (bool, np.bool_)) else bool(v)
+
+
+def table_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """The (parquet, CSV) pair a table stem ``out`` names (``x``, ``x.parquet`` or ``x.csv`` → x.*)."""
     out = Path(out)
     stem = out.with_suffix("") if out.suffix in (".parquet", ".csv") else out
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for suffix, writer in ((".parquet", lambda p: df.to_parquet(p, index=False)),
-                           (".csv", lambda p: df.to_csv(p, index=False))):
-        written.append(atomic_write(stem.with_name(stem.name + suffix), writer))
-    return written
+    return stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".csv")
+
+
+def check_out(out: str | os.PathLike, *, force: bool = False, what: str = "--out") -> None:
+    """Fail now, not after hours of attacks, when the table ``out`` cannot or must not be written:
+    not UTF-8, a directory, an unwritable folder, or an existing table without ``force``."""
+    text = os.fspath(out)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{what} {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
+                       "use a path of valid UTF-8 characters") from None
+    p = Path(text)
+    if p.is_dir():
+        raise BadInput(f"{what} {text} is a directory; give a file stem such as results/eval (writes .parquet and .csv)")
+    existing = [str(q) for q in table_paths(p) if os.path.lexists(q)]
+    if existing and not force:
+        raise BadInput(f"{what}: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                       "pass --force to overwrite, or choose another name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise BadInput(f"{what} {text}: cannot create files under {parent}")
+
+
+def write_table(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
+    """Write ``out`` as parquet and CSV side by side (``x.parquet`` + ``x.csv``): both go to temporary
+    files first and are renamed together, so a failure (a full disk) leaves neither new file half
+    written and no half pair; it is one-line :class:`BadInput` naming the cause."""
+    paths = table_paths(out)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    tmps: list[str] = []
+    try:
+        for path, writer in zip(paths, (lambda p: df.to_parquet(p, index=False),
+                                        lambda p: df.to_csv(p, index=False))):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+            os.close(fd)
+            tmps.append(tmp)
+            writer(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should be an ordinary file
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    except OSError as e:
+        raise BadInput(f"cannot write the table {paths[0]} / {paths[1].name}: {e.strerror or e}; nothing was written") \
+            from None
+    finally:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return list(paths)
+
+
+def write_csv_stream(df: pd.DataFrame, stream) -> None:
+    """The table as CSV on an open text stream (``--out -``)."""
+    df.to_csv(stream, index=False)
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

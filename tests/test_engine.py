@@ -1,6 +1,7 @@
 """The evaluation engine: tidy table, flags, worst case, first-n, determinism, corruptions, files."""
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -14,8 +15,9 @@ import robench
 from engine_helpers import expected_clean_flags, save_fitted
 from robench.corruptions import corrupt
 from robench.data import load_samples
-from robench.engine import Cell, batch_seed, plan_cells, row_key, worst_case_records
+from robench.engine import Cell, EvalSpec, batch_seed, plan_cells, row_key
 from robench.errors import BadInput
+from synthetic_cifar import write_cifar10
 from robench.results import SCHEMA, read_table, unpack_flags, wilson, write_table
 
 EPS = 4 / 255
@@ -96,7 +98,12 @@ def test_columns_per_kind_and_provenance(table, home, monkeypatch):
         rows = table[(table["model"] == name) & (table["lam"] == lam_col)]
         assert len(rows) == 5 and (rows["weights_sha256"] == model_zoo.load_card(name, lam=lam_v).weights_sha256).all()
     row = table.iloc[0]
-    assert row["git_sha"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}", row["git_sha"])
+    assert row["git_sha"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", row["git_sha"])
+    assert (table["origin"] == "user").all()  # the module's zoo is $ROBENCH_HOME/zoo
+    for name, lam_v in [("resnet20", None), ("inresnet20", 0.5)]:
+        card = model_zoo.user_zoo() / (model_zoo.zoo_stem(name, lam_v) + ".json")
+        rows = table[(table["model"] == name) & (table["kind"] != "worst_case")]
+        assert (rows["card_sha256"].dropna() == hashlib.sha256(card.read_bytes()).hexdigest()).any()
     assert row["torch_version"] == torch.__version__ and row["robench_version"] == robench.__version__
     assert row["device"] == "cpu" and (table["seconds"] > 0).all()
 
@@ -112,19 +119,13 @@ def test_worst_case_is_and_of_clean_and_attack_flags(table):
         np.testing.assert_array_equal(_flags(w), expected)
         assert w["correct"] == expected.sum() <= members["correct"].min()
         assert w["norm"] == "linf" and pd.isna(w["backend"])
-
-
-def test_worst_case_records_recomputes_from_records_alone(table):
-    cells = table[table["kind"] != "worst_case"].to_dict("records")
-    again = pd.DataFrame(worst_case_records(cells))
-    mine = table[table["kind"] == "worst_case"]
-    assert sorted(again["flags"]) == sorted(mine["flags"])
-    assert sorted(again["correct"]) == sorted(mine["correct"])
+        assert w["attacks"] == "fgsm+pgd" and w["complete"]
 
 
 def test_rows_match_the_planned_cells(table):
-    cells = plan_cells(models=["resnet20", "inresnet20"], lams=[None, 0.5], attacks=["fgsm", "pgd"], eps=[EPS],
-                       corruptions=["gaussian_noise"], severities=[3], n=10, dataset="samples", attack_params=FAST)
+    spec = EvalSpec(models=["resnet20", "inresnet20"], lams=[None, 0.5], attacks=["fgsm", "pgd"], eps=[EPS],
+                    corruptions=["gaussian_noise"], severities=[3], attack_params=FAST).validate()
+    cells = plan_cells(spec, n=10, dataset="samples")
     rows = {row_key(r) for _, r in table[table["kind"] != "worst_case"].iterrows()}
     assert rows == {c.table_key() for c in cells}
     assert len({c.cell_id() for c in cells}) == len(cells)
@@ -143,7 +144,8 @@ def test_cell_key_is_stable_and_normalised():
 
 
 def test_plan_applies_lambda_only_where_it_exists_and_validates():
-    cells = plan_cells(models=["resnet20", "lmresnet20", "inresnet20"], lams=[None, 0.25], n=5, dataset="samples")
+    spec = EvalSpec(models=["resnet20", "lmresnet20", "inresnet20"], lams=[None, 0.25]).validate()
+    cells = plan_cells(spec, n=5, dataset="samples")
     assert [(c.model, c.lam) for c in cells] == [("resnet20", None), ("lmresnet20", None), ("inresnet20", None),
                                                  ("inresnet20", 0.25)]
     for kwargs, words in [
@@ -157,7 +159,7 @@ def test_plan_applies_lambda_only_where_it_exists_and_validates():
         (dict(models=["resnet20"], corruptions=["frost"]), "corruption-dir"),
     ]:
         with pytest.raises(BadInput, match=re.escape(words)):
-            plan_cells(n=5, dataset="samples", **kwargs)
+            EvalSpec(**kwargs).validate()
 
 
 def test_n_takes_the_first_images(zoo):
@@ -224,8 +226,13 @@ def test_real_cifar10c_files_are_read_when_given(zoo, tmp_path):
     labels = np.concatenate([samples.labels[s:s + 4].numpy() for s in range(5)])
     np.save(tmp_path / "fog.npy", np.ascontiguousarray(imgs))
     np.save(tmp_path / "labels.npy", labels)
+    # the matching clean split: a CIFAR-10 folder whose test images are the samples
+    s = (samples.images.numpy(), samples.labels.numpy())
+    write_cifar10(tmp_path / "clean", [s] * 5, s)
+    with pytest.raises(BadInput, match="matching clean CIFAR-10 test split"):
+        robench.evaluate(models=["resnet20"], corruptions=["fog"], n=4, corruption_dir=tmp_path, progress=False)
     df = robench.evaluate(models=["resnet20"], corruptions=["fog"], severities=[1, 2], n=4, corruption_dir=tmp_path,
-                          progress=False)
+                          data_dir=tmp_path / "clean", progress=False)
     corr = df[df["kind"] == "corruption"]
     assert corr["dataset"].tolist() == ["cifar10c", "cifar10c"] and corr["severity"].tolist() == [1, 2]
     # the fitted model is right on even sample indices only
@@ -233,4 +240,18 @@ def test_real_cifar10c_files_are_read_when_given(zoo, tmp_path):
     np.testing.assert_array_equal(_flags(corr.iloc[1]), [False, True, False, True])
     assert corr["data_sha256"].iloc[0] != df["data_sha256"].iloc[0]
     with pytest.raises(BadInput, match="larger than CIFAR-10-C"):
-        robench.evaluate(models=["resnet20"], corruptions=["fog"], n=5, corruption_dir=tmp_path, progress=False)
+        robench.evaluate(models=["resnet20"], corruptions=["fog"], n=5, corruption_dir=tmp_path,
+                         data_dir=tmp_path / "clean", progress=False)
+
+
+def test_cpu_evaluation_runs_in_channels_last(zoo):
+    from robench.executors import Inputs
+    from robench.models import ModelCache
+
+    cache = ModelCache("cpu")
+    net = cache.get("resnet20", None).module
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert all(not p.requires_grad for p in net.parameters()) and not net.training
+    x, _ = Inputs(load_samples(), cache.device).clean(4)
+    assert x.is_contiguous(memory_format=torch.channels_last)

@@ -49,35 +49,117 @@ def test_eval_lists_and_lambda(zoo, tmp_path, capsys):
     assert "n=6" in stdout
 
 
-BAD = {
-    "unknown model": (["--model", "resnet21"], "resnet20"),
-    "unknown attack": (["--model", "resnet20", "--attack", "pgdx"], "fgsm"),
-    "unknown corruption": (["--model", "resnet20", "--corruption", "rain"], "gaussian_noise"),
-    "unknown backend": (["--model", "resnet20", "--attack", "fgsm", "--backend", "torchattacks"], "art, foolbox"),
-    "malformed eps": (["--model", "resnet20", "--attack", "fgsm", "--eps", "8/"], "8/255"),
-    "eps divide by zero": (["--model", "resnet20", "--attack", "fgsm", "--eps", "2/255,8/0"], "8/255"),
-    "lam above 1": (["--model", "inresnet20", "--lam", "1.5"], "[0, 1]"),
-    "lam on resnet": (["--model", "resnet20", "--lam", "0.5"], "damped"),
-    "no weights for lam": (["--model", "inresnet20", "--lam", "0.25"], "robench train --model inresnet20 --lam 0.25"),
-    "severity 0": (["--model", "resnet20", "--corruption", "contrast", "--severity", "0"], "1, 2, 3, 4, 5"),
-    "severity 6": (["--model", "resnet20", "--corruption", "contrast", "--severity", "2,6"], "1, 2, 3, 4, 5"),
-    "n zero": (["--model", "resnet20", "--n", "0"], "positive"),
-    "n above data": (["--model", "resnet20", "--n", "21"], "20 images"),
-    "missing data dir": (["--model", "resnet20", "--data-dir", "/nonexistent/cifar"], "does not exist"),
-    "missing corruption dir": (["--model", "resnet20", "--corruption", "fog", "--corruption-dir", "/nonexistent/c"],
-                               "does not exist"),
-    "unknown device": (["--model", "resnet20", "--device", "tpu"], "cpu"),
-}
+# Bad input of `robench eval` is tested with every other command's in test_bad_input.py.
 
 
-@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_bad_input_is_one_line_exit_2_and_no_file(case, zoo, tmp_path, capsys):
-    args, hint = BAD[case]
-    out = tmp_path / "results" / "X"
-    code, stdout, stderr = run(["eval", *args, "--out", str(out)], capsys)
+def test_first_line_names_the_checkpoint_and_files_come_before_the_table(zoo, tmp_path, capsys):
+    import model_zoo
+
+    out = tmp_path / "X"
+    code, stdout, stderr = run(["eval", "--model", "resnet20", "--out", str(out)], capsys)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    path = model_zoo.user_zoo() / "resnet20.safetensors"
+    assert lines[0] == f"checkpoints: resnet20 (user, {path})"
+    wrote = next(i for i, ln in enumerate(lines) if ln.startswith("wrote "))
+    table = next(i for i, ln in enumerate(lines) if ln.split()[:1] == ["model"])
+    assert wrote < table
+    assert read_table(out.with_suffix(".parquet"))["origin"].tolist() == ["user"]
+
+
+def test_existing_table_needs_force(zoo, tmp_path, capsys):
+    out = tmp_path / "X"
+    assert run(["eval", "--model", "resnet20", "--n", "4", "--out", str(out)], capsys)[0] == 0
+    before = out.with_suffix(".csv").read_bytes()
+    code, _, stderr = run(["eval", "--model", "resnet20", "--out", str(out)], capsys)
+    assert code == 2 and "--force" in stderr and out.with_suffix(".csv").read_bytes() == before
+    code, _, stderr = run(["eval", "--model", "resnet20", "--out", str(out), "--force"], capsys)
+    assert code == 0, stderr
+    assert read_table(out.with_suffix(".csv"))["n"].tolist() == [20]
+
+
+def test_param_and_config_build_the_same_spec(zoo, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('models = ["resnet20"]\nattacks = ["pgd"]\neps = ["4/255"]\nn = 4\n'
+                   '[attack_params.pgd]\nsteps = 3\n')
+    code, stdout, stderr = run(["eval", "--config", str(cfg), "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, stderr
+    a = read_table(tmp_path / "a.parquet")
+    assert a.loc[a["kind"] == "attack", "steps"].tolist() == [3] and (a["n"] == 4).all()
+    # an option replaces the config's value; --param is the CLI's attack_params
+    code, stdout, stderr = run(["eval", "--config", str(cfg), "--param", "pgd.steps=2", "--param",
+                                "pgd.random_start=false", "--n", "6", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, stderr
+    b = read_table(tmp_path / "b.parquet")
+    assert b.loc[b["kind"] == "attack", "steps"].tolist() == [2] and (b["n"] == 6).all()
+
+
+def test_out_dash_writes_csv_to_stdout(zoo, tmp_path, capsys):
+    import io
+
+    import pandas as pd
+
+    code, stdout, stderr = run(["eval", "--model", "resnet20", "--n", "4", "--out", "-"], capsys)
+    assert code == 0, stderr
+    df = pd.read_csv(io.StringIO(stdout))
+    assert df["kind"].tolist() == ["clean"] and df["n"].tolist() == [4]
+    assert "checkpoints: resnet20" in stderr and not (tmp_path / "-.csv").exists()
+
+
+def test_full_disk_leaves_no_half_pair(zoo, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    def no_space(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", no_space)
+    out = tmp_path / "res" / "X"
+    code, stdout, stderr = run(["eval", "--model", "resnet20", "--n", "4", "--out", str(out)], capsys)
     assert code == 2
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "Traceback" not in stderr + stdout
-    assert hint in lines[0]
-    assert not out.parent.exists()
+    assert stderr.count("\n") == 1 and "No space left on device" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == []  # neither file, no temp file
+
+
+def test_closed_stdout_keeps_the_files_and_exits_quietly(zoo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "X"
+    cmd = (f"set -o pipefail; {sys.executable} -c 'from robench.cli import main; main()' eval --model resnet20 "
+           f"--attack fgsm --n 4 --out {out} | head -1")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("checkpoints: resnet20") and r.stdout.count("\n") == 1
+    assert r.stderr == ""
+    assert read_table(out.with_suffix(".parquet"))["kind"].tolist() == ["clean", "attack", "worst_case"]
+
+
+def test_line_per_cell_without_a_terminal(zoo, capsys, monkeypatch):
+    monkeypatch.setenv("ROBENCH_PROGRESS", "1")
+    code, stdout, stderr = run(["eval", "--model", "resnet20", "--attack", "fgsm", "--eps", "2/255,8/255",
+                                "--n", "4", "--threads", "1"], capsys)
+    assert code == 0, stderr
+    assert "\r" not in stdout + stderr
+    done = [ln for ln in stdout.splitlines() if ln.startswith("[")]
+    assert [ln.split(":")[0] for ln in done] == ["[1/3] resnet20 clean seed=0", "[2/3] resnet20 fgsm[art] ε=2/255 seed=0",
+                                                 "[3/3] resnet20 fgsm[art] ε=8/255 seed=0"]
+    assert "1 thread" in stdout
+
+
+def test_progress_bars_only_on_a_terminal_and_tqdm_disable_is_honoured(monkeypatch):
+    import sys
+
+    from robench.executors import progress_enabled
+
+    monkeypatch.setenv("ROBENCH_PROGRESS", "1")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert progress_enabled(True)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not progress_enabled(True)
+    monkeypatch.delenv("TQDM_DISABLE")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not progress_enabled(True)

@@ -1,9 +1,10 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from robench.results import pack_flags, unpack_flags, wilson
+from robench.results import SCHEMA, pack_flags, read_table, unpack_flags, wilson
 
 
 @pytest.mark.parametrize("correct,n,low,high", [
@@ -26,3 +27,39 @@ def test_wilson_empty_is_nan():
 def test_flags_round_trip(n):
     flags = np.random.default_rng(n).random(n) < 0.5
     assert np.array_equal(unpack_flags(pack_flags(flags), n), flags)
+
+
+OLD_TABLES = sorted((Path(__file__).parent.parent / "results").glob("*.parquet"))
+
+
+@pytest.mark.parametrize("path", OLD_TABLES, ids=lambda p: p.name)
+def test_committed_tables_without_the_new_columns_still_read(path):
+    import pandas as pd
+
+    raw = pd.read_parquet(path)
+    df = read_table(path)
+    assert list(df.columns) == list(SCHEMA) and len(df) == len(raw)
+    for col in ("origin", "card_sha256", "attacks", "complete"):
+        if col not in raw.columns:
+            assert df[col].isna().all()
+    assert str(df["complete"].dtype) == "boolean"
+
+
+def test_git_sha_marks_uncommitted_changes(tmp_path):
+    import subprocess
+
+    from robench.provenance import git_sha
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "attack.py").write_text("STEPS = 20\n")
+    git("add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    clean = git_sha(tmp_path)
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "attack.py").write_text("STEPS = 2\n")
+    git_sha.cache_clear()
+    assert git_sha(tmp_path) == clean + "-dirty"
+    git_sha.cache_clear()

@@ -65,69 +65,115 @@ def _stable(df):
     return df.drop(columns=VOLATILE).reset_index(drop=True)
 
 
-def test_kill9_at_several_points_then_resume_equals_uninterrupted(zoo, tiny, tmp_path):
+# Faults are injected from outside the production code: a subprocess wraps the disk store's put
+# (kill right after the K-th part file is in place) or os.replace (kill right before the K-th part
+# file is committed, leaving a complete temp file), then runs the ordinary CLI.
+KILLER = """
+import os, signal, sys
+import robench.store as store
+stage, k = sys.argv[1], int(sys.argv[2])
+count = [0]
+def hit():
+    count[0] += 1
+    if count[0] == k:
+        os.kill(os.getpid(), signal.SIGKILL)
+if stage == "after":
+    put = store.DiskStore.put
+    def killing_put(self, cell, record):
+        put(self, cell, record)
+        hit()
+    store.DiskStore.put = killing_put
+else:
+    replace = os.replace
+    def killing_replace(src, dst):
+        if os.path.basename(os.path.dirname(dst)) == "cells":
+            hit()
+        replace(src, dst)
+    os.replace = killing_replace
+from robench.cli import main
+main(sys.argv[3:])
+"""
+
+
+def _killed_cli(stage, k, args):
+    return subprocess.run([sys.executable, "-c", KILLER, stage, str(k), *map(str, args)], capture_output=True,
+                          text=True, env=dict(os.environ), timeout=300)
+
+
+def test_kill9_at_two_points_then_resume_equals_uninterrupted(zoo, tiny, tmp_path):
     ref = run_sweep(plan_sweep(load_config(tiny), out=tmp_path / "ref"), log=lambda m: None)
     assert len(ref) == 7  # clean, 2 × fgsm, 2 × gaussian_noise, 2 derived worst-case rows
     assert sorted(ref["kind"]) == ["attack"] * 2 + ["clean"] + ["corruption"] * 2 + ["worst_case"] * 2
 
     out = tmp_path / "killed"
     # 1) killed right after its first part file is in place
-    r = _cli(["sweep", tiny, "--out", out], {"ROBENCH_SWEEP_KILL": "after:1"})
+    r = _killed_cli("after", 1, ["sweep", tiny, "--out", out])
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert "0 already done, 5 to run" in r.stdout
     assert len(_parts(out)) == 1 and not (out / "results.parquet").exists()
     # 2) killed between writing the temp file of its 2nd cell and committing it: a complete temp file stays
-    r = _cli(["sweep", tiny, "--out", out], {"ROBENCH_SWEEP_KILL": "before_replace:2"})
+    r = _killed_cli("before_replace", 2, ["sweep", tiny, "--out", out])
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert "1 already done, 4 to run" in r.stdout
     assert len(_parts(out)) == 2
     assert len(list((out / "cells").glob(".tmp-*"))) == 1
-    assert len(merge(out)) == 2 + 1  # the temp file is ignored (+1 worst case: the fgsm cell has flags)
-    # 3) killed after one more cell
-    r = _cli(["sweep", tiny, "--out", out], {"ROBENCH_SWEEP_KILL": "after:1"})
-    assert r.returncode == -signal.SIGKILL, r.stderr
-    assert "2 already done, 3 to run" in r.stdout
-    assert len(_parts(out)) == 3
-    # 4) resume to the end
+    merged = merge(out)
+    assert len(merged) == 2 + 1  # the temp file is ignored (+1 worst case: the fgsm cell has flags)
+    assert merged.loc[merged["kind"] == "worst_case", "complete"].tolist() == [True]  # clean + fgsm@4/255: all planned
+    # 3) resume to the end
     plan = plan_sweep(load_config(tiny), out=out)
-    assert len(plan.done) == 3 and len(plan.pending) == 2
+    assert len(plan.done) == 2 and len(plan.pending) == 3
     df = run_sweep(plan, log=lambda m: None)
     assert len(_parts(out)) == 5 and not list((out / "cells").glob(".tmp-*"))
     assert not df.duplicated(list(KEY)).any()
     pd.testing.assert_frame_equal(_stable(df), _stable(ref))
     pd.testing.assert_frame_equal(_stable(read_table(out / "results.parquet")), _stable(ref))
-    # 5) a finished sweep reruns nothing
-    r = _cli(["sweep", tiny, "--out", out])
-    assert r.returncode == 0, r.stderr
-    assert "5 already done, 0 to run" in r.stdout
+    assert df.loc[df["kind"] == "worst_case", "complete"].tolist() == [True, True]
+    # every file of the store is an ordinary 0644 file, like every other output
+    modes = {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert modes == {oct(0o666 & ~_umask())}
+    # 4) a finished sweep reruns nothing
+    plan = plan_sweep(load_config(tiny), out=out)
+    assert "5 already done, 0 to run" in plan.describe()
 
 
-def test_dry_run_prints_plan_and_writes_nothing(zoo, tiny, tmp_path):
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_dry_run_prints_plan_and_writes_nothing(zoo, tiny, tmp_path, capsys):
     from robench.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["sweep", str(tiny), "--out", str(tmp_path / "dry"), "--dry-run"])
     assert e.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("plan: 5 cells (1 model/λ pair, 1 seed, samples n=4), 0 already done, 5 to run")
+    assert [ln.strip() for ln in out[1:]] == ["resnet20 clean seed=0", "resnet20 fgsm[art] ε=4/255 seed=0",
+                                              "resnet20 fgsm[art] ε=8/255 seed=0", "resnet20 gaussian_noise s1 seed=0",
+                                              "resnet20 gaussian_noise s2 seed=0"]
     assert not (tmp_path / "dry").exists()
 
 
 def test_changed_config_is_detected_not_mixed(zoo, tiny, tmp_path):
     out = tmp_path / "s"
     cfg = load_config(tiny)
-    small = SweepConfig(**{**cfg.__dict__, "attacks": [], "corruptions": []})  # the clean cell only
+    small = cfg.replace(attacks=(), eps=None, corruptions=(), severities=None)  # the clean cell only
     run_sweep(plan_sweep(small, out=out), log=lambda m: None)
     # extending the grid runs only the new cells
     plan = plan_sweep(cfg, out=out)
     assert len(plan.done) == 1 and len(plan.pending) == 4
     # another n
     with pytest.raises(BadInput, match="n=4.*n=5"):
-        plan_sweep(SweepConfig(**{**cfg.__dict__, "n": 5}), out=out)
+        plan_sweep(cfg.replace(n=5), out=out)
     # other attack parameters for an already finished cell
-    one_step = SweepConfig(**{**cfg.__dict__, "attacks": ["ifgsm"], "eps": [8 / 255], "corruptions": [],
-                              "attack_params": {"ifgsm": {"steps": 1}}})
+    one_step = cfg.replace(attacks=["ifgsm"], eps=[8 / 255], corruptions=(), severities=None,
+                           attack_params={"ifgsm": {"steps": 1}})
     run_sweep(plan_sweep(one_step, out=out), log=lambda m: None)
     with pytest.raises(BadInput, match="ifgsm.*other settings.*'steps', 2"):
-        plan_sweep(SweepConfig(**{**one_step.__dict__, "attack_params": {"ifgsm": {"steps": 2}}}), out=out)
+        plan_sweep(one_step.replace(attack_params={"ifgsm": {"steps": 2}}), out=out)
     # a stored cell whose key was tampered with
     part = next((out / "cells").glob("*.json"))
     data = json.loads(part.read_text())
@@ -181,7 +227,7 @@ def test_results_merge_cli(zoo, tiny, tmp_path):
 
     cfg = load_config(tiny)
     out = tmp_path / "m"
-    df = run_sweep(plan_sweep(SweepConfig(**{**cfg.__dict__, "corruptions": []}), out=out), log=lambda m: None)
+    df = run_sweep(plan_sweep(cfg.replace(corruptions=(), severities=None), out=out), log=lambda m: None)
     with pytest.raises(SystemExit) as e:
         main(["results", "merge", str(out), "-o", str(tmp_path / "merged")])
     assert e.value.code == 0
@@ -189,6 +235,25 @@ def test_results_merge_cli(zoo, tiny, tmp_path):
     pd.testing.assert_frame_equal(merged, df)
     csv = read_table(tmp_path / "merged.csv")
     assert list(csv["correct"]) == list(df["correct"])
+
+
+def test_merge_of_a_partial_sweep_marks_incomplete_worst_cases(zoo, tiny, tmp_path, capsys):
+    from robench.cli import main
+
+    cfg = load_config(tiny).replace(corruptions=(), severities=None, eps=["4/255"])
+    out = tmp_path / "p"
+    both = plan_sweep(cfg.replace(attacks=["fgsm", "ifgsm"]), out=out)
+    with both.store.open():
+        pass  # the sweep starts (sweep.json records its plan) and is killed before any cell finishes
+    run_sweep(plan_sweep(cfg, out=out), log=lambda m: None)  # later only fgsm ran
+    with pytest.raises(SystemExit) as e:
+        main(["results", "merge", str(out), "-o", str(tmp_path / "merged")])
+    assert e.value.code == 0
+    df = read_table(tmp_path / "merged.parquet")
+    worst = df[df["kind"] == "worst_case"]
+    assert worst["attacks"].tolist() == ["fgsm"] and worst["complete"].tolist() == [False]
+    assert df.loc[df["kind"] != "worst_case", "attacks"].isna().all()
+    assert df.loc[df["kind"] != "worst_case", "complete"].isna().all()
 
 
 def _ray_or_skip():
@@ -206,7 +271,8 @@ def test_ray_executor_fills_the_same_store(zoo, tiny, tmp_path):
     out = tmp_path / "ray"
     # one cell done locally first: Ray must skip it and fill in the rest
     cfg = load_config(tiny)
-    run_sweep(plan_sweep(SweepConfig(**{**cfg.__dict__, "attacks": [], "corruptions": []}), out=out), log=lambda m: None)
+    run_sweep(plan_sweep(cfg.replace(attacks=(), eps=None, corruptions=(), severities=None), out=out),
+              log=lambda m: None)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         t0 = time.time()

@@ -1,98 +1,114 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import sys
 
 import click
 
 from robench.cli import cli
-from robench.cli.options import parse_lam, parse_number
-from robench.errors import BadInput
+from robench.cli.options import parse_param, split_list
 
 
-def _split(values: tuple[str, ...]) -> list[str]:
-    """Repeatable options that also take comma lists: ``--eps 2/255,8/255 --eps 16/255``."""
-    out = []
-    for v in values:
-        parts = [p.strip() for p in str(v).split(",")]
-        if any(not p for p in parts):
-            raise BadInput(f"empty item in the list {v!r}; separate values with single commas")
-        out += parts
-    return out
+def _silence(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so the interpreter's final flush cannot
+    complain about a closed pipe either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
-def _int(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise BadInput(f"malformed {what} {text!r}; write a whole number") from None
+class _Stdout:
+    """stdout that survives a closed pipe (``robench eval ... | head -1``): after the first
+    BrokenPipeError further output is dropped quietly and the command still writes its files."""
+
+    def __init__(self, err: bool = False) -> None:
+        self.err = err
+        self.closed = False
+
+    def __call__(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            click.echo(line, err=self.err)
+            (sys.stderr if self.err else sys.stdout).flush()
+        except BrokenPipeError:
+            self.closed = True
+            _silence(sys.stderr if self.err else sys.stdout)
 
 
-def _check_out(out: str) -> None:
-    """Fail now, not after hours of attacks, when --out cannot be written."""
-    p = Path(out)
-    if p.is_dir():
-        raise BadInput(f"--out {out} is a directory; give a file stem such as results/eval (writes .parquet and .csv)")
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise BadInput(f"--out {out}: cannot create files under {parent}")
+def build_spec(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir, n,
+               batch_size, device, seeds, backend, threads, config):
+    """The options (and ``--config FILE.toml`` underneath them) → an unvalidated EvalSpec; an option
+    given on the command line replaces the config's value."""
+    from robench.spec import EvalSpec, load_spec
+
+    base = load_spec(config) if config is not None else EvalSpec()
+    attack_params: dict[str, dict] = {a: dict(p) for a, p in base.attack_params}
+    for text in params:
+        attack, key, value = parse_param(text)
+        attack_params.setdefault(attack, {})[key] = value
+    given = {
+        "models": split_list(models) or None, "lams": split_list(lams) or None, "attacks": split_list(attacks) or None,
+        "eps": split_list(eps) or None, "corruptions": split_list(corruptions) or None,
+        "severities": split_list(severities) or None, "seeds": split_list(seeds) or None, "data_dir": data_dir,
+        "dataset": dataset, "corruption_dir": corruption_dir, "n": n, "batch_size": batch_size, "device": device,
+        "backend": backend, "threads": threads,
+    }
+    changes = {k: v for k, v in given.items() if v is not None}
+    return base.replace(**changes, attack_params=attack_params)
 
 
 @cli.command("eval")
-@click.option("--model", "models", multiple=True, required=True,
+@click.option("--model", "models", multiple=True,
               help="Registered model name (repeatable or comma list; see `robench zoo list`).")
 @click.option("--lam", "lams", multiple=True, help="'learned' or a fixed λ in [0,1] (repeatable); damped models only.")
 @click.option("--attack", "attacks", multiple=True, help="Attack name (repeatable or comma list).")
-@click.option("--eps", "eps", multiple=True, help="ε in pixel units, comma list: 2/255,8/255 (default 8/255).")
+@click.option("--eps", "eps", multiple=True, help="ε in pixel units, in (0, 1], comma list: 2/255,8/255 (default 8/255).")
+@click.option("--param", "params", multiple=True, metavar="ATTACK.NAME=VALUE",
+              help="Attack hyper-parameter, e.g. pgd.steps=50 (repeatable).")
 @click.option("--corruption", "corruptions", multiple=True, help="Corruption name (repeatable or comma list).")
 @click.option("--severity", "severities", multiple=True, help="Corruption severities 1..5 (comma list; default all).")
 @click.option("--data-dir", default=None, help="Folder holding cifar-10-batches-py/ (default: the 20 bundled samples).")
 @click.option("--dataset", type=click.Choice(["samples", "cifar10", "cifar100"]), default=None,
               help="Default: samples, or cifar10 when --data-dir is given.")
-@click.option("--corruption-dir", default=None, help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy).")
+@click.option("--corruption-dir", default=None,
+              help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy); needs --data-dir (the clean split).")
 @click.option("--n", "n", type=str, default=None, metavar="N", help="Evaluate the first N test images (default: all).")
-@click.option("--batch-size", type=str, default="256", show_default=True, metavar="N")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i].")
+@click.option("--batch-size", type=str, default=None, metavar="N", help="Images per batch (default 256).")
+@click.option("--device", default=None, help="cpu or cuda[:i] (default cpu).")
 @click.option("--seed", "seeds", multiple=True, help="Seed(s) of attacks and corruptions (comma list; default 0).")
 @click.option("--backend", default=None, help="Attack library: art or foolbox (default: each attack's own).")
-@click.option("--out", default=None, help="Write the table to OUT.parquet and OUT.csv.")
-def eval_cmd(models, lams, attacks, eps, corruptions, severities, data_dir, dataset, corruption_dir, n, batch_size,
-             device, seeds, backend, out) -> None:
-    """Evaluate zoo models on clean data, attacks and corruptions; one row per cell with a Wilson 95% CI."""
-    from robench.engine import SEVERITIES, evaluate, summary
-    from robench.results import write_table
+@click.option("--threads", default=None, metavar="N",
+              help="CPU threads (default: $ROBENCH_THREADS, else min(cores, 4)).")
+@click.option("--config", "config", default=None, type=click.Path(),
+              help="A TOML spec (the sweep's format); options given here replace its values.")
+@click.option("--out", default=None, help="Write the table to OUT.parquet and OUT.csv ('-': CSV on stdout).")
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT table.")
+def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir, n,
+             batch_size, device, seeds, backend, threads, config, out, force) -> None:
+    """Evaluate zoo models on clean data, attacks and corruptions; one row per cell with a Wilson 95% CI.
 
-    models = _split(models)
-    lam_values = [parse_lam(v) for v in _split(lams)] or [None]
-    attacks = _split(attacks)
-    eps_values = [parse_number(v, "ε (--eps)") for v in _split(eps)]
-    corruptions = _split(corruptions)
-    sev = [_int(v, "severity (--severity)") for v in _split(severities)]
-    seed_values = [_int(v, "seed (--seed)") for v in _split(seeds)] or [0]
-    n_value = None if n is None else _int(n, "n (--n)")
-    if n_value is not None and n_value < 1:
-        raise BadInput(f"--n must be a positive whole number, got {n}")
-    bs = _int(batch_size, "batch size (--batch-size)")
-    if bs < 1:
-        raise BadInput(f"--batch-size must be a positive whole number, got {batch_size}")
-    if eps_values and not attacks:
-        from robench.attacks import list_attacks
+    The first line names the checkpoints used (shipped / user zoo / file, and the path). Files are
+    written before the table is printed."""
+    from robench.engine import evaluate_spec, summary
+    from robench.results import check_out, write_csv_stream, write_table
 
-        raise BadInput(f"--eps applies to attacks; add --attack (valid choices: {', '.join(list_attacks())})")
-    if sev and not corruptions:
-        raise BadInput("--severity applies to corruptions; add --corruption")
-    if corruption_dir is not None and not corruptions:
-        raise BadInput("--corruption-dir needs --corruption naming the corruptions to read from it")
-    if out is not None:
-        _check_out(out)
-
-    df = evaluate(models=models, lams=lam_values, attacks=attacks, eps=eps_values or [8 / 255],
-                  corruptions=corruptions, severities=sev or list(SEVERITIES), seeds=seed_values, dataset=dataset,
-                  data_dir=data_dir, n=n_value, batch_size=bs, device=device, backend=backend,
-                  corruption_dir=corruption_dir, log=click.echo)
-    click.echo(summary(df).to_string(index=False))
+    spec = build_spec(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir,
+                      n, batch_size, device, seeds, backend, threads, config)
+    to_stdout = out == "-"
+    if out is not None and not to_stdout:
+        check_out(out, force=force)
+    echo = _Stdout(err=to_stdout)  # with --out - stdout carries the CSV only
+    df = evaluate_spec(spec, log=echo)
+    if to_stdout:
+        try:
+            write_csv_stream(df, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence(sys.stdout)
+        echo(summary(df).to_string(index=False))
+        return
     if out is not None:
         paths = write_table(df, out)
-        click.echo("wrote " + ", ".join(str(p) for p in paths))
+        echo("wrote " + ", ".join(str(p) for p in paths))
+    echo(summary(df).to_string(index=False))

@@ -1,28 +1,19 @@
-"""Parsers shared by several commands (ε lists, λ values, fractions)."""
+"""Parsers shared by several commands. They live in the library (:mod:`robench.spec`); this module
+re-exports them for the commands, and splits repeatable options that also take comma lists."""
 from __future__ import annotations
 
-import math
-from fractions import Fraction
-
 from robench.errors import BadInput
+from robench.spec import parse_eps, parse_int, parse_lam, parse_number, parse_param, parse_severity
+
+__all__ = ["parse_eps", "parse_int", "parse_lam", "parse_number", "parse_param", "parse_severity", "split_list"]
 
 
-def parse_number(text: str, what: str) -> float:
-    """``8/255``, ``0.031`` or ``1e-2`` → float; anything else is bad input naming ``what``."""
-    t = str(text).strip()
-    try:
-        v = float(Fraction(t)) if "/" in t else float(t)
-    except (ValueError, ZeroDivisionError):
-        raise BadInput(f"malformed {what} {text!r}; write a number such as 0.031 or a fraction such as 8/255") from None
-    if not math.isfinite(v):
-        raise BadInput(f"malformed {what} {text!r}; it must be finite")
-    return v
-
-
-def parse_lam(text: str | None) -> float | None:
-    if text is None or str(text).strip().lower() in ("", "learned", "none"):
-        return None
-    v = parse_number(text, "λ (--lam)")
-    if not 0.0 <= v <= 1.0:
-        raise BadInput(f"λ (--lam) must be in [0, 1] or 'learned', got {text}")
-    return v
+def split_list(values: tuple[str, ...]) -> list[str]:
+    """Repeatable options that also take comma lists: ``--eps 2/255,8/255 --eps 16/255``."""
+    out = []
+    for v in values:
+        parts = [p.strip() for p in str(v).split(",")]
+        if any(not p for p in parts):
+            raise BadInput(f"empty item in the list {v!r}; separate values with single commas")
+        out += parts
+    return out

@@ -11,7 +11,10 @@ from robench.cli import cli
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan, run nothing, write nothing.")
 @click.option("--executor", default="local", show_default=True, help="local or ray.")
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray instance).")
-def sweep_cmd(config, out, dry_run, executor, address) -> None:
+@click.option("--threads", default=None, metavar="N",
+              help="CPU threads per executor process (default: the config's, $ROBENCH_THREADS, else min(cores, 4)).")
+@click.option("--force", is_flag=True, help="Write into an existing folder that is not a sweep store.")
+def sweep_cmd(config, out, dry_run, executor, address, threads, force) -> None:
     """Run the grid of a TOML CONFIG resumably: finished cells are kept, a rerun does only the rest."""
     from robench.errors import BadInput
     from robench.sweep import EXECUTORS, load_config, plan_sweep, run_sweep
@@ -20,7 +23,10 @@ def sweep_cmd(config, out, dry_run, executor, address) -> None:
         raise BadInput(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
     if address is not None and executor != "ray":
         raise BadInput("--address applies to the ray executor; add --executor ray")
-    plan = plan_sweep(load_config(config), out=out, executor=executor)
+    spec = load_config(config)
+    if threads is not None:
+        spec = spec.replace(threads=threads)
+    plan = plan_sweep(spec, out=out, executor=executor, force=force)
     click.echo(plan.describe())
     if dry_run:
         for cell in plan.pending[:20]:

@@ -1,0 +1,318 @@
+"""Run cells: inputs on the device, one unit (a clean or corruption cell, or an attack at every ε) →
+records, and the executors (local; Ray) that feed a store (models come from :mod:`robench.models`).
+
+A cell is evaluated in batches with the model in eval mode and its inputs moved to the device once.
+Every record keeps its per-example "still correct" flags (``flags``, packed hex). Determinism: clean
+rows are a pure forward pass; a corruption is applied once to the whole first-n set with the cell's
+seed (so it does not depend on the batch size); an attack is built per batch with a seed derived
+from (cell seed, batch index). Same seed → same table on one machine, apart from ``seconds`` and
+``timestamp``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from robench.devices import sync
+from robench.errors import BadInput
+from robench.models import LoadedModel, ModelCache, memory_format, to_format
+from robench.plan import Cell, Unit
+from robench.results import pack_flags, wilson
+
+Log = Callable[[str], None]
+
+
+# -- inputs ---------------------------------------------------------------------------------
+class Inputs:
+    """Evaluation inputs on the device: the clean set (moved once) and the latest corrupted set.
+    Corruption units run grouped by (corruption, severity, seed), so one slot suffices to corrupt
+    each set once for all models."""
+
+    def __init__(self, data, device: str | torch.device, corruption_dir: str | os.PathLike | None = None) -> None:
+        self.data = data
+        self.device = torch.device(device)
+        self.corruption_dir = corruption_dir
+        self._clean: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._slot: tuple[tuple, tuple] | None = None
+
+    def clean(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if n > len(self.data):
+            raise BadInput(f"n={n} is larger than the {self.data.name} {self.data.split} split ({len(self.data)} images)")
+        if self._clean is None:
+            x, y = self.data.as_float(self.device)
+            self._clean = (to_format(x), y)
+        x, y = self._clean
+        return x[:n], y[:n]
+
+    def corrupted(self, cell: Cell) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """(images, labels, data sha256) of a corruption cell; synthetic or read from CIFAR-10-C."""
+        key = (cell.dataset, cell.perturbation, cell.severity, cell.seed, cell.n)
+        if self._slot is not None and self._slot[0] == key:
+            return self._slot[1]
+        self._slot = None  # free the previous set before making the next
+        if cell.dataset == "cifar10c":
+            from robench.corruptions import load_cifar10c
+
+            if self.corruption_dir is None:
+                raise BadInput("a cifar10c cell needs corruption_dir (--corruption-dir) holding CIFAR-10-C")
+            ds = load_cifar10c(self.corruption_dir, cell.perturbation, cell.severity, n=cell.n)
+            x, y = ds.as_float(self.device)
+            value = (to_format(x), y, ds.sha256)
+        else:
+            from robench.corruptions import corrupt
+
+            x0, y = self.clean(cell.n)
+            x = corrupt(cell.perturbation, x0, cell.severity, seed=cell.seed)
+            value = (to_format(x.to(self.device)), y, self.data.sha256)
+        self._slot = (key, value)
+        return value
+
+
+def check_corruption_dir(corruption_dir: str | os.PathLike, cells: list[Cell]) -> None:
+    """Fail before any cell runs when CIFAR-10-C is missing or too small for n."""
+    from robench.corruptions import load_cifar10c
+
+    for name in dict.fromkeys(c.perturbation for c in cells):
+        # every severity is a fifth of the same file, so one read per corruption checks them all
+        load_cifar10c(corruption_dir, name, 1, n=cells[0].n)
+
+
+# -- running --------------------------------------------------------------------------------
+def progress_enabled(progress: bool) -> bool:
+    """Bars only on a terminal, and never when ROBENCH_PROGRESS=0 or TQDM_DISABLE is set."""
+    return (bool(progress) and os.environ.get("ROBENCH_PROGRESS", "1") != "0"
+            and os.environ.get("TQDM_DISABLE", "") in ("", "0") and sys.stderr.isatty())
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The attack seed of one batch: a pure function of (cell seed, batch index)."""
+    return int(np.random.SeedSequence([int(seed), int(batch_index)]).generate_state(1)[0])
+
+
+class NonFiniteLogits(BadInput):
+    """The model returned NaN or Inf logits during a cell."""
+
+
+@torch.inference_mode()
+def _correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, what: str,
+             on_batch: Callable[[int], None]) -> np.ndarray:
+    out = torch.empty(len(y), dtype=torch.bool, device=y.device)
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i:i + batch_size])
+        if not torch.isfinite(logits).all():
+            raise NonFiniteLogits(f"{what}: the model returned non-finite logits (NaN or Inf) on images "
+                                  f"{i}..{i + len(logits) - 1}; the cell is stopped (check the weights)")
+        out[i:i + batch_size] = logits.argmax(1) == y[i:i + batch_size]
+        on_batch(min(batch_size, len(y) - i))
+    return out.cpu().numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackResult:
+    """One ε of an attack group: per-example robust flags and what the attack was."""
+
+    eps: float
+    flags: np.ndarray
+    norm: str
+    steps: int | None
+    backend: str
+    seconds: float
+
+
+def run_attack_group(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
+                     eps: Sequence[float], backend: str | None, params: Mapping[str, Any], seed: int,
+                     batch_size: int, on_batch: Callable[[int], None] = lambda k: None) -> list[AttackResult]:
+    """Run one attack (fixed backend, hyper-parameters and seed) on (x, y) at every ε → one result
+    per ε, in the order given. Batch b of every ε uses the seed ``batch_seed(seed, b)``.
+
+    Today this runs ``make_attack(...).run`` per ε and batch; a minimal-norm attack can instead run
+    once per batch and be scored at every ε here, without changing any caller."""
+    from robench.attacks import make_attack
+
+    device = x.device
+    results = []
+    for e in eps:
+        sync(device)
+        t0 = time.perf_counter()
+        parts = []
+        atk = None
+        for b, i in enumerate(range(0, len(y), batch_size)):
+            atk = make_attack(attack, eps=e, backend=backend, seed=batch_seed(seed, b), **dict(params))
+            out = atk.run(model, x[i:i + batch_size], y[i:i + batch_size])
+            parts.append(torch.as_tensor(out.robust).reshape(-1).bool().cpu().numpy())
+            on_batch(len(parts[-1]))
+        sync(device)
+        flags = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        results.append(AttackResult(eps=float(e), flags=flags, norm=atk.norm, steps=atk.steps, backend=atk.backend,
+                                    seconds=time.perf_counter() - t0))
+    return results
+
+
+def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: float, context: dict, data_sha: str,
+            norm: str | None = None, steps: int | None = None, backend: str | None = None) -> dict:
+    if flags.shape != (cell.n,):
+        raise RuntimeError(f"{cell.label()}: got {flags.shape[0]} flags for n={cell.n}")
+    correct = int(flags.sum())
+    lo, hi = wilson(correct, cell.n)
+    return {
+        "model": cell.model, "scheme": loaded.scheme, "lam": loaded.lam, "dataset": cell.dataset, "n": cell.n,
+        "kind": cell.kind, "perturbation": cell.perturbation, "backend": backend, "norm": norm, "eps": cell.eps,
+        "severity": cell.severity, "steps": None if steps is None else int(steps), "seed": cell.seed,
+        "correct": correct, "accuracy": correct / cell.n, "ci_low": lo, "ci_high": hi, "seconds": seconds,
+        **context, "data_sha256": data_sha, "weights_sha256": loaded.weights_sha256, "origin": loaded.origin,
+        "card_sha256": loaded.card_sha256, "flags": pack_flags(flags),
+    }
+
+
+def run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: int, context: dict,
+             progress: bool = False) -> list[tuple[Cell, dict]]:
+    """Evaluate one unit → (cell, record with :data:`robench.results.SCHEMA`'s columns) per cell."""
+    from tqdm import tqdm
+
+    first = unit.cells[0]
+    dev = inputs.device
+    bar = tqdm(total=first.n * len(unit.cells), desc=unit.label(), unit="img", leave=False, file=sys.stderr,
+               disable=not progress_enabled(progress))
+    try:
+        if first.kind == "attack":
+            x, y = inputs.clean(first.n)
+            results = run_attack_group(loaded.module, x, y, attack=first.perturbation, eps=[c.eps for c in unit.cells],
+                                       backend=first.backend, params=dict(first.params), seed=first.seed,
+                                       batch_size=batch_size, on_batch=bar.update)
+            return [(c, _record(c, loaded, r.flags, seconds=r.seconds, context=context, data_sha=inputs.data.sha256,
+                                norm=r.norm, steps=r.steps, backend=r.backend))
+                    for c, r in zip(unit.cells, results)]
+        sync(dev)
+        t0 = time.perf_counter()
+        if first.kind == "clean":
+            x, y = inputs.clean(first.n)
+            data_sha = inputs.data.sha256
+        else:
+            x, y, data_sha = inputs.corrupted(first)
+        flags = _correct(loaded.module, x, y, batch_size, first.label(), bar.update)
+        sync(dev)
+        return [(first, _record(first, loaded, flags, seconds=time.perf_counter() - t0, context=context,
+                                data_sha=data_sha))]
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` CPU threads (restored afterwards)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _done_line(i: int, total: int, cell: Cell, record: dict) -> str:
+    return f"[{i}/{total}] {cell.label()}: {record['accuracy']:.3f} ({record['seconds']:.1f} s)"
+
+
+def run_local(units: list[Unit], cache: ModelCache, inputs: Inputs, store, *, batch_size: int, context: dict,
+              threads: int | None = None, progress: bool = False, log: Log | None = None) -> None:
+    """Run units in this process, in order, putting each finished cell into ``store``."""
+    from tqdm import tqdm
+
+    total = sum(len(u.cells) for u in units)
+    done = 0
+    with torch_threads(threads), tqdm(total=total, unit="cell", file=sys.stderr,
+                                      disable=not progress_enabled(progress)) as bar:
+        for unit in units:
+            bar.set_description(unit.label())
+            first = unit.cells[0]
+            for cell, record in run_unit(unit, cache.get(first.model, first.lam), inputs, batch_size=batch_size,
+                                         context=context, progress=progress):
+                store.put(cell, record)
+                done += 1
+                bar.update(1)
+                if log is not None and not progress_enabled(progress):
+                    log(_done_line(done, total, cell, record))
+
+
+# -- Ray ------------------------------------------------------------------------------------
+_WORKER: dict = {}  # per Ray worker process: the ModelCache and Inputs of the current sweep
+
+
+def _ray_unit(unit: Unit, data, batch_size: int, device: str, corruption_dir: str | None,
+              threads: int | None) -> list[tuple[Cell, dict]]:
+    """Body of one Ray task: evaluate one unit in a worker, reusing the worker's cached models."""
+    from robench.provenance import provenance
+
+    key = (data.sha256, len(data), device, corruption_dir)
+    if _WORKER.get("key") != key:
+        cache = ModelCache(device)
+        _WORKER.update(key=key, cache=cache, inputs=Inputs(data, cache.device, corruption_dir),
+                       context=provenance(cache.device))
+    first = unit.cells[0]
+    with torch_threads(threads):
+        return run_unit(unit, _WORKER["cache"].get(first.model, first.lam), _WORKER["inputs"], batch_size=batch_size,
+                        context=_WORKER["context"])
+
+
+def ray_connect(address: str | None):
+    """Import Ray and join the cluster at ``address`` (a new local instance for None), unless a Ray
+    session is already up in this process (e.g. one a test or a notebook started)."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInput("the ray executor needs Ray: pip install 'robench[ray]' (or use --executor local)") from None
+    if not ray.is_initialized():
+        kwargs = {"log_to_driver": False} if address else {"log_to_driver": False, "include_dashboard": False}
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise BadInput(f"cannot reach a Ray cluster at {address or 'a new local instance'}: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return ray
+
+
+def run_ray(units: list[Unit], data, store, ray, *, device: str, batch_size: int, corruption_dir: str | None,
+            threads: int | None = None, log: Log | None = None) -> None:
+    """Run units as Ray tasks (one CPU, or one GPU each), putting each finished cell into ``store``."""
+    cuda = device.startswith("cuda")
+    env = {k: os.environ[k] for k in ("ROBENCH_HOME", "ROBENCH_PROGRESS", "ROBENCH_THREADS") if k in os.environ}
+    task = ray.remote(_ray_unit).options(num_cpus=1, num_gpus=1 if cuda else 0, max_retries=0,
+                                         runtime_env={"env_vars": env} if env else None)
+    # each GPU task sees its one device as cuda:0
+    dev = "cuda" if cuda else device
+    data_ref = ray.put(data)
+    futures = {task.remote(u, data_ref, batch_size, dev, corruption_dir, threads): u for u in units}
+    total = sum(len(u.cells) for u in units)
+    done = 0
+    try:
+        while futures:
+            ready, _ = ray.wait(list(futures), num_returns=1)
+            futures.pop(ready[0])
+            try:
+                pairs = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
+                if isinstance(cause, BadInput):
+                    raise BadInput(str(cause).splitlines()[0]) from None
+                raise
+            for cell, record in pairs:
+                store.put(cell, record)
+                done += 1
+                if log is not None:
+                    log(_done_line(done, total, cell, record))
+    finally:
+        for f in futures:
+            ray.cancel(f, force=True)
+
+
+__all__ = ["AttackResult", "Inputs", "LoadedModel", "ModelCache", "batch_seed", "memory_format", "run_attack_group",
+           "run_local", "run_ray", "run_unit"]

@@ -1,0 +1,235 @@
+"""Where finished cells go: in memory (``robench eval``) or one file per cell on disk (``robench sweep``).
+
+Disk layout (one part file per cell, so a kill -9 at any moment is harmless)::
+
+    <out>/sweep.json           fingerprint of the sweep: dataset, n, data sha256, weights sha256 of
+                               every (model, λ) it has run, the last config, and the attacks planned
+                               for every worst-case group (so a merge knows which are complete)
+    <out>/cells/<cell_id>.json one finished cell: its Cell, its key, the fingerprint it ran under,
+                               and the record (a results.SCHEMA row with the per-example flags)
+    <out>/results.parquet|.csv the merged table, written when the sweep finishes
+    <out>/.lock                held (flock) while a sweep runs, so two sweeps never share an out dir
+
+A part file is written to ``cells/.tmp-*`` first, flushed, fsync'd, then ``os.replace``'d onto its
+final name (and the folder is fsync'd). A kill at any moment therefore loses at most the cells in
+flight: a finished cell is either wholly there or not there, never torn and never twice (its name
+is the cell id). Left-over ``.tmp-*`` files are ignored by every reader and removed by the next
+sweep. Every file is an ordinary 0644 file (less the umask).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from robench.errors import BadInput
+from robench.plan import Cell, row_key
+
+STORE_VERSION = 1
+
+
+def _stem(cell: Cell) -> str:
+    from model_zoo.checkpoint import zoo_stem
+
+    return zoo_stem(cell.model, cell.lam)
+
+
+class MemoryStore:
+    """Finished cells of one ``evaluate`` call, in memory."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, dict] = {}
+
+    def put(self, cell: Cell, record: dict) -> None:
+        if row_key(record) != cell.table_key():
+            raise RuntimeError(f"{cell.label()}: the record's key {row_key(record)} is not the cell's {cell.table_key()}")
+        self._records[cell.cell_id()] = record
+
+    def records(self) -> list[dict]:
+        return list(self._records.values())
+
+
+# -- disk -----------------------------------------------------------------------------------
+def jsonable(v: Any) -> Any:
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if math.isnan(v) else float(v)
+    if isinstance(v, (tuple, list)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    return v
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(f"{what} {path} is unreadable ({type(e).__name__}); delete it to redo it") from None
+    if not isinstance(value, dict):
+        raise BadInput(f"{what} {path} is not a JSON object; delete it to redo it")
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_json(path: Path, value: dict) -> None:
+    """Temp file in the same folder, flush + fsync, mode 0644, ``os.replace``, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, sort_keys=True, allow_nan=False)
+            f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def iter_parts(out: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """(cell id, part) of every finished cell in ``out``, in file-name order; temp files are skipped."""
+    cells_dir = Path(out) / "cells"
+    if not cells_dir.is_dir():
+        return
+    for path in sorted(cells_dir.glob("*.json")):
+        if path.name.startswith(".tmp-"):
+            continue
+        part = read_json(path, "stored cell")
+        if not isinstance(part.get("record"), dict) or part.get("cell_id") != path.stem:
+            raise BadInput(f"stored cell {path} is not a robench part file; delete it to redo it")
+        yield path.stem, part
+
+
+def is_sweep_store(out: Path) -> bool:
+    return (out / "sweep.json").is_file()
+
+
+def planned_from_meta(meta: dict) -> dict[tuple, set[str]]:
+    """The worst-case groups recorded in a sweep.json → group → planned attack names."""
+    out: dict[tuple, set[str]] = {}
+    for g in meta.get("attack_groups", []):
+        if isinstance(g, dict) and isinstance(g.get("group"), list) and isinstance(g.get("attacks"), list):
+            out.setdefault(tuple(g["group"]), set()).update(map(str, g["attacks"]))
+    return out
+
+
+@dataclasses.dataclass
+class DiskStore:
+    """The part-file store of one out dir, held under an exclusive lock while a sweep writes to it.
+
+    ``fingerprint``: dataset, n, data sha256 of the sweep; ``weights``: zoo stem → weights sha256 of
+    every planned (model, λ); ``config``: the spec as a dict; ``planned``: worst-case group → attacks."""
+
+    out: Path
+    fingerprint: dict
+    weights: dict
+    config: dict
+    planned: dict
+    done: set = dataclasses.field(default_factory=set)
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.out / "cells"
+
+    def check(self, cells: list[Cell]) -> set[str]:
+        """Compare an existing out dir with the plan; → ids of the planned cells already finished."""
+        meta_path = self.out / "sweep.json"
+        if meta_path.exists():
+            meta = read_json(meta_path, "sweep file")
+            for k, v in self.fingerprint.items():
+                if meta.get(k) != v:
+                    raise BadInput(f"{self.out} holds a sweep with {k}={meta.get(k)!r}, but this config gives "
+                                   f"{k}={v!r}; use another out folder (or delete this one) instead of mixing the two")
+            for stem, sha in self.weights.items():
+                old = meta.get("weights", {}).get(stem)
+                if old is not None and old != sha:
+                    raise BadInput(f"the zoo weights of {stem} changed since {self.out} ran them (sha256 {old[:12]}… → "
+                                   f"{sha[:12]}…); use another out folder, or delete that model's cells to redo them")
+        by_table_key = {c.table_key(): c for c in cells}
+        planned = {c.cell_id(): c for c in cells}
+        done = set()
+        for cell_id, part in iter_parts(self.out):
+            cell = planned.get(cell_id)
+            if cell is None:
+                # a cell from an earlier config: it stays in the table, but must not clash with a planned one
+                other = by_table_key.get(tuple(tuple(v) if isinstance(v, list) else v for v in part.get("table_key", [])))
+                if other is not None:
+                    raise BadInput(f"{self.cells_dir / (cell_id + '.json')} holds {other.label()} run with other "
+                                   f"settings ({part.get('key')}, now {repr(other.key())}); use another out folder")
+                continue
+            stored_fp = part.get("fingerprint", {})
+            if part.get("key") != repr(cell.key()) or any(stored_fp.get(k) != v for k, v in self.fingerprint.items()) \
+                    or stored_fp.get("weights_sha256") != self.weights.get(_stem(cell)):
+                raise BadInput(f"stored cell {self.cells_dir / (cell_id + '.json')} does not match the plan "
+                               f"({cell.label()}): its key or data/weights fingerprint differs; delete it to redo it")
+            done.add(cell_id)
+        self.done = done
+        return done
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator["DiskStore"]:
+        self.cells_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BadInput(f"another sweep is writing to {self.out}; wait for it or use another out folder") from None
+            for stale in self.cells_dir.glob(".tmp-*"):  # left by a killed run; never a finished cell
+                stale.unlink(missing_ok=True)
+            self._write_meta()
+            yield self
+
+    def _write_meta(self) -> None:
+        meta_path = self.out / "sweep.json"
+        old = read_json(meta_path, "sweep file") if meta_path.exists() else {}
+        planned = planned_from_meta(old)
+        for g, attacks in self.planned.items():
+            planned.setdefault(tuple(g), set()).update(attacks)
+        meta = {"robench_sweep": STORE_VERSION, **self.fingerprint,
+                "weights": {**old.get("weights", {}), **self.weights}, "config": jsonable(self.config),
+                "attack_groups": [{"group": jsonable(list(g)), "attacks": sorted(a)} for g, a in planned.items()]}
+        atomic_write_json(meta_path, meta)
+
+    def put(self, cell: Cell, record: dict) -> None:
+        """Persist one finished cell (after checking its record really is that cell)."""
+        sha = self.weights.get(_stem(cell))
+        if row_key(record) != cell.table_key():
+            raise RuntimeError(f"{cell.label()}: the record's key {row_key(record)} is not the cell's {cell.table_key()}")
+        if record.get("weights_sha256") not in (None, sha):
+            raise BadInput(f"{cell.label()} ran with weights {str(record.get('weights_sha256'))[:12]}…, "
+                           f"but the plan has {str(sha)[:12]}…; the zoo changed during the sweep")
+        part = {"cell_id": cell.cell_id(), "key": repr(cell.key()), "table_key": jsonable(cell.table_key()),
+                "cell": {k: jsonable(v) for k, v in dataclasses.asdict(cell).items()},
+                "fingerprint": {**self.fingerprint, "weights_sha256": sha},
+                "record": {k: jsonable(v) for k, v in record.items()}}
+        atomic_write_json(self.cells_dir / f"{cell.cell_id()}.json", part)
+        self.done.add(cell.cell_id())
