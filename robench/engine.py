@@ -14,11 +14,12 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
+from model_zoo.schemes import lam_schemes
 from robench.aggregate import table, worst_case_records
 from robench.errors import BadInput
 from robench.executors import Inputs, batch_seed, check_corruption_dir, run_attack_group, run_local
 from robench.models import ModelCache, check_module
-from robench.plan import LAM_SCHEMES, Cell, fmt_eps, missing, plan_cells, planned_attacks, row_key, units
+from robench.plan import Cell, fmt_eps, missing, plan_cells, planned_attacks, row_key, units
 from robench.provenance import git_sha, provenance
 from robench.spec import SEVERITIES, EvalSpec
 from robench.store import MemoryStore
@@ -106,7 +107,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     def lam(row) -> str:
         if not missing(row["lam"]):
             return f"{row['lam']:g}"
-        return "learned" if str(row["scheme"]) in LAM_SCHEMES else "-"
+        return "learned" if str(row["scheme"]) in lam_schemes() else "-"
 
     return pd.DataFrame({
         "model": df["model"].astype(str),

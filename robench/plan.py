@@ -12,11 +12,11 @@ from typing import Any
 
 import pandas as pd
 
+from model_zoo.schemes import lam_schemes
 from robench.results import KEY
 from robench.spec import EvalSpec
 
 CELL_KINDS = ("clean", "attack", "corruption")
-LAM_SCHEMES = ("damped", "lambda_damped")  # schemes whose λ can be fixed
 
 
 def fmt_eps(eps: float | None) -> str:
@@ -93,7 +93,7 @@ def row_key(row: dict | pd.Series) -> tuple:
         if missing(v):
             v = None
         elif col == "lam":
-            v = float(v) if str(r.get("scheme")) in LAM_SCHEMES else None
+            v = float(v) if str(r.get("scheme")) in lam_schemes() else None
         elif col == "eps":
             v = float(v)
         elif col in ("severity", "seed", "n"):

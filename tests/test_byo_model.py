@@ -66,12 +66,12 @@ def test_a_module_that_is_not_a_classifier_of_the_data_is_refused(out, words):
 
 
 PLUGIN = '''
-from model_zoo import CifarResNet, Scheme, register_model
+from model_zoo import CifarResNet, register_model
 
 
-@register_model
+@register_model(scheme="euler")
 def plugnet8(**kw):
-    return CifarResNet(block="basic", layers=(1, 1, 1), scheme=Scheme.EULER, **kw)
+    return CifarResNet(block="basic", layers=(1, 1, 1), scheme="euler", **kw)
 '''
 
 
