@@ -281,9 +281,12 @@ class EvalSpec:
         if self.corruption_dir is not None:
             if self.dataset_name == "cifar100":
                 raise BadInput("CIFAR-10-C (--corruption-dir) goes with cifar10 models and data, not cifar100")
-            if self.data_dir is None or self.dataset_name != "cifar10":
+            from robench.datahome import resolve_data_dir
+
+            if self.dataset_name != "cifar10" or resolve_data_dir("cifar10", self.data_dir) is None:
                 raise BadInput("--corruption-dir needs the matching clean CIFAR-10 test split (--data-dir DIR "
-                               "holding cifar-10-batches-py/), not the 20 bundled samples")
+                               "holding cifar-10-batches-py/, or --dataset cifar10 after `robench data fetch "
+                               "cifar10`), not the 20 bundled samples")
         n = None if self.n is None else parse_int(self.n, "n (--n)", 1)
         batch_size = parse_int(self.batch_size, "batch size (--batch-size)", 1)
         if not isinstance(self.device, str) or not self.device:

@@ -68,11 +68,12 @@ def build_spec(models, lams, attacks, eps, params, corruptions, severities, data
               help="Attack hyper-parameter, e.g. pgd.steps=50 (repeatable).")
 @click.option("--corruption", "corruptions", multiple=True, help="Corruption name (repeatable or comma list).")
 @click.option("--severity", "severities", multiple=True, help="Corruption severities 1..5 (comma list; default all).")
-@click.option("--data-dir", default=None, help="Folder holding cifar-10-batches-py/ (default: the 20 bundled samples).")
+@click.option("--data-dir", default=None, help="Folder holding cifar-10-batches-py/ (default: the copy `robench data fetch` made for --dataset, else the 20 bundled samples).")
 @click.option("--dataset", type=click.Choice(["samples", "cifar10", "cifar100"]), default=None,
               help="Default: samples, or cifar10 when --data-dir is given.")
 @click.option("--corruption-dir", default=None,
-              help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy); needs --data-dir (the clean split).")
+              help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy; `robench data fetch cifar10c` puts it in "
+                   "~/.cache/robench/data/CIFAR-10-C); needs the clean CIFAR-10 split.")
 @click.option("--n", "n", type=str, default=None, metavar="N", help="Evaluate the first N test images (default: all).")
 @click.option("--batch-size", type=str, default=None, metavar="N", help="Images per batch (default 256).")
 @click.option("--device", default=None, help="cpu or cuda[:i] (default cpu).")
