@@ -133,3 +133,29 @@ def test_reference_protocol_normalises_per_file_and_pools_severities(tmp_path):
 def test_noise_protocol_missing_file_is_bad_input(tmp_path):
     with pytest.raises(BadInput, match="not found"):
         noise_protocol(models=["resnet20"], corruption_dir=tmp_path, corruptions=["shot_noise"])
+
+
+def test_landscape_and_stability_cli_write_tables_and_refuse_bad_input(tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from model_zoo import create_model
+    from model_zoo.checkpoint import save
+    from robench.cli import cli
+
+    torch.manual_seed(0)
+    save(create_model("resnet20"), tmp_path / "r20.safetensors", {"name": "resnet20"})
+    ckpt = str(tmp_path / "r20.safetensors")
+    runner = CliRunner()
+    out = runner.invoke(cli, ["landscape", "--model", ckpt, "--n", "2", "--points", "5", "--out", str(tmp_path / "ls")])
+    assert out.exit_code == 0, out.output
+    df = pd.read_parquet(tmp_path / "ls.parquet")
+    assert set(df["direction"]) == {"grad_sign", "pgd", "random"} and set(df["n"]) == {2}
+    assert df["data_sha256"].notna().all() and df["weights_sha256"].notna().all() and set(df["origin"]) == {"file"}
+    out = runner.invoke(cli, ["stability", "--model", ckpt, "--n", "2", "--iters", "2", "--out", str(tmp_path / "st")])
+    assert out.exit_code == 0, out.output
+    st_df = pd.read_parquet(tmp_path / "st.parquet")
+    assert (st_df["quantity"] == "gain").sum() == 2 * 9  # two perturbations × nine blocks of ResNet-20
+    bad = runner.invoke(cli, ["landscape", "--model", ckpt, "--direction", "uphill", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "valid choices: grad_sign, pgd, random" in str(bad.exception)
+    assert not (tmp_path / "x.parquet").exists()

@@ -68,6 +68,14 @@ def pgd_direction(model, x, y, *, eps: float, seed: int, backend: str | None = N
     return d / peak
 
 
+def check_directions(directions: Sequence[str]) -> list[str]:
+    directions = list(dict.fromkeys(directions))
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or not directions:
+        raise BadInput(f"unknown landscape direction {', '.join(bad) or '(none)'}; valid choices: {', '.join(DIRECTIONS)}")
+    return directions
+
+
 @torch.no_grad()
 def _evaluate(model, x, y, d: torch.Tensor, ts: np.ndarray, d2: torch.Tensor | None = None,
               ts2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -93,10 +101,7 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, dir
                 batch_size: int = 250, on_batch: Callable[[int], None] | None = None) -> dict:
     """Per-example loss/correctness along each direction: {(direction, index): (ts, loss[T, N], correct[T, N])},
     and with ``grid2d`` the key ("grad_sign×random", 0) → (ts, ts2, loss[T, T2, N], correct[T, T2, N])."""
-    directions = list(dict.fromkeys(directions))
-    bad = [d for d in directions if d not in DIRECTIONS]
-    if bad or not directions:
-        raise BadInput(f"unknown landscape direction {', '.join(bad) or '(none)'}; valid choices: {', '.join(DIRECTIONS)}")
+    directions = check_directions(directions)
     n_random = check_positive(n_random, "number of random directions")
     batch_size = check_positive(batch_size, "batch size")
     ts = t_grid(radius, points)
@@ -166,7 +171,8 @@ def landscape(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
     specs = specs_of(models)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise BadInput(f"seed must be an integer ≥ 0, got {seed!r}")
-    t_grid(radius, points)  # check the grid before loading anything
+    t_grid(radius, points)  # check the grid and directions before loading anything
+    check_directions(directions)
     dev = resolve_device(device)
     ds, x, y = load_inputs(dataset, data_dir, n, dev)
     context = provenance(dev)

@@ -30,6 +30,7 @@ def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d,
                   batch_size, device, out) -> None:
     """Loss/accuracy of clip(x + t·d) along grad-sign, PGD and random directions, mean and 95% interval."""
     from robench.analysis.landscape import DIRECTIONS, flatness, landscape
+    from robench.analysis.plots import model_label
     from robench.results import write_table
 
     _check_out(out)
@@ -41,6 +42,6 @@ def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d,
     flat = flatness(df)
     click.echo("loss increase at t = 8/255 (mean, 95% interval):")
     for r in flat.itertuples():
-        lam = "" if r.lam != r.lam else f" λ={r.lam:g}"
-        click.echo(f"  {r.model}{lam} {r.direction}[{r.index}]: {r.loss_increase:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]")
+        click.echo(f"  {model_label(r.model, r.lam, r.scheme)} {r.direction}[{r.index}]: {r.loss_increase:.4f} "
+                   f"[{r.ci_low:.4f}, {r.ci_high:.4f}]")
     click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))
