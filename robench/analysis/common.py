@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Sequence
+import sys
+import time
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -153,3 +155,36 @@ def read_analysis(path: str | os.PathLike, analysis: str | None = None) -> pd.Da
     if analysis is not None and not (df["analysis"] == analysis).all():
         raise BadInput(f"table {p} is not a {analysis} table")
     return df
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise BadInput(f"seed must be an integer ≥ 0, got {seed!r}")
+    return int(seed)
+
+
+def run_models(analysis: str, specs: Sequence[ModelSpec], compute: Callable, *, dataset, data_dir, n, seed: int,
+               device, log: Callable[[str], None] | None) -> list[dict]:
+    """Load the data once, then per model: ``compute(model, x, y, on_batch) -> rows``; each row gets the
+    ID and provenance columns and the model's wall seconds. Progress goes to ``log`` after every batch."""
+    from robench.engine import resolve_device
+
+    dev = resolve_device(device)
+    ds, x, y = load_inputs(dataset, data_dir, n, dev)
+    context = provenance(dev)
+    say = log or (lambda s: print(s, file=sys.stderr))
+    records = []
+    for spec in specs:
+        loaded = load_model(spec, dev)
+        t0 = time.perf_counter()
+        done = [0]
+
+        def progress(k: int, label=spec.label()) -> None:
+            done[0] += k
+            say(f"{analysis} {label}: {done[0]}/{len(y)} images, {time.perf_counter() - t0:.0f} s")
+
+        rows = compute(loaded.model, x, y, progress)
+        base = {"analysis": analysis, **loaded.meta, "dataset": ds.name, "n": len(y), "seed": int(seed),
+                "seconds": time.perf_counter() - t0, **context, "data_sha256": ds.sha256}
+        records += [{**base, **row} for row in rows]
+    return records

@@ -11,8 +11,6 @@ paired per-example loss(t) − loss(0). Distances are L∞ in pixel units, like 
 from __future__ import annotations
 
 import math
-import sys
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,8 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from robench.analysis.common import (ModelSpec, check_positive, finish, load_inputs, load_model, mean_interval,
-                                     provenance, rate_interval, specs_of)
+from robench.analysis.common import (ModelSpec, check_positive, check_seed, finish, mean_interval, rate_interval,
+                                     run_models, specs_of)
 from robench.errors import BadInput
 
 DIRECTIONS = ("grad_sign", "pgd", "random")
@@ -166,34 +164,18 @@ def landscape(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
               points2d: int = 21, batch_size: int = 250, device: str | torch.device = "cpu",
               log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The landscape table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images."""
-    from robench.engine import resolve_device
-
     specs = specs_of(models)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise BadInput(f"seed must be an integer ≥ 0, got {seed!r}")
+    seed = check_seed(seed)
     t_grid(radius, points)  # check the grid and directions before loading anything
     check_directions(directions)
-    dev = resolve_device(device)
-    ds, x, y = load_inputs(dataset, data_dir, n, dev)
-    context = provenance(dev)
-    say = log or (lambda s: print(s, file=sys.stderr))
-    records = []
-    for spec in specs:
-        loaded = load_model(spec, dev)
-        t0 = time.perf_counter()
-        done = [0]
 
-        def progress(k: int, label=spec.label()) -> None:
-            done[0] += k
-            say(f"landscape {label}: {done[0]}/{len(y)} images, {time.perf_counter() - t0:.0f} s")
+    def compute(model, x, y, on_batch):
+        return aggregate(per_example(model, x, y, directions=directions, radius=radius, points=points,
+                                     n_random=n_random, seed=seed, pgd_eps=pgd_eps, backend=backend, grid2d=grid2d,
+                                     points2d=points2d, batch_size=batch_size, on_batch=on_batch))
 
-        values = per_example(loaded.model, x, y, directions=directions, radius=radius, points=points, n_random=n_random,
-                             seed=seed, pgd_eps=pgd_eps, backend=backend, grid2d=grid2d, points2d=points2d,
-                             batch_size=batch_size, on_batch=progress)
-        seconds = time.perf_counter() - t0
-        base = {"analysis": "landscape", **loaded.meta, "dataset": ds.name, "n": len(y), "seed": int(seed),
-                "seconds": seconds, **context, "data_sha256": ds.sha256}
-        records += [{**base, **row} for row in aggregate(values)]
+    records = run_models("landscape", specs, compute, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
+                         device=device, log=log)
     df = finish(records, COLUMNS)
     df["index"] = df["index"].astype("int64")
     return df

@@ -68,6 +68,15 @@ def _band(ax, x, y, lo, hi, label, **kw):
     return line
 
 
+def _with_clean(ax, rows: pd.DataFrame, clean: pd.DataFrame, x: str, zero, scale: float) -> None:
+    """One accuracy curve per (model, λ) along column ``x``, starting from its clean accuracy at ``zero``."""
+    for label, r in rows.assign(_l=_labels(rows)).groupby("_l", sort=True):
+        first = r.iloc[0]
+        c = clean[(clean["model"] == first["model"]) & _same_lam(clean["lam"], first["lam"])]
+        pts = pd.concat([c.assign(**{x: zero}), r]).sort_values(x)
+        _band(ax, pts[x].astype(float) * scale, pts["accuracy"] * 100, pts["ci_low"] * 100, pts["ci_high"] * 100, label)
+
+
 # -- eval tables --------------------------------------------------------------------------------
 def accuracy_vs_eps(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     attacks = df[df["kind"].isin(["attack", "worst_case"])]
@@ -76,11 +85,7 @@ def accuracy_vs_eps(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     for name, rows in attacks.groupby("perturbation", sort=True):
         fig = _figure(6.4, 4.2)
         ax = fig.add_subplot()
-        for label, r in rows.assign(_l=_labels(rows)).groupby("_l", sort=True):
-            first = r.iloc[0]
-            c = clean[(clean["model"] == first["model"]) & _same_lam(clean["lam"], first["lam"])]
-            pts = pd.concat([c.assign(eps=0.0), r]).sort_values("eps")
-            _band(ax, pts["eps"] * 255, pts["accuracy"] * 100, pts["ci_low"] * 100, pts["ci_high"] * 100, label)
+        _with_clean(ax, rows, clean, "eps", 0.0, 255)
         ax.set(xlabel="ε (×1/255, L∞)" if str(rows["norm"].dropna().iloc[0] if rows["norm"].notna().any() else "linf") == "linf"
                else "ε", ylabel="accuracy (%)", title=f"{name}: accuracy vs ε (ε=0: clean)")
         ax.grid(alpha=0.3)
@@ -156,11 +161,7 @@ def accuracy_vs_severity(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     for name, rows in cor.groupby("perturbation", sort=True):
         fig = _figure(6.4, 4.2)
         ax = fig.add_subplot()
-        for label, r in rows.assign(_l=_labels(rows)).groupby("_l", sort=True):
-            first = r.iloc[0]
-            c = clean[(clean["model"] == first["model"]) & _same_lam(clean["lam"], first["lam"])]
-            pts = pd.concat([c.assign(severity=0), r]).sort_values("severity")
-            _band(ax, pts["severity"].astype(float), pts["accuracy"] * 100, pts["ci_low"] * 100, pts["ci_high"] * 100, label)
+        _with_clean(ax, rows, clean, "severity", 0, 1)
         ax.set(xlabel="severity (0: clean)", ylabel="accuracy (%)", title=f"{name}: accuracy vs severity")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -15,8 +15,6 @@ Every quantity except ``coef`` is computed per example and reported as a mean wi
 from __future__ import annotations
 
 import math
-import sys
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,8 +22,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from robench.analysis.common import (ModelSpec, check_positive, finish, load_inputs, load_model, mean_interval,
-                                     provenance, specs_of)
+from robench.analysis.common import (ModelSpec, check_positive, check_seed, finish, mean_interval, run_models,
+                                     specs_of)
 from robench.analysis.landscape import loss_grad, random_signs
 from robench.errors import BadInput
 
@@ -154,30 +152,15 @@ def stability(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
               seed: int = 0, eps: float = 1 / 255, iters: int = 20, batch_size: int = 250,
               device: str | torch.device = "cpu", log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The stability table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images."""
-    from robench.engine import resolve_device
-
     specs = specs_of(models)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise BadInput(f"seed must be an integer ≥ 0, got {seed!r}")
-    dev = resolve_device(device)
-    ds, x, y = load_inputs(dataset, data_dir, n, dev)
-    context = provenance(dev)
-    say = log or (lambda s: print(s, file=sys.stderr))
-    records = []
-    for spec in specs:
-        loaded = load_model(spec, dev)
-        t0 = time.perf_counter()
-        done = [0]
+    seed = check_seed(seed)
 
-        def progress(k: int, label=spec.label()) -> None:
-            done[0] += k
-            say(f"stability {label}: {done[0]}/{len(y)} images, {time.perf_counter() - t0:.0f} s")
+    def compute(model, x, y, on_batch):
+        return aggregate(model, per_example(model, x, y, eps=eps, seed=seed, iters=iters, batch_size=batch_size,
+                                            on_batch=on_batch))
 
-        values = per_example(loaded.model, x, y, eps=eps, seed=seed, iters=iters, batch_size=batch_size, on_batch=progress)
-        seconds = time.perf_counter() - t0
-        base = {"analysis": "stability", **loaded.meta, "dataset": ds.name, "n": len(y), "seed": int(seed),
-                "seconds": seconds, **context, "data_sha256": ds.sha256}
-        records += [{**base, **row} for row in aggregate(loaded.model, values)]
+    records = run_models("stability", specs, compute, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
+                         device=device, log=log)
     df = finish(records, COLUMNS)
     for c in ("block", "stage"):
         df[c] = df[c].astype("Int64")
