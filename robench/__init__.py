@@ -10,4 +10,8 @@ def __getattr__(name: str):
         from robench.engine import evaluate
 
         return evaluate
+    if name in ("landscape", "stability"):  # robench.landscape(...), robench.stability(...)
+        import importlib
+
+        return getattr(importlib.import_module(f"robench.analysis.{name}"), name)
     raise AttributeError(f"module 'robench' has no attribute {name!r}")

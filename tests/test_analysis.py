@@ -159,3 +159,9 @@ def test_landscape_and_stability_cli_write_tables_and_refuse_bad_input(tmp_path)
     bad = runner.invoke(cli, ["landscape", "--model", ckpt, "--direction", "uphill", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "valid choices: grad_sign, pgd, random" in str(bad.exception)
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_the_analyses_are_reachable_from_the_package():
+    import robench
+
+    assert robench.landscape is ls.landscape and robench.stability is st.stability

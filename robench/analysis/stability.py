@@ -20,7 +20,6 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from robench.analysis.common import (ModelSpec, check_positive, check_seed, finish, mean_interval, run_models,
                                      specs_of)
