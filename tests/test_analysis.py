@@ -165,3 +165,22 @@ def test_the_analyses_are_reachable_from_the_package():
     import robench
 
     assert robench.landscape is ls.landscape and robench.stability is st.stability
+
+
+def test_noise_protocol_cli_writes_both_protocols(tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from model_zoo import create_model
+    from model_zoo.checkpoint import save
+    from robench.cli import cli
+
+    save(create_model("resnet20"), tmp_path / "r20.safetensors", {"name": "resnet20"})
+    _write_c10c(tmp_path, 2, (0.05, 0.1, 0.15, 0.3, 0.4))
+    out = CliRunner().invoke(cli, ["noise-protocol", "--model", str(tmp_path / "r20.safetensors"), "--corruption-dir",
+                                   str(tmp_path), "--corruption", "gaussian_noise", "--out", str(tmp_path / "np")])
+    assert out.exit_code == 0, out.output
+    df = pd.read_parquet(tmp_path / "np.parquet")
+    assert len(df) == 2 * 6 and set(df["protocol"]) == {"standard", "reference"}
+    pooled = df[df["severity"].isna()]
+    assert list(pooled["total"]) == [10, 10] and (df["analysis"] == "noise_protocol").all()
