@@ -156,6 +156,9 @@ def test_landscape_and_stability_cli_write_tables_and_refuse_bad_input(tmp_path)
     assert out.exit_code == 0, out.output
     st_df = pd.read_parquet(tmp_path / "st.parquet")
     assert (st_df["quantity"] == "gain").sum() == 2 * 9  # two perturbations × nine blocks of ResNet-20
+    seen = []
+    st.stability(models=[ckpt, ckpt], n=2, iters=1, log=lambda s: None, on_model=lambda part: seen.append(len(part)))
+    assert seen == [len(st_df), 2 * len(st_df)]  # the table so far after every model
     bad = runner.invoke(cli, ["landscape", "--model", ckpt, "--direction", "uphill", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "valid choices: grad_sign, pgd, random" in str(bad.exception)
     assert not (tmp_path / "x.parquet").exists()

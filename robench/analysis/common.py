@@ -164,9 +164,12 @@ def check_seed(seed) -> int:
 
 
 def run_models(analysis: str, specs: Sequence[ModelSpec], compute: Callable, *, dataset, data_dir, n, seed: int,
-               device, log: Callable[[str], None] | None) -> list[dict]:
+               device, log: Callable[[str], None] | None,
+               on_model: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Load the data once, then per model: ``compute(model, x, y, on_batch) -> rows``; each row gets the
-    ID and provenance columns and the model's wall seconds. Progress goes to ``log`` after every batch."""
+    ID and provenance columns and the model's wall seconds. Progress goes to ``log`` after every batch;
+    ``on_model`` gets the records so far after every model (the CLI writes them, so a kill loses at most
+    the model in flight)."""
     from robench.engine import resolve_device
 
     dev = resolve_device(device)
@@ -187,4 +190,6 @@ def run_models(analysis: str, specs: Sequence[ModelSpec], compute: Callable, *, 
         base = {"analysis": analysis, **loaded.meta, "dataset": ds.name, "n": len(y), "seed": int(seed),
                 "seconds": time.perf_counter() - t0, **context, "data_sha256": ds.sha256}
         records += [{**base, **row} for row in rows]
+        if on_model is not None:
+            on_model(records)
     return records

@@ -162,7 +162,8 @@ def landscape(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
               seed: int = 0, directions: Sequence[str] = DIRECTIONS, radius: float = 16 / 255, points: int = 41,
               n_random: int = 1, pgd_eps: float = 8 / 255, backend: str | None = None, grid2d: bool = False,
               points2d: int = 21, batch_size: int = 250, device: str | torch.device = "cpu",
-              log: Callable[[str], None] | None = None) -> pd.DataFrame:
+              log: Callable[[str], None] | None = None,
+              on_model: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """The landscape table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images."""
     specs = specs_of(models)
     seed = check_seed(seed)
@@ -175,7 +176,11 @@ def landscape(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
                                      points2d=points2d, batch_size=batch_size, on_batch=on_batch))
 
     records = run_models("landscape", specs, compute, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
-                         device=device, log=log)
+                         device=device, log=log, on_model=None if on_model is None else lambda r: on_model(_table(r)))
+    return _table(records)
+
+
+def _table(records: list[dict]) -> pd.DataFrame:
     df = finish(records, COLUMNS)
     df["index"] = df["index"].astype("int64")
     return df

@@ -149,7 +149,8 @@ def aggregate(model: torch.nn.Module, values: dict[str, np.ndarray]) -> list[dic
 
 def stability(*, models: Sequence[str | ModelSpec], dataset: str | None = None, data_dir=None, n: int | None = None,
               seed: int = 0, eps: float = 1 / 255, iters: int = 20, batch_size: int = 250,
-              device: str | torch.device = "cpu", log: Callable[[str], None] | None = None) -> pd.DataFrame:
+              device: str | torch.device = "cpu", log: Callable[[str], None] | None = None,
+              on_model: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """The stability table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images."""
     specs = specs_of(models)
     seed = check_seed(seed)
@@ -159,7 +160,11 @@ def stability(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
                                             on_batch=on_batch))
 
     records = run_models("stability", specs, compute, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
-                         device=device, log=log)
+                         device=device, log=log, on_model=None if on_model is None else lambda r: on_model(_table(r)))
+    return _table(records)
+
+
+def _table(records: list[dict]) -> pd.DataFrame:
     df = finish(records, COLUMNS)
     for c in ("block", "stage"):
         df[c] = df[c].astype("Int64")

@@ -38,7 +38,8 @@ def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d,
                    points=_int(points, "--points"), n_random=_int(n_random, "--random-directions"),
                    pgd_eps=parse_number(pgd_eps, "--pgd-eps"), grid2d=grid2d, points2d=_int(points2d, "--points2d"),
                    dataset=dataset, data_dir=data_dir, n=None if n is None else _int(n, "--n"), seed=_int(seed, "--seed"),
-                   batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo)
+                   batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo,
+                   on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     flat = flatness(df)
     click.echo("loss increase at t = 8/255 (mean, 95% interval):")
     for r in flat.itertuples():

@@ -28,7 +28,8 @@ def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, de
     _check_out(out)
     df = stability(models=_split(models), eps=parse_number(eps, "--eps"), iters=_int(iters, "--iters"), dataset=dataset,
                    data_dir=data_dir, n=None if n is None else _int(n, "--n"), seed=_int(seed, "--seed"),
-                   batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo)
+                   batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo,
+                   on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     summary = df[df["quantity"].isin(["lyapunov", "lyapunov_damped", "jacobian_norm", "grad_norm_l2"])]
     click.echo(summary[["model", "lam", "quantity", "direction", "mean", "ci_low", "ci_high"]].to_string(index=False))
     click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))
