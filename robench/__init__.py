@@ -1,7 +1,7 @@
 """robench: adversarial-robustness benchmark harness for ODE-inspired networks."""
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "evaluate", "EvalSpec"]
+__all__ = ["__version__", "evaluate", "EvalSpec", "landscape", "stability"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from robench.spec import EvalSpec
 
         return EvalSpec
+    if name in ("landscape", "stability"):  # robench.landscape(...), robench.stability(...)
+        import importlib
+
+        return getattr(importlib.import_module(f"robench.analysis.{name}"), name)
     raise AttributeError(f"module 'robench' has no attribute {name!r}")

@@ -1,0 +1,38 @@
+"""``robench noise-protocol``: CIFAR-10-C noise files under robench's and the seed code's protocol."""
+from __future__ import annotations
+
+import click
+
+from robench.cli import cli
+from robench.cli.eval_cmd import _check_out, _int, _split
+
+
+@cli.command("noise-protocol")
+@click.option("--model", "models", multiple=True, required=True,
+              help="NAME or NAME@LAM (fixed λ, e.g. inresnet20@0.5); repeatable or comma list.")
+@click.option("--corruption-dir", required=True, help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy).")
+@click.option("--corruption", "corruptions", multiple=True,
+              help="CIFAR-10-C file names without .npy (default: the reference's impulse, speckle, gaussian, shot noise).")
+@click.option("--protocol", type=click.Choice(["both", "standard", "reference"]), default="both", show_default=True,
+              help="reference: per-file mean/std normalisation, severities pooled; standard: robench's per-severity.")
+@click.option("--n", "n", default=None, metavar="N", help="The first N images of each severity (default: all).")
+@click.option("--batch-size", default="500", show_default=True, metavar="N")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", default=None, help="Write OUT.parquet and OUT.csv.")
+def noise_cmd(models, corruption_dir, corruptions, protocol, n, batch_size, device, out) -> None:
+    """Noise robustness on real CIFAR-10-C: per-severity (standard) and pooled, file-normalised (reference)."""
+    from robench.analysis.noise_protocol import REFERENCE_NOISE, noise_protocol
+    from robench.results import write_table
+
+    if out is not None:
+        _check_out(out)
+    df = noise_protocol(models=_split(models), corruption_dir=corruption_dir,
+                        corruptions=_split(corruptions) or REFERENCE_NOISE, n=None if n is None else _int(n, "--n"),
+                        batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo)
+    if protocol != "both":
+        df = df[df["protocol"] == protocol].reset_index(drop=True)
+    view = df.assign(severity=df["severity"].astype("string").fillna("pooled"))
+    click.echo(view[["model", "lam", "corruption", "protocol", "severity", "accuracy", "ci_low", "ci_high"]]
+               .to_string(index=False))
+    if out is not None:
+        click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))

@@ -1,0 +1,35 @@
+"""``robench stability``: damping profile, per-block perturbation gain, Lyapunov estimate, Jacobian norm."""
+from __future__ import annotations
+
+import click
+
+from robench.cli import cli
+from robench.cli.eval_cmd import _check_out, _int, _split
+from robench.cli.options import parse_number
+
+
+@cli.command("stability")
+@click.option("--model", "models", multiple=True, required=True,
+              help="NAME or NAME@LAM (fixed λ, e.g. inresnet20@0.5); repeatable or comma list.")
+@click.option("--eps", default="1/255", show_default=True, help="L∞ size of the input perturbation carried through the blocks.")
+@click.option("--iters", default="20", show_default=True, help="Power iterations for the Jacobian spectral norm.")
+@click.option("--data-dir", default=None, help="Folder holding cifar-10-batches-py/ (default: the 20 bundled samples).")
+@click.option("--dataset", type=click.Choice(["samples", "cifar10", "cifar100"]), default=None)
+@click.option("--n", "n", default=None, metavar="N", help="The first N test images (default: all).")
+@click.option("--seed", default="0", show_default=True, help="Seed of the random perturbation and power iteration.")
+@click.option("--batch-size", default="250", show_default=True, metavar="N")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", required=True, help="Write OUT.parquet and OUT.csv.")
+def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, device, out) -> None:
+    """Per model and λ: coefficients per block, gains ‖Δx_{n+1}‖/‖Δx_n‖, Lyapunov estimate, Jacobian and gradient norms."""
+    from robench.analysis.stability import stability
+    from robench.results import write_table
+
+    _check_out(out)
+    df = stability(models=_split(models), eps=parse_number(eps, "--eps"), iters=_int(iters, "--iters"), dataset=dataset,
+                   data_dir=data_dir, n=None if n is None else _int(n, "--n"), seed=_int(seed, "--seed"),
+                   batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo,
+                   on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
+    summary = df[df["quantity"].isin(["lyapunov", "lyapunov_damped", "jacobian_norm", "grad_norm_l2"])]
+    click.echo(summary[["model", "lam", "quantity", "direction", "mean", "ci_low", "ci_high"]].to_string(index=False))
+    click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))
