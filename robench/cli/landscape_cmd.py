@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.eval_cmd import _check_out, _int, _split
-from robench.cli.options import parse_number
+from robench.cli.options import parse_number, split_list as _split
+from robench.results import check_out
+from robench.spec import parse_int
 
 
 @cli.command("landscape")
@@ -26,19 +27,20 @@ from robench.cli.options import parse_number
 @click.option("--batch-size", default="250", show_default=True, metavar="N")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, help="Write OUT.parquet and OUT.csv.")
+@click.option("--force", is_flag=True, help="Replace an existing OUT table.")
 def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d, points2d, data_dir, dataset, n, seed,
-                  batch_size, device, out) -> None:
+                  batch_size, device, out, force) -> None:
     """Loss/accuracy of clip(x + t·d) along grad-sign, PGD and random directions, mean and 95% interval."""
     from robench.analysis.landscape import DIRECTIONS, flatness, landscape
     from robench.analysis.plots import model_label
     from robench.results import write_table
 
-    _check_out(out)
+    check_out(out, force=force)
     df = landscape(models=_split(models), directions=_split(directions) or DIRECTIONS, radius=parse_number(radius, "--radius"),
-                   points=_int(points, "--points"), n_random=_int(n_random, "--random-directions"),
-                   pgd_eps=parse_number(pgd_eps, "--pgd-eps"), grid2d=grid2d, points2d=_int(points2d, "--points2d"),
-                   dataset=dataset, data_dir=data_dir, n=None if n is None else _int(n, "--n"), seed=_int(seed, "--seed"),
-                   batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo,
+                   points=parse_int(points, "--points", 1), n_random=parse_int(n_random, "--random-directions", 1),
+                   pgd_eps=parse_number(pgd_eps, "--pgd-eps"), grid2d=grid2d, points2d=parse_int(points2d, "--points2d", 1),
+                   dataset=dataset, data_dir=data_dir, n=None if n is None else parse_int(n, "--n", 1), seed=parse_int(seed, "--seed", 0),
+                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     flat = flatness(df)
     click.echo("loss increase at t = 8/255 (mean, 95% interval):")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.eval_cmd import _check_out, _int, _split
+from robench.cli.options import split_list as _split
+from robench.results import check_out
+from robench.spec import parse_int
 
 
 @cli.command("noise-protocol")
@@ -19,16 +21,17 @@ from robench.cli.eval_cmd import _check_out, _int, _split
 @click.option("--batch-size", default="500", show_default=True, metavar="N")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default=None, help="Write OUT.parquet and OUT.csv.")
-def noise_cmd(models, corruption_dir, corruptions, protocol, n, batch_size, device, out) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing OUT table.")
+def noise_cmd(models, corruption_dir, corruptions, protocol, n, batch_size, device, out, force) -> None:
     """Noise robustness on real CIFAR-10-C: per-severity (standard) and pooled, file-normalised (reference)."""
     from robench.analysis.noise_protocol import REFERENCE_NOISE, noise_protocol
     from robench.results import write_table
 
     if out is not None:
-        _check_out(out)
+        check_out(out, force=force)
     df = noise_protocol(models=_split(models), corruption_dir=corruption_dir,
-                        corruptions=_split(corruptions) or REFERENCE_NOISE, n=None if n is None else _int(n, "--n"),
-                        batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo)
+                        corruptions=_split(corruptions) or REFERENCE_NOISE, n=None if n is None else parse_int(n, "--n", 1),
+                        batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo)
     if protocol != "both":
         df = df[df["protocol"] == protocol].reset_index(drop=True)
     view = df.assign(severity=df["severity"].astype("string").fillna("pooled"))

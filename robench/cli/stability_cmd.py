@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.eval_cmd import _check_out, _int, _split
-from robench.cli.options import parse_number
+from robench.cli.options import parse_number, split_list as _split
+from robench.results import check_out
+from robench.spec import parse_int
 
 
 @cli.command("stability")
@@ -20,15 +21,16 @@ from robench.cli.options import parse_number
 @click.option("--batch-size", default="250", show_default=True, metavar="N")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, help="Write OUT.parquet and OUT.csv.")
-def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, device, out) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing OUT table.")
+def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, device, out, force) -> None:
     """Per model and λ: coefficients per block, gains ‖Δx_{n+1}‖/‖Δx_n‖, Lyapunov estimate, Jacobian and gradient norms."""
     from robench.analysis.stability import stability
     from robench.results import write_table
 
-    _check_out(out)
-    df = stability(models=_split(models), eps=parse_number(eps, "--eps"), iters=_int(iters, "--iters"), dataset=dataset,
-                   data_dir=data_dir, n=None if n is None else _int(n, "--n"), seed=_int(seed, "--seed"),
-                   batch_size=_int(batch_size, "--batch-size"), device=device, log=click.echo,
+    check_out(out, force=force)
+    df = stability(models=_split(models), eps=parse_number(eps, "--eps"), iters=parse_int(iters, "--iters", 1), dataset=dataset,
+                   data_dir=data_dir, n=None if n is None else parse_int(n, "--n", 1), seed=parse_int(seed, "--seed", 0),
+                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     summary = df[df["quantity"].isin(["lyapunov", "lyapunov_damped", "jacobian_norm", "grad_norm_l2"])]
     click.echo(summary[["model", "lam", "quantity", "direction", "mean", "ci_low", "ci_high"]].to_string(index=False))
