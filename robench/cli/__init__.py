@@ -43,4 +43,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Commands register themselves on import; keep this list in pipeline order.
-from robench.cli import zoo_cmd, train_cmd, eval_cmd, sweep_cmd, results_cmd, leaderboard_cmd, regress_cmd  # noqa: E402,F401
+from robench.cli import zoo_cmd, train_cmd, eval_cmd, sweep_cmd, results_cmd, leaderboard_cmd, regress_cmd, check_cmd  # noqa: E402,F401
