@@ -122,7 +122,7 @@ def _recipe(card: Any) -> dict:
             "label_smoothing": get(recipe, "label_smoothing"), "train_device": get(training, "device")}
 
 
-def _wc_attacks(df: pd.DataFrame) -> list[str | None]:
+def worst_case_attacks(df: pd.DataFrame) -> list[str | None]:
     """Per worst-case row: its ``attacks`` value, else the attacks the table holds for the same cell."""
     present: dict[tuple, set] = {}
     atk = df[df["kind"] == "attack"]
@@ -165,7 +165,7 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
     dup_keys = set(df.loc[df["_key"].duplicated(), "_key"])
     df = df.drop_duplicates("_key", keep="first")
     df["_row"] = [(m, _none(lam), d) for m, lam, d in zip(df["model"], df["lam"], df["dataset"])]
-    df["_attacks"] = _wc_attacks(df)
+    df["_attacks"] = worst_case_attacks(df)
     df["_complete"] = ([_none(v) for v in df["complete"]] if "complete" in df.columns else [None] * len(df))
     found = table_checks(df)  # recomputed here, so a checks table can only add the model checks
     if checks is not None and not checks.empty:
