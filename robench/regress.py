@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -204,3 +207,55 @@ def format_report(rep: Report, *, show_all: bool = True) -> str:
                  f"(one-sided, α={rep.alpha:g}), {len(rep.missing)} missing, {len(rep.new)} new, "
                  f"{len(rep.incomparable)} not comparable")
     return "\n".join(lines)
+
+
+def _pairs(config) -> list[tuple[str, float | None]]:
+    """The (model, λ) pairs a sweep config evaluates: its λ list for models that take λ, else None once."""
+    import model_zoo
+
+    return [(m, lam) for m in config.models
+            for lam in (list(dict.fromkeys(config.lams)) if model_zoo.model_info(m).takes_lam else [None])]
+
+
+def update_baseline(baseline: str | os.PathLike, configs: Sequence[str | os.PathLike], *,
+                    work_dir: str | os.PathLike, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Bring a baseline up to date with the zoo without re-running what it already holds.
+
+    For every (model, λ) of the sweep ``configs``, the checkpoint the zoo resolves now is evaluated
+    (a sweep of that pair alone under ``work_dir``) only when the baseline has no cell with its
+    weights sha256 (new or retrained). Cells of unchanged weights are kept as they are; cells of
+    weights no longer in the configs' zoo are dropped. Writes ``baseline`` (.parquet + .csv) and
+    returns the new table.
+    """
+    import model_zoo
+
+    from robench.results import read_table, write_table
+    from robench.sweep import load_config, plan_sweep, run_sweep
+
+    old = read_table(baseline)
+    known = {v for v in old["weights_sha256"] if _none(v) is not None}
+    current: set[str] = set()
+    frames = []
+    todo = []
+    for path in configs:
+        cfg = load_config(path)
+        for model, lam in _pairs(cfg):
+            card = model_zoo.load_card(model, lam=lam)
+            if card is None:
+                raise BadInput(f"{path}: no trained weights for {model}"
+                               + ("" if lam is None else f" at λ={lam:g}") + " in the zoo")
+            current.add(card.weights_sha256)
+            if card.weights_sha256 not in known:
+                todo.append((path, cfg, model, lam))
+    log(f"regression: {len(todo)} of {len(current)} checkpoints lack cells in {baseline}")
+    for i, (path, cfg, model, lam) in enumerate(todo):
+        one = dataclasses.replace(cfg, models=[model], lams=[lam])
+        plan = plan_sweep(one, out=Path(work_dir) / f"update_{i}")
+        log(f"regression: evaluating {model}" + ("" if lam is None else f" λ={lam:g}") + f" ({path})")
+        frames.append(run_sweep(plan, log=log))
+    new = pd.concat(frames, ignore_index=True) if frames else old.iloc[0:0]
+    keep = old[old["weights_sha256"].isin(current - set(new["weights_sha256"]))]
+    table = pd.concat([keep, new], ignore_index=True).sort_values(["model", "lam"], kind="stable", ignore_index=True)
+    write_table(table, Path(baseline).with_suffix(""))
+    log(f"regression: updated {baseline}: kept {len(keep)} cells, added {len(new)}, dropped {len(old) - len(keep)}")
+    return table
