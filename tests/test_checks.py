@@ -137,3 +137,27 @@ def test_model_that_cannot_be_loaded_is_skipped_with_the_reason():
     checks = run_checks(_table("resnet20", {("pgd", 8 / 255): 0}), transfer_source=None)
     skipped = checks[checks["check"] == "zero_gradient"]
     assert skipped["status"].iloc[0] == "skip" and "no trained weights" in skipped["detail"].iloc[0]
+
+
+def test_check_cli_writes_the_table_refuses_overwrite_and_names_bad_models(tmp_path, capsys):
+    from robench.cli import main
+    from robench.results import to_frame, write_table
+
+    write_table(to_frame(_table("resnet20", {("fgsm", 8 / 255): 2, ("pgd", 8 / 255): 15}).to_dict("records")),
+                tmp_path / "t")
+    args = ["check", str(tmp_path / "t.parquet"), "--transfer-source", "none", "-o", str(tmp_path / "c")]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "single_step_stronger     flag  fgsm@8/255 10.0% < pgd@8/255 75.0%" in out
+    c = read_checks(tmp_path / "c.parquet")
+    assert c[c["detail"].str.contains("no trained weights")]["check"].tolist() == [  # no weights in this zoo
+        "zero_gradient", "nondeterministic", "large_eps_survives", "transfer_stronger"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "c.parquet exists; pass --force" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["check", str(tmp_path / "t.parquet"), "--model", "resnet56"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--model resnet56 is not in the table; valid choices: resnet20" in err
