@@ -360,6 +360,23 @@ def flag_words(checks: pd.DataFrame) -> dict[tuple, list[str]]:
     return out
 
 
+def summaries(checks: pd.DataFrame) -> dict[tuple, str]:
+    """(model, λ, dataset) → ``"5 passed, 0 flagged, 2 skipped"`` (the leaderboard's ``checks``);
+    ``; model checks not run`` is added where only the table checks ran."""
+    out: dict[tuple, str] = {}
+    if checks is None or checks.empty:
+        return out
+    keys = [(m, _nan_none(lam), d) for m, lam, d in zip(checks["model"], checks["lam"], checks["dataset"])]
+    for key, idx in pd.Series(range(len(keys))).groupby(pd.Series([str(k) for k in keys]), sort=False):
+        rows = checks.iloc[idx.to_numpy()]
+        st = rows["status"].value_counts()
+        text = f"{int(st.get('pass', 0))} passed, {int(st.get('flag', 0))} flagged, {int(st.get('skip', 0))} skipped"
+        if set(rows["check"]) <= set(TABLE_CHECKS):
+            text += "; model checks not run"
+        out[keys[idx.iloc[0]]] = text
+    return out
+
+
 def read_checks(path) -> pd.DataFrame:
     """Read a checks table (parquet or CSV) written by :func:`write_checks`."""
     from pathlib import Path

@@ -27,6 +27,8 @@ byte-stable):
   it is a whole number of 255ths, else with ``%g`` (``pgd@0.03``). When the table holds one attack
   under several backends the backend joins the name: ``pgd:art@8/255``. Sorted by attack, then ε.
 - one column per ε with worst-case rows: ``worst_case@<ε>``.
+- ``checks``: how the gradient-masking checks of :mod:`robench.checks` came out for the row, e.g.
+  ``5 passed, 0 flagged, 2 skipped`` (``; model checks not run`` without a checks table).
 - ``flags``: ``;``-joined integrity codes, empty when none:
   ``missing_clean`` (no clean cell), ``robust_gt_clean`` (some attack or worst-case accuracy above
   the clean one), ``worst_gt_attack`` (a worst case above an attack at the same ε), ``mixed_n``,
@@ -51,7 +53,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from robench.checks import TABLE_CHECKS, flag_words, table_checks
+from robench.checks import TABLE_CHECKS, flag_words, summaries, table_checks
 from robench.errors import BadInput
 from robench.fileio import atomic_write
 from robench.results import KEY, wilson
@@ -170,7 +172,7 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
     found = table_checks(df)  # recomputed here, so a checks table can only add the model checks
     if checks is not None and not checks.empty:
         found = pd.concat([found, checks[~checks["check"].isin(TABLE_CHECKS)]], ignore_index=True)
-    words = flag_words(found)
+    words, check_summary = flag_words(found), summaries(found)
     cards = _zoo_cards() if cards is None else cards
 
     attack_names = _attack_names(df)
@@ -284,6 +286,7 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         if mismatched:
             codes.append(f"mismatched_worst_case({'; '.join(mismatched)})")
         out["flags"] = ";".join(codes + words.get(row_key, []))
+        out["checks"] = check_summary.get(row_key, "")
         rows.append(out)
 
     columns = ["rank", "model", "scheme", "lam", "dataset", "n", "seeds",
@@ -292,7 +295,8 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
                "worst_case", "worst_case_ci_low", "worst_case_ci_high", "worst_case_eps",
                "worst_case_attacks", "worst_case_status",
                "corruption_mean", "corruption_ci_low", "corruption_ci_high",
-               *attack_cols, *wc_cols, "flags"]
+               *attack_cols, *wc_cols, "checks", "flags"]
+
     def metric(r: dict) -> float:
         return math.nan if rank_by in r["_unranked"] else r[rank_by]
 
@@ -321,7 +325,7 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         if board[col].dtype.kind == "f":
             board[col] = board[col].round(_DIGITS)
     for col in ("model", "scheme", "dataset", "seeds", "recipe", "train_device", "worst_case_eps",
-                "worst_case_attacks", "worst_case_status", "flags"):
+                "worst_case_attacks", "worst_case_status", "checks", "flags"):
         board[col] = board[col].astype("string")
     return board[columns].reset_index(drop=True)
 
@@ -358,7 +362,7 @@ def to_markdown(board: pd.DataFrame) -> str:
     head_eps = board["worst_case_eps"].iloc[0] if len(board) and not pd.isna(board["worst_case_eps"].iloc[0]) else ""
     repeated = f"worst_case@{head_eps}" if head_eps else None
     show = ["rank", "model", "lam", "dataset", "n", "recipe", "clean", "worst_case", "corruption_mean",
-            *[c for c in board.columns if "@" in c and c != repeated], "flags"]
+            *[c for c in board.columns if "@" in c and c != repeated], "checks", "flags"]
     ci = {"clean": ("clean_ci_low", "clean_ci_high"), "worst_case": ("worst_case_ci_low", "worst_case_ci_high"),
           "corruption_mean": ("corruption_ci_low", "corruption_ci_high")}
     header = [("worst_case" + (f" @{head_eps}" if head_eps else "")) if c == "worst_case" else c for c in show]
@@ -377,7 +381,7 @@ def to_markdown(board: pd.DataFrame) -> str:
                          None if pd.isna(r["label_smoothing"]) else f"ls {r['label_smoothing']:g}",
                          None if pd.isna(r["train_device"]) else str(r["train_device"])]
                 cells.append(", ".join(p for p in parts if p) or "–")
-            elif c in ("model", "dataset", "flags"):
+            elif c in ("model", "dataset", "checks", "flags"):
                 cells.append("" if pd.isna(v) else str(v).replace("|", "\\|"))
             elif pd.isna(v):
                 cells.append("–")

@@ -255,6 +255,9 @@ def update_baseline(baseline: str | os.PathLike, configs: Sequence[str | os.Path
         frames.append(run_sweep(plan, log=log))
     new = pd.concat(frames, ignore_index=True) if frames else old.iloc[0:0]
     keep = old[old["weights_sha256"].isin(current - set(new["weights_sha256"]))]
+    if not frames and len(keep) == len(old):
+        log(f"regression: {baseline} is up to date; nothing written")
+        return old
     table = pd.concat([keep, new], ignore_index=True).sort_values(["model", "lam"], kind="stable", ignore_index=True)
     write_table(table, Path(baseline).with_suffix(""))
     log(f"regression: updated {baseline}: kept {len(keep)} cells, added {len(new)}, dropped {len(old) - len(keep)}")
