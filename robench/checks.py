@@ -184,8 +184,9 @@ def gradient_fraction(model, x, y, *, batch_size: int = 250) -> float:
     bad = 0
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].clone().requires_grad_(True)
-        loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
-        (g,) = torch.autograd.grad(loss, xb)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
+            (g,) = torch.autograd.grad(loss, xb)
         g = g.flatten(1)
         bad += int(((g == 0).all(dim=1) | ~torch.isfinite(g).all(dim=1)).sum())
     return bad / max(1, x.shape[0])
@@ -236,8 +237,6 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
     ``transfer_source``: model name (zoo or ``models``) whose PGD examples are transferred; None skips.
     ``progress``: called with one line per group. Returns a table with :data:`CHECKS_SCHEMA`'s columns.
     """
-    import torch
-
     from robench.attacks import make_attack
     from robench.data import load_dataset
 
@@ -265,8 +264,6 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
             why = f"cannot load the model or data: {e}"
             rows += [_row(key, c, "skip", detail=why) for c in CHECKS if c not in TABLE_CHECKS]
             continue
-        torch.manual_seed(seed)
-
         s = time.perf_counter()
         frac = gradient_fraction(model, x, y, batch_size=batch_size)
         rows.append(_row(key, "zero_gradient", "flag" if frac > grad_tolerance else "pass", value=frac,
