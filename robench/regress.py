@@ -10,10 +10,13 @@ Cells are matched on :data:`robench.results.KEY` (model, λ, dataset, kind, pert
   Pairing the same images removes the between-sample noise, so small real drops are caught.
 - **two-proportion z-test** otherwise (pooled proportion, p = Φ̄(z) with z = (p₀ − p₁)/se).
 
-A cell regresses when p < α. Identical counts never regress. Cells only in the baseline are
-listed as *missing*, cells only in the new table as *new*; neither fails the check. A baseline
-with no cell in common with the results is bad input (exit 2), as is a table holding the same
-cell twice.
+A cell regresses when p < α. Identical counts never regress. Cells only in the new table are
+listed as *new*. Cells only in the baseline are *missing* and fail the check (exit 1, listed) unless
+``allow_missing`` (``--allow-missing``) accepts them. Worst-case rows are compared only when both
+sides are the AND of the same attacks (the ``attacks`` column, or for older tables the attacks the
+table holds for that cell) and neither is marked incomplete (``complete`` False); otherwise the
+pair is listed as *not comparable* with the reason and not tested. A baseline with no cell in
+common with the results is bad input (exit 2), as is a table holding the same cell twice.
 
 Refreshing a baseline on purpose (a deliberate change of models, attacks or data): CI's baselines
 are ``results/baseline_samples.*`` and ``results/baseline_cifar1000.*``, written by
@@ -26,6 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -119,17 +125,29 @@ class Report:
     missing: list[tuple]  # keys only in the baseline
     new: list[tuple]  # keys only in the results
     alpha: float
+    incomparable: list[tuple] = dataclasses.field(default_factory=list)  # (key, reason): worst cases not tested
+    allow_missing: bool = False
 
     @property
     def regressions(self) -> pd.DataFrame:
-        return self.diff[self.diff["status"] == "REGRESSION"]
+        return self.diff[self.diff["status"] == "REGRESSION"] if not self.diff.empty else self.diff
 
     @property
     def ok(self) -> bool:
-        return self.regressions.empty
+        """No significant regression, and no missing baseline cell unless ``allow_missing``."""
+        return self.regressions.empty and (self.allow_missing or not self.missing)
 
 
-def regress(baseline: pd.DataFrame, results: pd.DataFrame, *, alpha: float = ALPHA) -> Report:
+def _worst_case_makeup(df: pd.DataFrame) -> list[tuple[str | None, bool | None]]:
+    """Per row: (attacks, complete) of a worst-case row; (None, None) elsewhere."""
+    from robench.leaderboard import worst_case_attacks
+
+    complete = df["complete"] if "complete" in df.columns else [None] * len(df)
+    return [(a, None if _none(c) is None else bool(c)) for a, c in zip(worst_case_attacks(df), complete)]
+
+
+def regress(baseline: pd.DataFrame, results: pd.DataFrame, *, alpha: float = ALPHA,
+            allow_missing: bool = False) -> Report:
     """Match cells by key and test each for a significant drop; see the module docstring."""
     if not 0.0 < alpha < 1.0:
         raise BadInput(f"alpha must be in (0, 1), got {alpha}")
@@ -140,18 +158,29 @@ def regress(baseline: pd.DataFrame, results: pd.DataFrame, *, alpha: float = ALP
     if not common:
         raise BadInput(f"the baseline has no cell in common with the results ({len(bkeys)} baseline cells, "
                        f"{len(rkeys)} result cells; cells match on {', '.join(KEY)})")
-    rows = []
+    bmake, rmake = _worst_case_makeup(baseline), _worst_case_makeup(results)
+    rows, incomparable = [], []
     for k in common:
         b, r = baseline.iloc[bidx[k]], results.iloc[ridx[k]]
+        if b["kind"] == "worst_case":
+            (ba, bc), (ra, rc) = bmake[bidx[k]], rmake[ridx[k]]
+            if ba != ra:
+                incomparable.append((k, f"baseline is the AND of {ba or 'nothing'}, results of {ra or 'nothing'}"))
+                continue
+            if bc is False or rc is False:
+                side = " and ".join(s for s, c in (("baseline", bc), ("results", rc)) if c is False)
+                incomparable.append((k, f"the {side} worst case is incomplete"))
+                continue
         t = compare_cell(b, r, alpha=alpha)
         acc0, acc1 = int(b["correct"]) / int(b["n"]), int(r["correct"]) / int(r["n"])
         status = "REGRESSION" if t["regressed"] else ("better" if acc1 > acc0 else ("worse" if acc1 < acc0 else "same"))
         rows.append({**dict(zip(KEY, k)), "cell": describe(k), "baseline": acc0, "result": acc1,
                      "delta": acc1 - acc0, "test": t["test"], "p_value": t["p_value"], "worse": t["worse"],
                      "better": t["better"], "status": status})
-    diff = pd.DataFrame(rows)
+    diff = pd.DataFrame(rows, columns=[*KEY, "cell", "baseline", "result", "delta", "test", "p_value", "worse",
+                                       "better", "status"])
     return Report(diff=diff, missing=[k for k in bkeys if k not in ridx], new=[k for k in rkeys if k not in bidx],
-                  alpha=alpha)
+                  alpha=alpha, incomparable=incomparable, allow_missing=allow_missing)
 
 
 def format_report(rep: Report, *, show_all: bool = True) -> str:
@@ -164,11 +193,72 @@ def format_report(rep: Report, *, show_all: bool = True) -> str:
         for _, r in d.iterrows():
             lines.append(f"{r['cell']:<{w}}  {100 * r['baseline']:7.2f}%  {100 * r['result']:6.2f}%  "
                          f"{100 * r['delta']:+6.2f}  {r['test']:<7}  {r['p_value']:7.2g}  {r['status']}")
-    for label, keys in (("missing (only in the baseline)", rep.missing), ("new (only in the results)", rep.new)):
+    missing_label = "missing (only in the baseline" + ("; accepted by --allow-missing)" if rep.allow_missing
+                                                      else "; fails unless --allow-missing)")
+    for label, keys in ((missing_label, rep.missing), ("new (only in the results)", rep.new)):
         if keys:
             lines.append(f"{label}: {len(keys)}")
             lines += [f"  {describe(k)}" for k in keys]
+    if rep.incomparable:
+        lines.append(f"not comparable (worst cases of different attacks or unfinished): {len(rep.incomparable)}")
+        lines += [f"  {describe(k)}: {why}" for k, why in rep.incomparable]
     n_reg = len(rep.regressions)
     lines.append(f"{len(rep.diff)} matched cells, {n_reg} significant regression{'s' if n_reg != 1 else ''} "
-                 f"(one-sided, α={rep.alpha:g}), {len(rep.missing)} missing, {len(rep.new)} new")
+                 f"(one-sided, α={rep.alpha:g}), {len(rep.missing)} missing, {len(rep.new)} new, "
+                 f"{len(rep.incomparable)} not comparable")
     return "\n".join(lines)
+
+
+def _pairs(config) -> list[tuple[str, float | None]]:
+    """The (model, λ) pairs a sweep config evaluates: its λ list for models that take λ, else None once."""
+    import model_zoo
+
+    return [(m, lam) for m in config.models
+            for lam in (list(dict.fromkeys(config.lams)) if model_zoo.model_info(m).takes_lam else [None])]
+
+
+def update_baseline(baseline: str | os.PathLike, configs: Sequence[str | os.PathLike], *,
+                    work_dir: str | os.PathLike, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Bring a baseline up to date with the zoo without re-running what it already holds.
+
+    For every (model, λ) of the sweep ``configs``, the checkpoint the zoo resolves now is evaluated
+    (a sweep of that pair alone under ``work_dir``) only when the baseline has no cell with its
+    weights sha256 (new or retrained). Cells of unchanged weights are kept as they are; cells of
+    weights no longer in the configs' zoo are dropped. Writes ``baseline`` (.parquet + .csv) and
+    returns the new table.
+    """
+    import model_zoo
+
+    from robench.results import read_table, write_table
+    from robench.sweep import load_config, plan_sweep, run_sweep
+
+    old = read_table(baseline)
+    known = {v for v in old["weights_sha256"] if _none(v) is not None}
+    current: set[str] = set()
+    frames = []
+    todo = []
+    for path in configs:
+        cfg = load_config(path)
+        for model, lam in _pairs(cfg):
+            card = model_zoo.load_card(model, lam=lam)
+            if card is None:
+                raise BadInput(f"{path}: no trained weights for {model}"
+                               + ("" if lam is None else f" at λ={lam:g}") + " in the zoo")
+            current.add(card.weights_sha256)
+            if card.weights_sha256 not in known:
+                todo.append((path, cfg, model, lam))
+    log(f"regression: {len(todo)} of {len(current)} checkpoints lack cells in {baseline}")
+    for i, (path, cfg, model, lam) in enumerate(todo):
+        one = dataclasses.replace(cfg, models=[model], lams=[lam])
+        plan = plan_sweep(one, out=Path(work_dir) / f"update_{i}")
+        log(f"regression: evaluating {model}" + ("" if lam is None else f" λ={lam:g}") + f" ({path})")
+        frames.append(run_sweep(plan, log=log))
+    new = pd.concat(frames, ignore_index=True) if frames else old.iloc[0:0]
+    keep = old[old["weights_sha256"].isin(current - set(new["weights_sha256"]))]
+    if not frames and len(keep) == len(old):
+        log(f"regression: {baseline} is up to date; nothing written")
+        return old
+    table = pd.concat([keep, new], ignore_index=True).sort_values(["model", "lam"], kind="stable", ignore_index=True)
+    write_table(table, Path(baseline).with_suffix(""))
+    log(f"regression: updated {baseline}: kept {len(keep)} cells, added {len(new)}, dropped {len(old) - len(keep)}")
+    return table

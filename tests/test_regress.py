@@ -37,13 +37,13 @@ def table(resnet_clean=bits(200, 150), with_flags=True):
     ])
 
 
-def run_cli(tmp_path, base, new, capsys):
+def run_cli(tmp_path, base, new, capsys, *extra):
     from robench.cli import main
 
     write_table(base, tmp_path / "base")
     write_table(new, tmp_path / "new")
     with pytest.raises(SystemExit) as e:
-        main(["regress", "--baseline", str(tmp_path / "base.parquet"), str(tmp_path / "new.csv")])
+        main(["regress", "--baseline", str(tmp_path / "base.parquet"), str(tmp_path / "new.csv"), *extra])
     out = capsys.readouterr()
     return e.value.code, out.out, out.err
 
@@ -100,9 +100,53 @@ def test_missing_and_new_cells_are_listed(tmp_path, capsys):
     import pandas as pd
 
     code, out, err = run_cli(tmp_path, base, pd.concat([new, extra], ignore_index=True), capsys)
-    assert code == 0, err
-    assert "missing (only in the baseline): 1\n  resnet20 λ=0 clean seed=0 n=200 (samples)" in out
+    assert code == 1  # a baseline cell the results lack fails by default
+    assert "missing (only in the baseline; fails unless --allow-missing): 1\n  resnet20 λ=0 clean seed=0 n=200 (samples)" in out
     assert "new (only in the results): 1\n  lmresnet20 λ=learned/– clean seed=0 n=200 (samples)" in out
+    assert "1 baseline cells are not in the results" in err and "--allow-missing" in err
+    code, out, err = run_cli(tmp_path, base, pd.concat([new, extra], ignore_index=True), capsys, "--allow-missing")
+    assert code == 0, err
+    assert "missing (only in the baseline; accepted by --allow-missing): 1" in out
+
+
+def _worst(attacks_flags: dict, *, attacks_col=True, complete=True):
+    """One model's attack cells and their worst case (the AND of the given attacks) at 8/255."""
+    import pandas as pd
+
+    rows = [rec("resnet20", 0.0, "clean", "none", bits(200, 180), scheme="euler")]
+    wc = bits(200, 180)
+    for name, f in attacks_flags.items():
+        rows.append(rec("resnet20", 0.0, "attack", name, f, eps=E8, backend="art", scheme="euler"))
+        wc = wc & f
+    rows.append(rec("resnet20", 0.0, "worst_case", "worst_case", wc, eps=E8, scheme="euler"))
+    df = to_frame(rows)
+    if attacks_col:
+        df["attacks"] = [("+".join(sorted(attacks_flags)) if k == "worst_case" else None) for k in df["kind"]]
+        df["complete"] = pd.array([(complete if k == "worst_case" else None) for k in df["kind"]], dtype="boolean")
+    return df
+
+
+@pytest.mark.parametrize("attacks_col", [True, False])
+def test_worst_cases_of_different_attacks_are_not_compared(tmp_path, capsys, attacks_col):
+    fgsm, pgd = bits(200, 70), bits(200, 6)
+    base = _worst({"fgsm": fgsm}, attacks_col=attacks_col)           # worst case of FGSM alone: 35 %
+    new = _worst({"fgsm": fgsm, "pgd": pgd}, attacks_col=attacks_col)  # FGSM + PGD: 3 %
+    rep = regress(base, new)
+    assert rep.ok and rep.regressions.empty and "worst_case" not in set(rep.diff["kind"])
+    assert len(rep.incomparable) == 1 and "baseline is the AND of fgsm, results of fgsm+pgd" in rep.incomparable[0][1]
+    swapped = regress(new, base, allow_missing=True)
+    assert "worst_case" not in set(swapped.diff["kind"]) and swapped.regressions.empty
+    code, out, err = run_cli(tmp_path, base, new, capsys)
+    assert code == 0 and "not comparable (worst cases of different attacks or unfinished): 1" in out
+
+
+def test_incomplete_worst_case_is_not_compared_but_complete_ones_are():
+    f, g = bits(200, 70), bits(200, 30)
+    base = _worst({"fgsm": f, "pgd": g})
+    rep = regress(base, _worst({"fgsm": f, "pgd": bits(200, 2)}, complete=False))
+    assert "the results worst case is incomplete" in rep.incomparable[0][1]
+    rep = regress(base, _worst({"fgsm": f, "pgd": bits(200, 2)}))
+    assert rep.diff.set_index("kind").loc["worst_case", "status"] == "REGRESSION" and not rep.ok
 
 
 def test_no_matching_cells_and_duplicates_are_bad_input(tmp_path, capsys):

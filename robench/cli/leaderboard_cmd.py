@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from robench.cli import cli
@@ -7,20 +9,35 @@ from robench.cli import cli
 
 @cli.command("leaderboard")
 @click.argument("tables", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", default="results/leaderboard.csv", show_default=True, type=click.Path(),
-              help="Leaderboard CSV to write.")
-@click.option("--markdown", "markdown", default=None, type=click.Path(), help="Also write a Markdown table here.")
+@click.option("-o", "--out", default=None, type=click.Path(),
+              help="Also write the leaderboard CSV here (default: print the Markdown table only, write nothing).")
+@click.option("--markdown", "markdown", default=None, type=click.Path(), help="Also write the Markdown table here.")
+@click.option("--checks", "checks", multiple=True, type=click.Path(),
+              help="Checks table(s) from `robench check -o` whose flagged checks join the flags column "
+                   "(default: only the checks that need no model).")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
 @click.option("--rank-by", default=None,
               help="clean, worst_case, corruption_mean or an attack column such as pgd@8/255 "
                    "(default: worst_case when present, else clean).")
-def leaderboard_cmd(tables, out, markdown, rank_by) -> None:
+def leaderboard_cmd(tables, out, markdown, checks, force, rank_by) -> None:
     """One row per (model, λ) of result TABLES (parquet or CSV), ranked; flags integrity problems."""
+    import pandas as pd
+
+    from robench.checks import read_checks
+    from robench.errors import BadInput
     from robench.leaderboard import leaderboard, read_tables, to_markdown, write_csv, write_text
 
-    board = leaderboard(read_tables(tables), rank_by=rank_by)
+    for path in (out, markdown):
+        if path is not None and Path(path).exists() and not force:
+            raise BadInput(f"{path} exists; pass --force to replace it")
+    check_table = pd.concat([read_checks(c) for c in checks], ignore_index=True) if checks else None
+    board = leaderboard(read_tables(tables), rank_by=rank_by, checks=check_table)
     md = to_markdown(board)
-    write_csv(board, out)
+    if out:
+        write_csv(board, out)
     if markdown:
         write_text(md, markdown)
     click.echo(md, nl=False)
-    click.echo(f"wrote {out}" + (f" and {markdown}" if markdown else ""))
+    written = [p for p in (out, markdown) if p]
+    if written:
+        click.echo("wrote " + " and ".join(written))

@@ -1,0 +1,400 @@
+"""Gradient-masking and sanity checks as first-class results (AutoAttack's ``checks.py``, ART's
+``loss_gradient_check`` and Carlini et al.'s checklist as anchors).
+
+:func:`run_checks` takes a tidy results table and returns a tidy **checks table**: one row per
+(model, λ, dataset, n, seed, check) with the columns of :data:`CHECKS_SCHEMA`. A check whose
+``status`` is ``flag`` names the cells that triggered it in ``cells``; the leaderboard shows every
+flagged check's word in its ``flags`` column. The checks (the ``check`` column holds these words):
+
+- ``zero_gradient``: some examples' input gradient of the cross-entropy loss is exactly zero, NaN
+  or Inf (``value`` = that fraction of the cell's n examples; flagged above ``grad_tolerance``, 0).
+- ``nondeterministic``: two forward passes in eval mode over the same examples differ.
+- ``single_step_stronger``: FGSM accuracy below PGD's or I-FGSM's at the same ε with disjoint
+  Wilson intervals (an iterative attack should never be weaker than its one-step version).
+- ``accuracy_rises_with_eps``: one attack's accuracy at a larger ε above its accuracy at a
+  smaller ε with disjoint intervals.
+- ``large_eps_survives``: PGD (20 steps of 2.5·ε/20, random start) at ε = 64/255 on the first 100
+  examples leaves more than 1 % correct (``value``).
+- ``black_box_stronger``: Square (score-based black box) below every white-box attack at the same
+  ε with disjoint intervals.
+- ``transfer_stronger``: PGD-20 examples (step 2.5·ε/20, random start) crafted on another model (``transfer_source``, default
+  ``resnet20``) at the table's largest attack ε are classified worse by the model than the strongest
+  white-box attack on the model itself, with disjoint intervals.
+
+The three table checks (single step, rising ε, black box) read only the table
+(:func:`table_checks`); the four model checks load the model (``model_zoo.load_entry`` or the
+``models`` mapping for your own modules) and the data set the table names
+(:func:`robench.data.load_dataset`). A check that cannot run says why (``status`` ``skip``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from robench.errors import BadInput
+from robench.results import wilson
+
+CHECKS = ("zero_gradient", "nondeterministic", "single_step_stronger", "accuracy_rises_with_eps",
+          "large_eps_survives", "black_box_stronger", "transfer_stronger")
+TABLE_CHECKS = ("single_step_stronger", "accuracy_rises_with_eps", "black_box_stronger")
+STATUSES = ("pass", "flag", "skip")
+CHECKS_SCHEMA: dict[str, str] = {
+    "model": "string",
+    "lam": "float64",
+    "dataset": "string",
+    "n": "int64",
+    "seed": "int64",
+    "check": "string",
+    "status": "string",       # pass | flag | skip
+    "value": "float64",       # the measured statistic (fraction, accuracy or max |Δlogit|)
+    "threshold": "float64",   # flagged above (or, for the interval checks, NaN: disjoint intervals)
+    "cells": "string",        # the cells that triggered the flag, e.g. "fgsm@8/255 < pgd@8/255"
+    "detail": "string",       # one sentence: what was measured, or why the check was skipped
+    "n_checked": "Int64",     # examples the check ran on (NA for table checks)
+    "seconds": "float64",
+}
+GROUP = ("model", "lam", "dataset", "n", "seed")
+ITERATIVE = ("pgd", "ifgsm", "pgd10")
+BLACK_BOX = ("square",)
+SANITY_EPS = 64 / 255
+
+
+def _fmt_eps(eps: float) -> str:
+    k = float(eps) * 255.0
+    return f"{int(round(k))}/255" if abs(k - round(k)) < 1e-6 else f"{float(eps):g}"
+
+
+def _nan_none(v: Any) -> Any:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v
+
+
+def _row(key: tuple, check: str, status: str, *, value: float = math.nan, threshold: float = math.nan,
+         cells: str = "", detail: str = "", n_checked: int | None = None, seconds: float = 0.0) -> dict:
+    model, lam, dataset, n, seed = key
+    return {"model": model, "lam": math.nan if lam is None else float(lam), "dataset": dataset, "n": int(n),
+            "seed": int(seed), "check": check, "status": status, "value": value, "threshold": threshold,
+            "cells": cells, "detail": detail, "n_checked": n_checked, "seconds": seconds}
+
+
+def to_checks_frame(rows: list[dict]) -> pd.DataFrame:
+    """Check records → a DataFrame with exactly :data:`CHECKS_SCHEMA`'s columns and dtypes."""
+    df = pd.DataFrame(rows, columns=list(CHECKS_SCHEMA))
+    for col, dtype in CHECKS_SCHEMA.items():
+        df[col] = pd.to_numeric(df[col]).astype(dtype) if dtype == "float64" else df[col].astype(dtype)
+    return df
+
+
+def _groups(table: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    missing = [c for c in (*GROUP, "kind", "perturbation", "eps", "correct") if c not in table.columns]
+    if missing:
+        raise BadInput(f"not a robench results table: missing columns {', '.join(missing)}")
+    idx: dict[tuple, list[int]] = {}
+    for i, t in enumerate(zip(table["model"], table["lam"], table["dataset"], table["n"], table["seed"])):
+        m, lam, d, n, s = t
+        idx.setdefault((str(m), _nan_none(lam), str(d), int(n), int(s)), []).append(i)
+    out = {k: table.iloc[v] for k, v in idx.items()}
+    return dict(sorted(out.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] is None, kv[0][1] or 0.0,
+                                                     str(kv[0][2]), kv[0][3], kv[0][4])))
+
+
+def _attack_cells(g: pd.DataFrame) -> dict[tuple[str, float], tuple[float, float, float]]:
+    """(attack, ε) → (accuracy, ci_low, ci_high) pooled over backends of the group's attack rows."""
+    atk = g[g["kind"] == "attack"]
+    out = {}
+    for (pert, eps), c in atk.groupby(["perturbation", "eps"], sort=True):
+        correct, total = int(c["correct"].sum()), int(c["n"].sum())
+        lo, hi = wilson(correct, total)
+        out[(str(pert), round(float(eps), 10))] = (correct / total, lo, hi)
+    return out
+
+
+def table_checks(table: pd.DataFrame) -> pd.DataFrame:
+    """The three checks that need only the table (single step, rising ε, black box); no model, no data."""
+    rows = []
+    for key, g in _groups(table).items():
+        cells = _attack_cells(g)
+        by_eps: dict[float, dict[str, tuple]] = {}
+        for (att, eps), v in cells.items():
+            by_eps.setdefault(eps, {})[att] = v
+
+        hits = []
+        for eps, atts in sorted(by_eps.items()):
+            if "fgsm" in atts:
+                for it in ITERATIVE:
+                    if it in atts and atts["fgsm"][2] < atts[it][1]:
+                        hits.append(f"fgsm@{_fmt_eps(eps)} {100 * atts['fgsm'][0]:.1f}% < "
+                                    f"{it}@{_fmt_eps(eps)} {100 * atts[it][0]:.1f}%")
+        pairs = any("fgsm" in a and any(i in a for i in ITERATIVE) for a in by_eps.values())
+        rows.append(_row(key, "single_step_stronger", "flag" if hits else ("pass" if pairs else "skip"),
+                         value=float(len(hits)), cells="; ".join(hits),
+                         detail=("FGSM vs PGD/I-FGSM at the same ε, Wilson 95 % intervals" if pairs
+                                 else "the table has no FGSM and PGD/I-FGSM cells at a common ε")))
+
+        hits = []
+        attacks = sorted({a for a, _ in cells})
+        for att in attacks:
+            series = sorted((eps, v) for (a, eps), v in cells.items() if a == att)
+            for i, (e0, v0) in enumerate(series):
+                for e1, v1 in series[i + 1:]:
+                    if v1[1] > v0[2]:
+                        hits.append(f"{att}@{_fmt_eps(e1)} {100 * v1[0]:.1f}% > {att}@{_fmt_eps(e0)} {100 * v0[0]:.1f}%")
+        multi = any(sum(1 for (a, _e) in cells if a == att) > 1 for att in attacks)
+        rows.append(_row(key, "accuracy_rises_with_eps", "flag" if hits else ("pass" if multi else "skip"),
+                         value=float(len(hits)), cells="; ".join(hits),
+                         detail=("each attack's accuracy over increasing ε, Wilson 95 % intervals" if multi
+                                 else "no attack has cells at two ε")))
+
+        hits, compared = [], False
+        for eps, atts in sorted(by_eps.items()):
+            white = {a: v for a, v in atts.items() if a not in BLACK_BOX}
+            for bb in BLACK_BOX:
+                if bb in atts and white:
+                    compared = True
+                    if all(atts[bb][2] < v[1] for v in white.values()):
+                        best = min(white, key=lambda a: white[a][0])
+                        hits.append(f"{bb}@{_fmt_eps(eps)} {100 * atts[bb][0]:.1f}% < "
+                                    f"{best}@{_fmt_eps(eps)} {100 * white[best][0]:.1f}%")
+        rows.append(_row(key, "black_box_stronger", "flag" if hits else ("pass" if compared else "skip"),
+                         value=float(len(hits)), cells="; ".join(hits),
+                         detail=("Square vs every white-box attack at the same ε, Wilson 95 % intervals" if compared
+                                 else "the table has no square and white-box cells at a common ε")))
+    return to_checks_frame(rows)
+
+
+# -- model checks ------------------------------------------------------------------------------------
+
+def _predict_batches(model, x, batch_size: int):
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def gradient_fraction(model, x, y, *, batch_size: int = 250) -> float:
+    """Fraction of examples whose input gradient of the cross-entropy loss is all zero or non-finite."""
+    import torch
+    import torch.nn.functional as F
+
+    bad = 0
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
+            (g,) = torch.autograd.grad(loss, xb)
+        g = g.flatten(1)
+        bad += int(((g == 0).all(dim=1) | ~torch.isfinite(g).all(dim=1)).sum())
+    return bad / max(1, x.shape[0])
+
+
+def forward_difference(model, x, *, batch_size: int = 250) -> tuple[float, int]:
+    """Two eval-mode passes over x: (max |Δlogit|, number of examples whose prediction changed)."""
+    a, b = _predict_batches(model, x, batch_size), _predict_batches(model, x, batch_size)
+    diff = (a - b).abs()
+    diff = float(diff.max()) if diff.numel() and bool(diff.isfinite().all()) else (0.0 if not diff.numel() else math.inf)
+    return diff, int((a.argmax(1) != b.argmax(1)).sum())
+
+
+def _accuracy(model, x, y, batch_size: int) -> tuple[int, int]:
+    return int((_predict_batches(model, x, batch_size).argmax(1) == y).sum()), int(y.shape[0])
+
+
+class _Models:
+    """name/λ → module: the caller's ``models`` mapping first (key (name, λ) or name), then the zoo."""
+
+    def __init__(self, models: Mapping | None, device: str) -> None:
+        self._given = dict(models or {})
+        self._cache: dict[tuple, Any] = {}
+        self._device = device
+
+    def get(self, name: str, lam: float | None):
+        for k in ((name, lam), name):
+            if k in self._given:
+                return self._given[k].to(self._device).eval()
+        key = (name, lam)
+        if key not in self._cache:
+            import model_zoo
+
+            info = model_zoo.model_info(name)
+            entry = model_zoo.load_entry(name, lam=lam if info.takes_lam else None, map_location=self._device)
+            self._cache[key] = entry.model.eval()
+        return self._cache[key]
+
+
+def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, device: str = "cpu",
+               data_dir: str | None = None, transfer_source: str | None = "resnet20", sanity_n: int = 100,
+               sanity_eps: float = SANITY_EPS, sanity_max_accuracy: float = 0.01, grad_tolerance: float = 0.0,
+               batch_size: int = 250, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every check of this module for every (model, λ, dataset, n, seed) of ``table``; see the module doc.
+
+    ``models``: your own modules by name (or by (name, λ)); anything else is loaded from the zoo.
+    ``data_dir``: the folder of the CIFAR data sets the table names (``samples`` needs none).
+    ``transfer_source``: model name (zoo or ``models``) whose PGD examples are transferred; None skips.
+    ``progress``: called with one line per group. Returns a table with :data:`CHECKS_SCHEMA`'s columns.
+    """
+    from robench.attacks import make_attack
+    from robench.data import load_dataset
+
+    if not 0 < sanity_eps <= 1:
+        raise BadInput(f"sanity_eps must be in (0, 1] in pixel units, got {sanity_eps!r}")
+    if isinstance(sanity_n, bool) or not isinstance(sanity_n, int) or sanity_n < 1:
+        raise BadInput(f"sanity_n must be a positive whole number, got {sanity_n!r}")
+    rows = table_checks(table).to_dict("records")
+    zoo = _Models(models, device)
+    data_cache: dict[tuple, Any] = {}
+    transfer_cache: dict[tuple, Any] = {}
+
+    for key, g in _groups(table).items():
+        model_name, lam, dataset, n, seed = key
+        t0 = time.perf_counter()
+        if progress:
+            progress(f"checks: {model_name} λ={'learned/–' if lam is None else f'{lam:g}'} {dataset} n={n} seed={seed}")
+        try:
+            model = zoo.get(model_name, lam)
+            if (dataset, n) not in data_cache:
+                ds = load_dataset(dataset, data_dir if dataset != "samples" else None, n=n)
+                data_cache[(dataset, n)] = ds.as_float(device)
+            x, y = data_cache[(dataset, n)]
+        except BadInput as e:
+            why = f"cannot load the model or data: {e}"
+            rows += [_row(key, c, "skip", detail=why) for c in CHECKS if c not in TABLE_CHECKS]
+            continue
+        s = time.perf_counter()
+        frac = gradient_fraction(model, x, y, batch_size=batch_size)
+        rows.append(_row(key, "zero_gradient", "flag" if frac > grad_tolerance else "pass", value=frac,
+                         threshold=grad_tolerance, n_checked=int(y.shape[0]), seconds=time.perf_counter() - s,
+                         cells=f"clean: {round(frac * y.shape[0])}/{y.shape[0]} examples" if frac > grad_tolerance else "",
+                         detail="fraction of examples whose input gradient of the loss is zero, NaN or Inf"))
+
+        s = time.perf_counter()
+        xs, ys = x[:sanity_n], y[:sanity_n]
+        diff, changed = forward_difference(model, xs, batch_size=batch_size)
+        nondet = not diff <= 1e-5
+        rows.append(_row(key, "nondeterministic", "flag" if nondet else "pass", value=diff, threshold=1e-5,
+                         n_checked=int(ys.shape[0]), seconds=time.perf_counter() - s,
+                         cells=f"clean: max |Δlogit| {diff:.3g}, {changed} predictions changed" if nondet else "",
+                         detail="two eval-mode forward passes over the first examples"))
+
+        s = time.perf_counter()
+        atk = make_attack("pgd", eps=sanity_eps, seed=seed, step_size=None)
+        robust = atk.run(model, xs, ys).robust
+        acc = float(robust.float().mean()) if robust.numel() else math.nan
+        flagged = acc > sanity_max_accuracy
+        rows.append(_row(key, "large_eps_survives", "flag" if flagged else "pass", value=acc,
+                         threshold=sanity_max_accuracy, n_checked=int(ys.shape[0]), seconds=time.perf_counter() - s,
+                         cells=f"pgd@{_fmt_eps(sanity_eps)}: {int(robust.sum())}/{robust.numel()} correct" if flagged else "",
+                         detail=f"PGD-20 (step 2.5·ε/20, random start) at ε={_fmt_eps(sanity_eps)} on the first "
+                                f"{ys.shape[0]} examples"))
+
+        rows.append(_transfer_row(key, g, model, x, y, zoo, transfer_source, transfer_cache, batch_size, device))
+        if progress:
+            progress(f"checks: {model_name} done in {time.perf_counter() - t0:.1f}s")
+
+    out = to_checks_frame(rows)
+    order = {c: i for i, c in enumerate(CHECKS)}
+    out["_c"] = out["check"].map(order)
+    out["_lam"] = out["lam"].fillna(math.inf)
+    out = out.sort_values(["model", "_lam", "dataset", "n", "seed", "_c"], kind="stable")
+    return out.drop(columns=["_c", "_lam"]).reset_index(drop=True)
+
+
+def _transfer_row(key, g, model, x, y, zoo: _Models, source, cache: dict, batch_size: int, device) -> dict:
+    import torch
+
+    from robench.attacks import make_attack
+
+    model_name, lam, dataset, n, seed = key
+    if source is None:
+        return _row(key, "transfer_stronger", "skip", detail="no transfer source")
+    cells = {k: v for k, v in _attack_cells(g).items() if k[0] not in BLACK_BOX}
+    linf = [e for (a, e) in cells if a in ("fgsm", "ifgsm", "pgd", "pgd10", "apgd_ce", "autoattack")]
+    if not linf:
+        return _row(key, "transfer_stronger", "skip", detail="the table has no L∞ white-box attack cell to compare with")
+    eps = max(linf)
+    white = {a: v for (a, e), v in cells.items() if e == eps}
+    best = min(white, key=lambda a: white[a][0])
+    if model_name == source:
+        return _row(key, "transfer_stronger", "skip", detail=f"the model is the transfer source {source}")
+    s = time.perf_counter()
+    ck = (source, dataset, n, seed, eps)
+    if ck not in cache:
+        try:
+            src = zoo.get(source, None)
+        except BadInput as e:
+            return _row(key, "transfer_stronger", "skip", detail=f"cannot load the transfer source {source}: {e}")
+        with torch.enable_grad():
+            cache[ck] = make_attack("pgd", eps=eps, seed=seed, step_size=None)(src, x, y)
+    correct, total = _accuracy(model, cache[ck], y, batch_size)
+    acc = correct / total
+    lo, hi = wilson(correct, total)
+    flagged = hi < white[best][1]
+    return _row(key, "transfer_stronger", "flag" if flagged else "pass", value=acc, n_checked=total,
+                seconds=time.perf_counter() - s,
+                cells=(f"transfer pgd@{_fmt_eps(eps)} from {source} {100 * acc:.1f}% < {best}@{_fmt_eps(eps)} "
+                       f"{100 * white[best][0]:.1f}%") if flagged else "",
+                detail=f"PGD examples crafted on {source} at ε={_fmt_eps(eps)} vs the strongest white-box "
+                       f"attack on the model ({best}, {100 * white[best][0]:.1f}%), Wilson 95 % intervals")
+
+
+def flag_words(checks: pd.DataFrame) -> dict[tuple, list[str]]:
+    """(model, λ, dataset) → ``word(cells)`` for each flagged check (the leaderboard's ``flags``)."""
+    out: dict[tuple, list[str]] = {}
+    if checks is None or checks.empty:
+        return out
+    order = {c: i for i, c in enumerate(CHECKS)}
+    flagged = checks[checks["status"] == "flag"]
+    for _, r in flagged.sort_values("check", key=lambda s: s.map(order), kind="stable").iterrows():
+        k = (r["model"], _nan_none(r["lam"]), r["dataset"])
+        cells = "" if pd.isna(r["cells"]) or not r["cells"] else f"({r['cells']})"
+        word = f"{r['check']}{cells}"
+        if word not in out.setdefault(k, []):
+            out[k].append(word)
+    return out
+
+
+def summaries(checks: pd.DataFrame) -> dict[tuple, str]:
+    """(model, λ, dataset) → ``"5 passed, 0 flagged, 2 skipped"`` (the leaderboard's ``checks``);
+    ``; model checks not run`` is added where only the table checks ran."""
+    out: dict[tuple, str] = {}
+    if checks is None or checks.empty:
+        return out
+    keys = [(m, _nan_none(lam), d) for m, lam, d in zip(checks["model"], checks["lam"], checks["dataset"])]
+    for key, idx in pd.Series(range(len(keys))).groupby(pd.Series([str(k) for k in keys]), sort=False):
+        rows = checks.iloc[idx.to_numpy()]
+        st = rows["status"].value_counts()
+        text = f"{int(st.get('pass', 0))} passed, {int(st.get('flag', 0))} flagged, {int(st.get('skip', 0))} skipped"
+        if set(rows["check"]) <= set(TABLE_CHECKS):
+            text += "; model checks not run"
+        out[keys[idx.iloc[0]]] = text
+    return out
+
+
+def read_checks(path) -> pd.DataFrame:
+    """Read a checks table (parquet or CSV) written by :func:`write_checks`."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"checks table {p} does not exist")
+    try:
+        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(
+            p, dtype={c: "string" for c, t in CHECKS_SCHEMA.items() if t == "string"}, keep_default_na=False,
+            na_values={c: [""] for c, t in CHECKS_SCHEMA.items() if t != "string"})
+    except Exception as e:  # pyarrow/pandas raise many types for a corrupt file
+        raise BadInput(f"checks table {p} is unreadable: {type(e).__name__}") from None
+    missing = [c for c in CHECKS_SCHEMA if c not in df.columns]
+    if missing:
+        raise BadInput(f"{p} is not a robench checks table: missing columns {', '.join(missing)}")
+    return to_checks_frame(df.to_dict("records"))
+
+
+def write_checks(checks: pd.DataFrame, out) -> list:
+    """Write the checks table as ``out.parquet`` and ``out.csv`` (each atomically)."""
+    from robench.results import write_table
+
+    return write_table(checks, out)

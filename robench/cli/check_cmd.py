@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from robench.cli import cli
+
+
+@cli.command("check")
+@click.argument("tables", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "models", multiple=True, help="Check only these models (repeatable; default: all in the table).")
+@click.option("--data-dir", default=None, type=click.Path(), help="Folder holding the CIFAR data set the table names.")
+@click.option("--n", "n", type=int, default=None, help="Check only the table's cells with this n.")
+@click.option("--transfer-source", default="resnet20", show_default=True,
+              help="Zoo model whose PGD examples are transferred ('none' skips the transfer check).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-o", "--out", default=None, type=click.Path(),
+              help="Write the checks table here (OUT.parquet + OUT.csv); default: print only.")
+@click.option("--force", is_flag=True, help="Replace an existing checks table.")
+def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) -> int:
+    """Gradient-masking and sanity checks for every (model, λ, dataset, seed) of result TABLES."""
+    from robench.checks import run_checks, write_checks
+    from robench.errors import BadInput
+    from robench.leaderboard import read_tables
+
+    table = read_tables(tables)
+    if models:
+        unknown = sorted(set(models) - set(table["model"]))
+        if unknown:
+            raise BadInput(f"--model {unknown[0]} is not in the table; valid choices: {', '.join(sorted(set(table['model'])))}")
+        table = table[table["model"].isin(models)]
+    if n is not None:
+        ns = sorted({int(v) for v in table["n"]})
+        if n not in ns:
+            raise BadInput(f"--n {n}: the table has no cells with n={n}; valid choices: {', '.join(map(str, ns))}")
+        table = table[table["n"] == n]
+    if out is not None:
+        stem = Path(out).with_suffix("") if Path(out).suffix in (".parquet", ".csv") else Path(out)
+        existing = [p for p in (stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".csv")) if p.exists()]
+        if existing and not force:
+            raise BadInput(f"{existing[0]} exists; pass --force to replace it")
+    source = None if transfer_source.lower() == "none" else transfer_source
+    checks = run_checks(table, device=device, data_dir=data_dir, transfer_source=source,
+                        progress=lambda line: click.echo(line, err=True))
+    if out is not None:
+        write_checks(checks, stem)
+    flagged = checks[checks["status"] == "flag"]
+    for _, r in checks.iterrows():
+        lam = "learned/–" if r["lam"] != r["lam"] else f"{r['lam']:g}"
+        what = r["cells"] if r["status"] == "flag" else ("" if r["status"] == "pass" else r["detail"])
+        click.echo(f"{r['model']} λ={lam} {r['dataset']} n={r['n']} seed={r['seed']}  {r['check']:<24} "
+                   f"{r['status']:<4}  {what}")
+    click.echo(f"{len(checks)} checks, {len(flagged)} flagged, {int((checks['status'] == 'skip').sum())} skipped"
+               + (f"; wrote {stem}.parquet and .csv" if out is not None else ""))
+    return 0
