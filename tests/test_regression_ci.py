@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import model_zoo
-from robench.engine import plan_cells
+from robench.plan import plan_cells
 from robench.results import read_table, write_table
 from robench.sweep import load_config
 
@@ -18,10 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _planned(set_name: str) -> set[tuple]:
     keys = set()
     for name in (f"regression_{set_name}.toml", f"regression_{set_name}_fixed_lam.toml"):
-        cfg = load_config(ROOT / "configs" / name)
-        for c in plan_cells(models=cfg.models, lams=cfg.lams, attacks=cfg.attacks, eps=cfg.eps,
-                            corruptions=cfg.corruptions, severities=cfg.severities, seeds=cfg.seeds,
-                            n=cfg.n or 20, dataset=cfg.dataset):
+        spec = load_config(ROOT / "configs" / name).validate(check_device=False)
+        for c in plan_cells(spec, n=spec.n or 20, dataset=spec.dataset_name):
             lam = 0.0 if c.lam is None and model_zoo.model_info(c.model).scheme == "euler" else c.lam
             keys.add((c.model, lam, c.kind, c.perturbation, None if c.eps is None else round(c.eps, 10),
                       c.severity, c.seed, c.n))
@@ -43,10 +41,9 @@ def test_regression_configs_plan_exactly_the_committed_baseline_cells(set_name):
 
 @pytest.mark.shipped_zoo
 def test_regression_configs_cover_every_shipped_checkpoint():
-    from model_zoo.checkpoint import SHIPPED_ZOO
-
-    shipped = {(c.name, c.lam) for c in model_zoo.available() if c.dataset.get("zoo") == str(SHIPPED_ZOO)}
-    planned = {(m, None if lam == 0.0 and m.startswith("resnet") else lam) for m, lam, *_ in _planned("samples")}
+    shipped = {(c.name, c.lam) for c in model_zoo.available(origin="shipped")}
+    planned = {(m, None if lam == 0.0 and model_zoo.model_info(m).scheme == "euler" else lam)
+               for m, lam, *_ in _planned("samples")}
     assert planned == shipped
 
 
