@@ -163,3 +163,26 @@ def test_progress_bars_only_on_a_terminal_and_tqdm_disable_is_honoured(monkeypat
     monkeypatch.delenv("TQDM_DISABLE")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert not progress_enabled(True)
+
+
+def test_eval_runs_the_checks_on_its_cells_and_writes_them_beside_the_table(zoo, tmp_path, capsys):
+    from robench.checks import read_checks
+
+    out = tmp_path / "X"
+    code, stdout, stderr = run(["eval", "--model", "resnet20", "--attack", "fgsm", "--eps", "8/255",
+                                "--out", str(out)], capsys)
+    assert code == 0, stderr
+    checks = read_checks(tmp_path / "X_checks.parquet")
+    assert set(checks["model"]) == {"resnet20"}
+    zero = checks[checks["check"] == "zero_gradient"]
+    assert zero["status"].tolist() == ["pass"] and zero["value"].iloc[0] == 0.0
+    assert "checks: resnet20" in stdout and "passed" in stdout
+    # a second run may not replace the checks table either (even with the table itself gone)
+    for suffix in (".parquet", ".csv"):
+        (tmp_path / ("X" + suffix)).unlink()
+    code, _, stderr = run(["eval", "--model", "resnet20", "--out", str(out)], capsys)
+    assert code == 2 and "the checks table" in stderr and "X_checks.parquet" in stderr
+    # and --no-checks runs none
+    code, stdout, stderr = run(["eval", "--model", "resnet20", "--no-checks", "--out", str(tmp_path / "Y")], capsys)
+    assert code == 0, stderr
+    assert not (tmp_path / "Y_checks.parquet").exists() and "checks:" not in stdout

@@ -85,8 +85,10 @@ def build_spec(models, lams, attacks, eps, params, corruptions, severities, data
               help="A TOML spec (the sweep's format); options given here replace its values.")
 @click.option("--out", default=None, help="Write the table to OUT.parquet and OUT.csv ('-': CSV on stdout).")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT table.")
+@click.option("--checks/--no-checks", "run_checks", default=True, show_default=True,
+              help="Run the gradient-masking and sanity checks on the cells afterwards (OUT_checks.parquet/.csv).")
 def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir, n,
-             batch_size, device, seeds, backend, threads, config, out, force) -> None:
+             batch_size, device, seeds, backend, threads, config, out, force, run_checks) -> None:
     """Evaluate zoo models on clean data, attacks and corruptions; one row per cell with a Wilson 95% CI.
 
     The first line names the checkpoints used (shipped / user zoo / file, and the path). Files are
@@ -97,8 +99,11 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
     spec = build_spec(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir,
                       n, batch_size, device, seeds, backend, threads, config)
     to_stdout = out == "-"
+    checks_out = None if out is None or to_stdout else checks_stem(out)
     if out is not None and not to_stdout:
         check_out(out, force=force)
+        if run_checks:
+            check_out(checks_out, force=force, what="the checks table")
     echo = _Stdout(err=to_stdout)  # with --out - stdout carries the CSV only
     df = evaluate_spec(spec, log=echo)
     if to_stdout:
@@ -107,9 +112,31 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
             sys.stdout.flush()
         except BrokenPipeError:
             _silence(sys.stdout)
-        echo(summary(df).to_string(index=False))
-        return
-    if out is not None:
+    elif out is not None:
         paths = write_table(df, out)
         echo("wrote " + ", ".join(str(p) for p in paths))
+    if run_checks:
+        report_checks(df, spec.validate(check_device=False), checks_out, echo)
     echo(summary(df).to_string(index=False))
+
+
+def checks_stem(out: str) -> str:
+    """Where the checks of the table ``out`` go: ``x`` / ``x.parquet`` → ``x_checks``."""
+    from robench.results import table_paths
+
+    return str(table_paths(out)[0].with_suffix("")) + "_checks"
+
+
+def report_checks(df, spec, out: str | None, echo) -> None:
+    """Run the gradient-masking and sanity checks on the cells of ``df``; write them to ``out`` (a
+    table stem) when given; print one line per model and every flag."""
+    from robench.checks import flag_words, run_checks, summaries, write_checks
+
+    checks = run_checks(df, device=spec.device, data_dir=spec.data_dir, batch_size=spec.batch_size)
+    if out is not None:
+        echo("wrote " + ", ".join(str(p) for p in write_checks(checks, out)))
+    words = flag_words(checks)
+    for (model, lam, dataset), text in summaries(checks).items():
+        label = model if lam is None else f"{model} λ={lam:g}"
+        flags = words.get((model, lam, dataset))
+        echo(f"checks: {label} ({dataset}): {text}" + (f"; flags: {', '.join(flags)}" if flags else ""))

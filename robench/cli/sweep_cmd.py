@@ -14,7 +14,9 @@ from robench.cli import cli
 @click.option("--threads", default=None, metavar="N",
               help="CPU threads per executor process (default: the config's, $ROBENCH_THREADS, else min(cores, 4)).")
 @click.option("--force", is_flag=True, help="Write into an existing folder that is not a sweep store.")
-def sweep_cmd(config, out, dry_run, executor, address, threads, force) -> None:
+@click.option("--checks/--no-checks", "run_checks", default=True, show_default=True,
+              help="Run the gradient-masking and sanity checks on the finished table (OUT/checks.parquet/.csv).")
+def sweep_cmd(config, out, dry_run, executor, address, threads, force, run_checks) -> None:
     """Run the grid of a TOML CONFIG resumably: finished cells are kept, a rerun does only the rest."""
     from robench.errors import BadInput
     from robench.sweep import EXECUTORS, load_config, plan_sweep, run_sweep
@@ -36,3 +38,7 @@ def sweep_cmd(config, out, dry_run, executor, address, threads, force) -> None:
         return
     df = run_sweep(plan, executor=executor, address=address, log=click.echo)
     click.echo(f"wrote {plan.out / 'results.parquet'} and .csv ({len(df)} rows)")
+    if run_checks:
+        from robench.cli.eval_cmd import report_checks
+
+        report_checks(df, spec.validate(check_device=False), str(plan.out / "checks"), click.echo)
