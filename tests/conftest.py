@@ -22,3 +22,4 @@ def _isolated_home(tmp_path, monkeypatch, request):
 # 2-core machine it can make a step many times slower).
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the CLI subprocesses tests start
+os.environ.setdefault("ROBENCH_THREADS", "1")  # module-scoped fixtures run before the autouse fixture above
