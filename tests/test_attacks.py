@@ -374,3 +374,28 @@ def test_standard_autoattack_at_least_as_strong_as_apgd_ce(trained):
     assert not (aa & ~ce).any(), "an example APGD-CE broke survived AutoAttack"
     assert aa.sum() <= ce.sum() and aa.sum() <= lite.sum()
     assert ce.float().mean() > 0.2  # ε leaves something for the later components to do
+
+
+def test_standard_autoattack_apgd_keeps_an_adversarial_iterate_the_last_step_lost(trained, batch):
+    """ART 1.20's APGD returns its last iterate; the standard AutoAttack keeps the first
+    misclassified point any APGD forward saw (the paper keeps the best point)."""
+    from robench.attacks import art_backend
+
+    x, y = batch
+    adv = make_attack("pgd", eps=0.5, steps=5, step_size=0.1).run(trained, x, y)
+    assert (~adv.robust).sum() >= 4
+    aa = art_backend._StandardAutoAttack(art_backend.classifier(trained, x, NUM_CLASSES), 0.5,
+                                         {"steps": 1, "target_classes": 1, "queries": 1}, len(x))
+
+    class WandersBack:
+        """Evaluates the adversarial points (as an APGD iterate would), then returns the clean ones."""
+
+        def generate(self, x, y):
+            with torch.no_grad():
+                aa.tracked_clf.model(adv.x_adv)
+            return x
+
+    out = aa._apgd(WandersBack(), x.numpy(), y.numpy(), None)
+    got = torch.from_numpy(out)
+    fooled = ~adv.robust
+    assert torch.equal(got[fooled], adv.x_adv[fooled]) and torch.equal(got[~fooled], x[~fooled])

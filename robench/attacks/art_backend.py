@@ -46,6 +46,40 @@ def classifier(model: nn.Module, x: torch.Tensor, num_classes: int):
     )
 
 
+class _FirstAdversarial(nn.Module):
+    """Passes the model through and, while tracking, keeps for each tracked row the first input it
+    sees that the model misclassifies: every point ART's APGD evaluates (each iterate goes through a
+    forward for its gradient or loss) is checked at no extra cost. ART 1.20's APGD returns only its
+    last iterate, so without this an example misclassified at some iterate but not at the last one
+    would count as robust; the paper's algorithm and the reference code keep the best point."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.labels: torch.Tensor | None = None
+        self.found: torch.Tensor | None = None
+        self.hit: torch.Tensor | None = None
+
+    def track(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.labels, self.found, self.hit = y, x.clone(), torch.zeros_like(y, dtype=torch.bool)
+
+    def stop(self) -> tuple[torch.Tensor, torch.Tensor]:
+        found, hit = self.found, self.hit
+        self.labels = self.found = self.hit = None
+        return found, hit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        # rows map to the tracked examples only when ART evaluates the whole tracked set at once
+        if self.labels is not None and out.shape[0] == self.labels.shape[0]:
+            with torch.no_grad():
+                new = (out.argmax(1) != self.labels) & ~self.hit
+                if new.any():
+                    self.found[new] = x.detach()[new].to(self.found.dtype)
+                    self.hit |= new
+        return out
+
+
 def _step(p: dict, eps: float) -> float:
     return p["step_size"] if p.get("step_size") is not None else 2.5 * eps / p["steps"]
 
@@ -145,7 +179,28 @@ class _StandardAutoAttack:
     """
 
     def __init__(self, clf, eps: float, p: dict, n: int) -> None:
+        from art.estimators.classification import PyTorchClassifier
+
         self.clf, self.eps, self.p, self.n = clf, eps, p, n
+        self.tracker = _FirstAdversarial(clf.model)
+        # APGD sees the model through the tracker (ART builds its own estimator from ``.model``)
+        self.tracked_clf = PyTorchClassifier(model=self.tracker, loss=nn.CrossEntropyLoss(),
+                                             input_shape=clf.input_shape, nb_classes=clf.nb_classes,
+                                             clip_values=(0.0, 1.0),
+                                             device_type="gpu" if clf.device.type == "cuda" else "cpu")
+
+    def _apgd(self, attack, xs: np.ndarray, ys: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """One APGD run on (xs, ys) with attack labels ``labels`` (targets for APGD-T), keeping for
+        each example the first misclassified iterate when the last one is not."""
+        device = self.tracked_clf.device
+        self.tracker.track(torch.from_numpy(xs).to(device), torch.from_numpy(ys).long().to(device))
+        try:
+            adv = np.array(attack.generate(x=xs, y=labels), dtype=np.float32)
+        finally:
+            found, hit = self.tracker.stop()
+        hit_np = hit.cpu().numpy()
+        adv[hit_np] = found.cpu().numpy()[hit_np]
+        return adv
 
     def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
@@ -155,16 +210,16 @@ class _StandardAutoAttack:
         n_targets = min(p["target_classes"], clf.nb_classes - 1)
         ranked = np.argsort(wc.logits, axis=1)  # ascending: [:, -1] is the top class
 
-        apgd_ce = AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=p["steps"],
+        apgd_ce = AutoProjectedGradientDescent(self.tracked_clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=p["steps"],
                                                nb_random_init=1, batch_size=n, loss_type="cross_entropy",
                                                verbose=False)
-        wc.step(lambda xs, ys, idx: apgd_ce.generate(x=xs, y=wc.onehot(ys)))
+        wc.step(lambda xs, ys, idx: self._apgd(apgd_ce, xs, ys, wc.onehot(ys)))
 
-        apgd_t = AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=p["steps"],
+        apgd_t = AutoProjectedGradientDescent(self.tracked_clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=p["steps"],
                                               nb_random_init=1, batch_size=n, targeted=True,
                                               loss_type="difference_logits_ratio", verbose=False)
         for k in range(2, n_targets + 2):
-            wc.step(lambda xs, ys, idx: apgd_t.generate(x=xs, y=wc.onehot(ranked[idx, -k])))
+            wc.step(lambda xs, ys, idx: self._apgd(apgd_t, xs, ys, wc.onehot(ranked[idx, -k])))
 
         wc.step(lambda xs, ys, idx: self._fab_t(xs, ys, n_targets))
 
