@@ -11,7 +11,8 @@ import numbers
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, final
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, Mapping, Sequence, final
 
 import numpy as np
 import torch
@@ -155,7 +156,7 @@ class Attack:
         self.norm: str = spec.norm
         self.eps: float = float(eps)
         self.seed: int = int(seed)
-        self.params: dict[str, Any] = dict(params)
+        self.params: Mapping[str, Any] = MappingProxyType(dict(params))  # fixed at construction
         self.steps: int | None = spec.steps_of(self.params)
         self.minimal: bool = spec.kind.minimal
         self._backend_fn = backend_fn
