@@ -31,7 +31,7 @@ FAST = {
     "autoattack": {"steps": 10, "queries": 50, "target_classes": 3},
     "autoattack_lite": {"steps": 10, "queries": 50},
 }
-BIG_EPS = {"linf": 0.5, "l2": 4.0}  # L2 ε above 1 is a real radius (‖δ‖₂ ≤ √192 here); L∞ above 1 is refused
+BIG_EPS = {"linf": 0.5, "l2": 4.0}  # an L2 ε above 1 is a real radius here (‖δ‖₂ ≤ √192)
 SMALL_EPS = {"linf": 0.15, "l2": 1.5}
 CASES = [(n, b) for n in list_attacks() for b in backends_for(n)]
 

@@ -210,13 +210,15 @@ class _StandardAutoAttack:
         n_targets = min(p["target_classes"], clf.nb_classes - 1)
         ranked = np.argsort(wc.logits, axis=1)  # ascending: [:, -1] is the top class
 
-        apgd_ce = AutoProjectedGradientDescent(self.tracked_clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=p["steps"],
-                                               nb_random_init=1, batch_size=n, loss_type="cross_entropy",
-                                               verbose=False)
+        apgd_ce = AutoProjectedGradientDescent(self.tracked_clf, norm=np.inf, eps=eps, eps_step=2 * eps,
+                                               max_iter=p["steps"], nb_random_init=1, batch_size=n,
+                                               loss_type="cross_entropy", verbose=False)
         wc.step(lambda xs, ys, idx: self._apgd(apgd_ce, xs, ys, wc.onehot(ys)))
 
-        apgd_t = AutoProjectedGradientDescent(self.tracked_clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=p["steps"],
-                                              nb_random_init=1, batch_size=n, targeted=True,
+        # ART's targeted DLR is −(z_t − max_{j≠t} z_j)/(z_π1 − z_π3), not the paper's
+        # −(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2); both are shift- and scale-invariant
+        apgd_t = AutoProjectedGradientDescent(self.tracked_clf, norm=np.inf, eps=eps, eps_step=2 * eps,
+                                              max_iter=p["steps"], nb_random_init=1, batch_size=n, targeted=True,
                                               loss_type="difference_logits_ratio", verbose=False)
         for k in range(2, n_targets + 2):
             wc.step(lambda xs, ys, idx: self._apgd(apgd_t, xs, ys, wc.onehot(ranked[idx, -k])))
