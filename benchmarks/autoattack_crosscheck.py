@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import write_section  # beside this script  # noqa: E402
 
-HEADING = "## autoattack_crosscheck (standard AutoAttack, robench vs reference)"
+HEADING = "## autoattack_crosscheck (standard AutoAttack, robench vs reference): {model}, n={n}, ε={eps}"
 
 
 class _Log(logging.Handler):
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eps", default="8/255", help="comma list of L∞ ε in pixel units")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--apgd-ce", action="store_true", help="also time robench's apgd_ce alone (one more APGD run)")
+    ap.add_argument("--note", default="", help="conditions of the run (load, other jobs)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -106,14 +107,15 @@ def main(argv: list[str] | None = None) -> None:
         notes.append(f"- ε={text}, reference log: " + "; ".join(after))
         print(rows[-1], flush=True)
 
+    heading = HEADING.format(model=args.model, n=n, eps=args.eps)
     body = "\n".join([
-        HEADING, "",
+        heading, "",
         f"- date: {started:%Y-%m-%d %H:%M} UTC",
         f"- machine: {platform.platform()}, CPU {cpu_name()} ({cpu_capability()}), torch {torch.__version__} "
         f"with {torch.get_num_threads()} thread(s), no GPU; ART {art.__version__}, pyautoattack "
-        f"{getattr(pyautoattack, '__version__', '0.2.0')}",
+        f"{getattr(pyautoattack, '__version__', '0.2.0')}; {args.note}",
         f"- command: `OMP_NUM_THREADS={args.threads} python benchmarks/autoattack_crosscheck.py --data-dir DATA "
-        f"--n {args.n} --eps {args.eps} --threads {args.threads}{' --apgd-ce' if args.apgd_ce else ''}`",
+        f"--n {args.n} --eps {args.eps} --threads {args.threads}{' --apgd-ce' if args.apgd_ce else ''} --note ...`",
         f"- model {args.model} (shipped weights), the first {n} CIFAR-10 test images, seed 0 for robench; "
         "reference: `pyautoattack.AutoAttack(model, norm='Linf', eps=ε, version='standard', seed=0)`. "
         "robench: `make_attack('autoattack', eps=ε)` = ART APGD-CE + ART APGD-T (9 targets, ART's DLR) + "
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|",
         *rows, "", *notes,
     ])
-    write_section(Path(args.out), HEADING, body)
+    write_section(Path(args.out), heading, body)
     print(body)
 
 
