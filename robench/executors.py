@@ -132,27 +132,34 @@ def run_attack_group(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
     """Run one attack (fixed backend, hyper-parameters and seed) on (x, y) at every ε → one result
     per ε, in the order given. Batch b of every ε uses the seed ``batch_seed(seed, b)``.
 
-    Today this runs ``make_attack(...).run`` per ε and batch; a minimal-norm attack can instead run
-    once per batch and be scored at every ε here, without changing any caller."""
+    A fixed-ε attack (gradient or score-based) searches once per ε. A minimal-norm or decision-based
+    attack searches once per batch and is projected into and scored at every ε (Foolbox's way); its
+    ``seconds`` are the shared search split evenly over the ε values."""
     from robench.attacks import make_attack
 
+    eps = [float(e) for e in eps]
     device = x.device
+    probe = make_attack(attack, eps=max(eps), backend=backend, seed=0, **dict(params))
+    rounds = [eps] if probe.kind.minimal else [[e] for e in eps]  # ε values searched together
     results = []
-    for e in eps:
+    for group in rounds:
         sync(device)
         t0 = time.perf_counter()
-        parts = []
-        atk = None
+        parts: list[list[np.ndarray]] = [[] for _ in group]
         for b, i in enumerate(range(0, len(y), batch_size)):
-            atk = make_attack(attack, eps=e, backend=backend, seed=batch_seed(seed, b), **dict(params))
-            out = atk.run(model, x[i:i + batch_size], y[i:i + batch_size])
-            parts.append(torch.as_tensor(out.robust).reshape(-1).bool().cpu().numpy())
-            on_batch(len(parts[-1]))
+            atk = make_attack(attack, eps=max(group), backend=backend, seed=batch_seed(seed, b), **dict(params))
+            outs = atk.run_eps(model, x[i:i + batch_size], y[i:i + batch_size], group)
+            for k, out in enumerate(outs):
+                parts[k].append(torch.as_tensor(out.robust).reshape(-1).bool().cpu().numpy())
+            on_batch(len(parts[0][-1]) * len(group))
         sync(device)
-        flags = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
-        results.append(AttackResult(eps=float(e), flags=flags, norm=atk.norm, steps=atk.steps, backend=atk.backend,
-                                    seconds=time.perf_counter() - t0))
-    return results
+        seconds = (time.perf_counter() - t0) / len(group)
+        for e, p in zip(group, parts):
+            flags = np.concatenate(p) if p else np.zeros(0, dtype=bool)
+            results.append(AttackResult(eps=e, flags=flags, norm=probe.norm, steps=probe.steps,
+                                        backend=probe.backend, seconds=seconds))
+    order = {e: i for i, e in enumerate(eps)}
+    return sorted(results, key=lambda r: order[r.eps])
 
 
 def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: float, context: dict, data_sha: str,

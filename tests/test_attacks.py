@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 import robench.attacks as attacks
-from robench.attacks import AttackOutput, attack_defaults, backends_for, list_attacks, make_attack
+from robench.attacks import (AttackKind, AttackOutput, FixedEpsAttack, MinimalNormAttack, attack_defaults, backends_for,
+                             list_attacks, make_attack, param_ranges)
+from robench.attacks.registry import REGISTRY
 from robench.errors import BadInput
 
 NUM_CLASSES = 4
@@ -26,9 +28,10 @@ FAST = {
     "deepfool": {"steps": 20},
     "square": {"queries": 100, "p_init": 0.3},
     "hsj": {"steps": 3, "max_evals": 50, "init_evals": 10},
-    "autoattack": {"steps": 10, "queries": 50},
+    "autoattack": {"steps": 10, "queries": 50, "target_classes": 3},
+    "autoattack_lite": {"steps": 10, "queries": 50},
 }
-BIG_EPS = {"linf": 0.5, "l2": 4.0}
+BIG_EPS = {"linf": 0.5, "l2": 4.0}  # an L2 ε above 1 is a real radius here (‖δ‖₂ ≤ √192)
 SMALL_EPS = {"linf": 0.15, "l2": 1.5}
 CASES = [(n, b) for n in list_attacks() for b in backends_for(n)]
 
@@ -98,7 +101,7 @@ def test_tiny_model_learns_the_task(trained, batch):
 
 def test_registry_names_backends_and_defaults_table():
     assert set(list_attacks()) >= {"fgsm", "ifgsm", "pgd", "pgd10", "pgd_l2", "apgd_ce", "cw_l2", "deepfool",
-                                   "square", "hsj", "autoattack"}
+                                   "square", "hsj", "autoattack", "autoattack_lite"}
     assert backends_for("pgd") == ["art", "foolbox"]
     assert backends_for("square") == ["art"]
     rows = attack_defaults()
@@ -106,8 +109,9 @@ def test_registry_names_backends_and_defaults_table():
     by = {r["attack"]: r for r in rows}
     assert by["pgd"]["defaults"] == "steps=20, step_size=1/255, random_start=True"
     assert by["ifgsm"]["defaults"] == "steps=20, step_size=1/255"
-    # the documented table is exactly the one the code uses
-    assert attacks.defaults_markdown() in attacks.__doc__
+    assert by["autoattack"]["defaults"] == "steps=100, target_classes=9, queries=5000"  # the standard version
+    assert {r["attack"]: r["kind"] for r in rows if r["kind"] != "gradient"} == {
+        "cw_l2": "minimal_norm", "deepfool": "minimal_norm", "square": "score_based", "hsj": "decision_based"}
 
 
 def test_attributes_and_pgd10_step():
@@ -116,6 +120,11 @@ def test_attributes_and_pgd10_step():
     assert atk.params == {"steps": 10, "step_size": None, "random_start": True}
     assert make_attack("cw_l2", eps=1.0, backend="foolbox").norm == "l2"
     assert make_attack("fgsm", eps=0.1).steps == 1
+    # the kind is the type: minimal-norm and decision-based attacks search once, the others per ε
+    for name in list_attacks():
+        atk = make_attack(name, eps=0.1)
+        assert isinstance(atk, MinimalNormAttack if REGISTRY[name].kind.minimal else FixedEpsAttack), name
+        assert atk.kind is REGISTRY[name].kind and isinstance(atk.kind, AttackKind)
 
 
 @pytest.mark.parametrize("name,backend", CASES)
@@ -261,7 +270,15 @@ def test_minimal_norm_output_is_projected_and_scored_there(trained, batch):
     (lambda: make_attack("pgd", eps=-0.1), "ε must be"),
     (lambda: make_attack("pgd", eps=float("nan")), "ε must be"),
     (lambda: make_attack("pgd", eps=0.1, stepz=3), "valid: steps, step_size, random_start"),
-    (lambda: make_attack("pgd", eps=0.1, steps=0), "steps=0 must be int>0"),
+    (lambda: make_attack("pgd", eps=0.1, steps=0), r"steps=0 is out of range; valid: an integer in \[1, 10\*\*5\]"),
+    (lambda: make_attack("pgd", eps=0.1, steps=10**12), r"valid: an integer in \[1, 10\*\*5\]"),
+    (lambda: make_attack("square", eps=0.1, queries=10**7), r"valid: an integer in \[1, 10\*\*6\]"),
+    (lambda: make_attack("apgd_ce", eps=0.1, restarts=101), r"restarts=101 .* \[1, 100\]"),
+    (lambda: make_attack("pgd", eps=0.1, step_size=2.0), r"step_size=2.0 .* \(0, 1\] or None"),
+    (lambda: make_attack("pgd", eps=0.1, steps=float("inf")), "steps=inf"),
+    (lambda: make_attack("pgd", eps=0.1, random_start=1), "True or False"),
+    (lambda: make_attack("pgd", eps=8), r"ε=8 is above 1.*did you mean 8/255\?"),
+    (lambda: make_attack("autoattack", eps=2.0), "did you mean 2/255"),
     (lambda: make_attack("fgsm", eps=0.1, steps=3), "valid: none"),
 ])
 def test_bad_input(call, match):
@@ -278,3 +295,107 @@ def test_bad_tensors(trained, batch):
         atk(trained, x, y + NUM_CLASSES)
     with pytest.raises(BadInput, match="shape"):
         atk(trained, x, y[:3])
+
+
+def test_every_hyper_parameter_has_a_range_that_admits_its_default():
+    rows = param_ranges()
+    assert {(r["attack"], r["param"]) for r in rows} == {(n, k) for n, spec in REGISTRY.items() for k in spec.params}
+    for name, spec in REGISTRY.items():
+        for key, p in spec.params.items():
+            assert p.check(name, key, p.default) == p.default  # the default lies inside the range
+            if p.kind != "bool":
+                with pytest.raises(BadInput, match="out of range; valid: "):
+                    p.check(name, key, p.hi * 10 + 1)
+
+
+def test_run_is_run_eps_with_one_eps(trained, batch):
+    """Today's single-ε results are unchanged: run(ε) and run_eps([..., ε, ...]) agree bit for bit."""
+    x, y = batch
+    for name, backend, kw in [("pgd", "art", {"steps": 3}), ("fgsm", "foolbox", {}),
+                              ("deepfool", "foolbox", {"steps": 20})]:
+        eps = [0.05, 0.0, 0.15] if name != "deepfool" else [0.5, 0.0, 1.5]
+        outs = make_attack(name, eps=0.1, backend=backend, seed=4, **kw).run_eps(trained, x, y, eps)
+        assert len(outs) == 3
+        for e, out in zip(eps, outs):
+            single = make_attack(name, eps=e, backend=backend, seed=4, **kw).run(trained, x, y)
+            assert torch.equal(out.x_adv, single.x_adv), (name, e)
+            assert torch.equal(out.robust, single.robust)
+            assert float(out.perturbation_norm.max()) <= e + 1e-6
+        assert torch.equal(outs[1].x_adv, x)
+
+
+class CountingNet(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_minimal_norm_attack_searches_once_for_all_eps(trained, batch):
+    x, y = batch
+    eps = [0.25, 0.5, 1.0, 2.0, 4.0]
+    atk = make_attack("deepfool", eps=1.0, backend="foolbox", steps=20)
+    counted = CountingNet(trained)
+    atk.run_eps(counted, x, y, eps[:1])
+    one = counted.calls
+    counted.calls = 0
+    outs = atk.run_eps(counted, x, y, eps)
+    # one search + one scoring forward per extra ε, not five searches
+    assert counted.calls == one + len(eps) - 1
+    acc = [o.robust.float().mean().item() for o in outs]
+    assert acc == sorted(acc, reverse=True) and acc[0] > acc[-1]  # one search projected: monotone in ε
+    fixed = CountingNet(trained)
+    make_attack("pgd", eps=0.1, steps=3).run_eps(fixed, x, y, [0.05, 0.1])
+    single = CountingNet(trained)
+    make_attack("pgd", eps=0.1, steps=3).run(single, x, y)
+    assert fixed.calls == 2 * single.calls - 1  # fixed-ε: one search per ε (the model check once)
+
+
+def test_run_eps_bad_eps_list(trained, batch):
+    x, y = batch
+    atk = make_attack("pgd", eps=0.1, steps=1)
+    for bad, match in [([], "non-empty"), (0.1, "non-empty"), ([0.1, 8], "did you mean 8/255"), ([-1.0], "ε must")]:
+        with pytest.raises(BadInput, match=match):
+            atk.run_eps(trained, x, y, bad)
+
+
+def test_standard_autoattack_at_least_as_strong_as_apgd_ce(trained):
+    """Issue 15: the standard AutoAttack lowers accuracy at least as much as APGD-CE alone on the
+    same examples (APGD-CE is its first component, seeded alike), and its extra components break more."""
+    x, y = make_data(48, seed=6)
+    eps = 0.12  # APGD-CE leaves ~40 %: room for the other components
+    ce = make_attack("apgd_ce", eps=eps, seed=0, steps=10).run(trained, x, y).robust
+    aa = make_attack("autoattack", eps=eps, seed=0, steps=10, queries=100).run(trained, x, y).robust
+    lite = make_attack("autoattack_lite", eps=eps, seed=0, steps=10, queries=100).run(trained, x, y).robust
+    assert not (aa & ~ce).any(), "an example APGD-CE broke survived AutoAttack"
+    assert aa.sum() <= ce.sum() and aa.sum() <= lite.sum()
+    assert ce.float().mean() > 0.2  # ε leaves something for the later components to do
+
+
+def test_standard_autoattack_apgd_keeps_an_adversarial_iterate_the_last_step_lost(trained, batch):
+    """ART 1.20's APGD returns its last iterate; the standard AutoAttack keeps the first
+    misclassified point any APGD forward saw (the paper keeps the best point)."""
+    from robench.attacks import art_backend
+
+    x, y = batch
+    adv = make_attack("pgd", eps=0.5, steps=5, step_size=0.1).run(trained, x, y)
+    assert (~adv.robust).sum() >= 4
+    aa = art_backend._StandardAutoAttack(art_backend.classifier(trained, x, NUM_CLASSES), 0.5,
+                                         {"steps": 1, "target_classes": 1, "queries": 1}, len(x))
+
+    class WandersBack:
+        """Evaluates the adversarial points (as an APGD iterate would), then returns the clean ones."""
+
+        def generate(self, x, y):
+            with torch.no_grad():
+                aa.tracked_clf.model(adv.x_adv)
+            return x
+
+    out = aa._apgd(WandersBack(), x.numpy(), y.numpy(), None)
+    got = torch.from_numpy(out)
+    fooled = ~adv.robust
+    assert torch.equal(got[fooled], adv.x_adv[fooled]) and torch.equal(got[~fooled], x[~fooled])

@@ -255,3 +255,27 @@ def test_cpu_evaluation_runs_in_channels_last(zoo):
     assert all(not p.requires_grad for p in net.parameters()) and not net.training
     x, _ = Inputs(load_samples(), cache.device).clean(4)
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_minimal_norm_attack_searches_once_and_is_scored_at_every_eps(zoo, monkeypatch):
+    import robench.attacks.foolbox_backend as fb
+
+    calls = []
+    real = fb.generate
+
+    def counting(*args, **kw):
+        calls.append(kw.get("eps"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fb, "generate", counting)
+    df = robench.evaluate(models=["resnet20"], attacks=["deepfool"], eps=[0.05, 0.2, 1.0], n=8, batch_size=8,
+                          attack_params={"deepfool": {"steps": 5}}, progress=False)
+    assert len(calls) == 1  # one search for the three ε (one batch)
+    acc = df[df["perturbation"] == "deepfool"].set_index("eps")["accuracy"]
+    assert list(acc.index) == [0.05, 0.2, 1.0]
+    assert acc[0.05] >= acc[0.2] >= acc[1.0]  # the same search, projected into growing balls
+    # a fixed-ε attack still searches once per ε
+    calls.clear()
+    robench.evaluate(models=["resnet20"], attacks=["fgsm"], eps=[0.01, 0.02], n=8, batch_size=8, backend="foolbox",
+                     progress=False)
+    assert calls == [0.01, 0.02]

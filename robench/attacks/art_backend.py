@@ -46,6 +46,40 @@ def classifier(model: nn.Module, x: torch.Tensor, num_classes: int):
     )
 
 
+class _FirstAdversarial(nn.Module):
+    """Passes the model through and, while tracking, keeps for each tracked row the first input it
+    sees that the model misclassifies: every point ART's APGD evaluates (each iterate goes through a
+    forward for its gradient or loss) is checked at no extra cost. ART 1.20's APGD returns only its
+    last iterate, so without this an example misclassified at some iterate but not at the last one
+    would count as robust; the paper's algorithm and the reference code keep the best point."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.labels: torch.Tensor | None = None
+        self.found: torch.Tensor | None = None
+        self.hit: torch.Tensor | None = None
+
+    def track(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.labels, self.found, self.hit = y, x.clone(), torch.zeros_like(y, dtype=torch.bool)
+
+    def stop(self) -> tuple[torch.Tensor, torch.Tensor]:
+        found, hit = self.found, self.hit
+        self.labels = self.found = self.hit = None
+        return found, hit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        # rows map to the tracked examples only when ART evaluates the whole tracked set at once
+        if self.labels is not None and out.shape[0] == self.labels.shape[0]:
+            with torch.no_grad():
+                new = (out.argmax(1) != self.labels) & ~self.hit
+                if new.any():
+                    self.found[new] = x.detach()[new].to(self.found.dtype)
+                    self.hit |= new
+        return out
+
+
 def _step(p: dict, eps: float) -> float:
     return p["step_size"] if p.get("step_size") is not None else 2.5 * eps / p["steps"]
 
@@ -103,10 +137,118 @@ def _hsj(clf, eps, p, n):
                        init_eval=p["init_evals"], verbose=False)
 
 
-class _AutoAttack:
-    """ART's AutoAttack loop (each attack runs on the examples still robust; a result counts only
-    inside the ε-ball), via ART's own ``run_attack``. ``art.attacks.evasion.AutoAttack.generate``
-    itself imports the optional ``multiprocess`` package even without a pool, so it is not used."""
+def _linf_project(x: np.ndarray, adv: np.ndarray, eps: float) -> np.ndarray:
+    return np.clip(np.clip(adv, x - eps, x + eps), 0.0, 1.0).astype(np.float32)
+
+
+class _WorstCase:
+    """The AutoAttack loop: each component attacks only the examples still robust, and an
+    example's adversarial point is kept once found (inside the ε-ball, misclassified), so the
+    result is the per-example worst case over the components. Success is untargeted (any wrong
+    class) for every component, targeted ones included, as in the reference implementation."""
+
+    def __init__(self, clf, eps: float, x: np.ndarray, y: np.ndarray) -> None:
+        self.clf, self.eps, self.x, self.y = clf, eps, x, y
+        self.x_adv = x.copy()
+        self.logits = clf.predict(x, batch_size=max(1, len(x)))
+        self.robust = self.logits.argmax(1) == y
+
+    def onehot(self, labels: np.ndarray) -> np.ndarray:
+        return np.eye(self.clf.nb_classes, dtype=np.float32)[labels]
+
+    def step(self, component: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> None:
+        """``component(x, y, idx) -> adv`` on the robust examples ``idx``."""
+        idx = np.flatnonzero(self.robust)
+        if idx.size == 0:
+            return
+        adv = _linf_project(self.x[idx], np.asarray(component(self.x[idx], self.y[idx], idx)), self.eps)
+        fooled = self.clf.predict(adv, batch_size=len(idx)).argmax(1) != self.y[idx]
+        self.x_adv[idx[fooled]] = adv[fooled]
+        self.robust[idx[fooled]] = False
+
+
+class _StandardAutoAttack:
+    """Standard AutoAttack L∞ (Croce & Hein 2020; fra31/auto-attack ``version='standard'``):
+    APGD-CE (1 restart, ``steps`` iterations, η⁰ = 2ε), APGD-T (DLR loss, 1 restart per target,
+    the ``target_classes`` highest non-true logits of the clean image as targets), FAB-T (1 restart
+    per target, same targets, the authors' implementation from ``pyautoattack``; ART has no FAB) and
+    Square (``queries`` queries, p_init = 0.8, 1 restart), in that order, per-example worst case.
+
+    ART's ``AutoAttack`` class is not used: with ``targeted=True`` it re-runs every component
+    (Square included) targeted at every class, which is not the standard composition.
+    """
+
+    def __init__(self, clf, eps: float, p: dict, n: int) -> None:
+        from art.estimators.classification import PyTorchClassifier
+
+        self.clf, self.eps, self.p, self.n = clf, eps, p, n
+        self.tracker = _FirstAdversarial(clf.model)
+        # APGD sees the model through the tracker (ART builds its own estimator from ``.model``)
+        self.tracked_clf = PyTorchClassifier(model=self.tracker, loss=nn.CrossEntropyLoss(),
+                                             input_shape=clf.input_shape, nb_classes=clf.nb_classes,
+                                             clip_values=(0.0, 1.0),
+                                             device_type="gpu" if clf.device.type == "cuda" else "cpu")
+
+    def _apgd(self, attack, xs: np.ndarray, ys: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """One APGD run on (xs, ys) with attack labels ``labels`` (targets for APGD-T), keeping for
+        each example the first misclassified iterate when the last one is not."""
+        device = self.tracked_clf.device
+        self.tracker.track(torch.from_numpy(xs).to(device), torch.from_numpy(ys).long().to(device))
+        try:
+            adv = np.array(attack.generate(x=xs, y=labels), dtype=np.float32)
+        finally:
+            found, hit = self.tracker.stop()
+        hit_np = hit.cpu().numpy()
+        adv[hit_np] = found.cpu().numpy()[hit_np]
+        return adv
+
+    def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
+
+        clf, eps, p, n = self.clf, self.eps, self.p, max(1, len(x))
+        wc = _WorstCase(clf, eps, x, y)
+        n_targets = min(p["target_classes"], clf.nb_classes - 1)
+        ranked = np.argsort(wc.logits, axis=1)  # ascending: [:, -1] is the top class
+
+        apgd_ce = AutoProjectedGradientDescent(self.tracked_clf, norm=np.inf, eps=eps, eps_step=2 * eps,
+                                               max_iter=p["steps"], nb_random_init=1, batch_size=n,
+                                               loss_type="cross_entropy", verbose=False)
+        wc.step(lambda xs, ys, idx: self._apgd(apgd_ce, xs, ys, wc.onehot(ys)))
+
+        # ART's targeted DLR is −(z_t − max_{j≠t} z_j)/(z_π1 − z_π3), not the paper's
+        # −(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2); both are shift- and scale-invariant
+        apgd_t = AutoProjectedGradientDescent(self.tracked_clf, norm=np.inf, eps=eps, eps_step=2 * eps,
+                                              max_iter=p["steps"], nb_random_init=1, batch_size=n, targeted=True,
+                                              loss_type="difference_logits_ratio", verbose=False)
+        for k in range(2, n_targets + 2):
+            wc.step(lambda xs, ys, idx: self._apgd(apgd_t, xs, ys, wc.onehot(ranked[idx, -k])))
+
+        wc.step(lambda xs, ys, idx: self._fab_t(xs, ys, n_targets))
+
+        square = SquareAttack(clf, norm=np.inf, eps=eps, max_iter=p["queries"], p_init=0.8, nb_restarts=1,
+                              batch_size=n, verbose=False)
+        wc.step(lambda xs, ys, idx: square.generate(x=xs, y=wc.onehot(ys)))
+        return wc.x_adv
+
+    def _fab_t(self, x: np.ndarray, y: np.ndarray, n_targets: int) -> np.ndarray:
+        from pyautoattack.fab_pt import FABAttack_PT
+
+        model = self.clf.model
+        device = next(model.parameters(), torch.empty(0)).device
+        # FAB seeds torch's global RNG from its seed; the wrapper's scoped fork restores it afterwards
+        fab = FABAttack_PT(model, norm="Linf", n_restarts=1, n_iter=self.p["steps"], eps=self.eps,
+                           seed=int(np.random.randint(0, 2 ** 31 - 1)), targeted=True,
+                           n_target_classes=n_targets, verbose=False, device=device)
+        adv = fab.perturb(torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device))
+        return adv.detach().cpu().numpy()
+
+
+class _AutoAttackLite:
+    """AutoAttack-lite: APGD-CE, APGD-DLR, Square (1000 queries, p_init 0.05), 1 restart each,
+    per-example worst case (robench's ``autoattack`` before it became the standard version; kept
+    bit for bit). ART's AutoAttack loop via ART's own ``run_attack``:
+    ``art.attacks.evasion.AutoAttack.generate`` imports the optional ``multiprocess`` package even
+    without a pool."""
 
     def __init__(self, clf, eps: float, attacks: list) -> None:
         self.clf, self.eps, self.attacks = clf, eps, attacks
@@ -126,11 +268,15 @@ class _AutoAttack:
 
 
 def _autoattack(clf, eps, p, n):
+    return _StandardAutoAttack(clf, eps, p, n)
+
+
+def _autoattack_lite(clf, eps, p, n):
     from art.attacks.evasion import SquareAttack
     attacks = [_apgd(clf, eps, p, n, "cross_entropy"), _apgd(clf, eps, p, n, "difference_logits_ratio"),
                SquareAttack(clf, norm=np.inf, eps=eps, max_iter=p["queries"], p_init=0.05, nb_restarts=1,
                             batch_size=n, verbose=False)]
-    return _AutoAttack(clf, eps, attacks)
+    return _AutoAttackLite(clf, eps, attacks)
 
 
 BUILDERS: dict[str, Callable[..., Any]] = {
@@ -145,27 +291,8 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "square": _square,
     "hsj": _hsj,
     "autoattack": _autoattack,
+    "autoattack_lite": _autoattack_lite,
 }
-
-
-def _hsj_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tries: int = 100) -> np.ndarray:
-    """Seeded uniform-noise starting points for HopSkipJump (ART draws its own from an unseeded
-    ``np.random.RandomState()``, which would break same seed → same x_adv). Examples for which no
-    misclassified noise image is found keep x, and ART then searches with its own RNG."""
-    init = x.clone()
-    todo = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    with torch.no_grad():
-        todo &= model(x).argmax(1) == y  # already misclassified: nothing to start from
-        for _ in range(tries):
-            if not todo.any():
-                break
-            idx = todo.nonzero().squeeze(1)
-            noise = torch.from_numpy(np.random.uniform(0, 1, size=(len(idx), *x.shape[1:])).astype(np.float32))
-            noise = noise.to(device=x.device, dtype=x.dtype)
-            hit = model(noise).argmax(1) != y[idx]
-            init[idx[hit]] = noise[hit]
-            todo[idx[hit]] = False
-    return init.cpu().numpy()
 
 
 def generate(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
@@ -174,7 +301,7 @@ def generate(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     with device_ctx:
         clf = classifier(model, x, num_classes)
         attack = BUILDERS[spec.name](clf, eps, params, x.shape[0])
-        if spec.name != "hsj":
+        if not spec.kind.needs_starting_points:
             x_adv = attack.generate(x=x.cpu().numpy().astype(np.float32), y=y.cpu().numpy())
             return torch.from_numpy(np.asarray(x_adv))
         # decision-based: start from seeded noise, attack only where a start was found

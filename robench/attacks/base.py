@@ -11,13 +11,14 @@ import numbers
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, Mapping, Sequence, final
 
 import numpy as np
 import torch
 from torch import nn
 
-from robench.attacks.registry import AttackSpec, get_spec
+from robench.attacks.registry import AttackKind, AttackSpec, get_spec
 from robench.errors import BadInput
 
 # Room for float32 rounding in the final "never leaves the ε-ball" check.
@@ -126,68 +127,128 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torc
     return (x + delta).clamp(0.0, 1.0)
 
 
-class Attack:
-    """A configured attack. Apply with ``attack(model, x, y) -> x_adv`` or ``attack.run(...)``.
+def _check_eps(eps: Any, norm: str) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise BadInput(f"ε must be a finite number ≥ 0 in pixel units (e.g. 8/255), got {eps!r}")
+    if norm == "linf" and eps > 1:
+        # pixels are in [0,1]: an L∞ ε above 1 allows every image, so it is a unit mistake
+        raise BadInput(f"ε={eps:g} is above 1, but ε is in pixel units ([0,1]); did you mean {eps:g}/255?")
+    return float(eps)
 
-    ``model`` is any ``nn.Module`` mapping [0,1] pixels to logits; ε is in pixel units.
+
+class Attack:
+    """A configured attack (Foolbox 3 style: hyper-parameters are keyword-only and fixed at
+    construction; build with :func:`make_attack`). Apply with ``attack(model, x, y) -> x_adv``,
+    ``attack.run(model, x, y) -> AttackOutput`` or, for several ε on the same examples,
+    ``attack.run_eps(model, x, y, eps_list) -> list[AttackOutput]``.
+
+    ``model`` is any ``nn.Module`` mapping [0,1] pixels to logits; ε is in pixel units. The two
+    kinds are the subclasses :class:`FixedEpsAttack` and :class:`MinimalNormAttack`; every public
+    method is defined here once and the subclasses only say how ε enters the search.
     """
 
     def __init__(self, spec: AttackSpec, *, eps: float, backend: str, seed: int, params: dict[str, Any],
                  backend_fn: BackendFn) -> None:
         self._spec = spec
         self.name: str = spec.name
+        self.kind: AttackKind = spec.kind
         self.backend: str = backend
         self.norm: str = spec.norm
         self.eps: float = float(eps)
         self.seed: int = int(seed)
-        self.params: dict[str, Any] = dict(params)
+        self.params: Mapping[str, Any] = MappingProxyType(dict(params))  # fixed at construction
         self.steps: int | None = spec.steps_of(self.params)
-        self.minimal: bool = spec.minimal
+        self.minimal: bool = spec.kind.minimal
         self._backend_fn = backend_fn
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return (f"Attack({self.name!r}, backend={self.backend!r}, norm={self.norm!r}, eps={self.eps:g}, "
-                f"seed={self.seed}{', ' + hp if hp else ''})")
+        return (f"{type(self).__name__}({self.name!r}, backend={self.backend!r}, norm={self.norm!r}, "
+                f"eps={self.eps:g}, seed={self.seed}{', ' + hp if hp else ''})")
 
+    @final
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._attack(model, x, y, score=False)[0]
+        return self._outputs(model, x, y, [self.eps], score=False)[0].x_adv
 
+    @final
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
-        x_adv, robust = self._attack(model, x, y, score=True)
-        return AttackOutput(x_adv=x_adv, robust=robust,
-                            perturbation_norm=perturbation_norm(x_adv - x.detach(), self.norm).float())
+        return self.run_eps(model, x, y, [self.eps])[0]
+
+    @final
+    def run_eps(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                eps_list: Sequence[float]) -> list[AttackOutput]:
+        """One :class:`AttackOutput` per ε of ``eps_list`` (in that order; the attack's own ``eps``
+        is not used), each with the contract of :meth:`run`: ``x_adv`` inside that ε-ball and
+        [0,1], robust flags scored on it. A fixed-ε attack runs once per ε, each run seeded exactly
+        as ``run`` with that ε (same seed → same x_adv); a minimal-norm attack searches once and
+        projects/scores the one result at every ε."""
+        if isinstance(eps_list, (str, bytes)) or not isinstance(eps_list, Sequence) or not eps_list:
+            raise BadInput(f"eps_list must be a non-empty list of ε in pixel units, got {eps_list!r}")
+        return self._outputs(model, x, y, eps_list, score=True)
 
     # -- the shared wrapper ------------------------------------------------------------------
-    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, score: bool):
+    def _outputs(self, model, x, y, eps_list, *, score: bool) -> list[AttackOutput]:
+        eps_values = [_check_eps(e, self.norm) for e in eps_list]
         x, y = _check_inputs(model, x, y)
         with frozen_eval(model):
             with torch.no_grad():
                 num_classes = _num_classes(model, x, y)
-            if self.eps == 0.0 or x.shape[0] == 0:
-                x_adv = x.clone()  # the ε=0 cell is clean accuracy: nothing to search
-            else:
-                with seeded(self.seed, x.device):
-                    raw = self._backend_fn(self._spec, model, x, y, eps=self.eps, params=self.params,
-                                           num_classes=num_classes)
-                raw = torch.as_tensor(raw).detach().to(device=x.device, dtype=x.dtype).reshape(x.shape)
-                raw = torch.where(torch.isfinite(raw), raw, x)
-                if self.minimal:
-                    # keep only points the attack made adversarial; a failed minimal-norm search
-                    # (e.g. Foolbox C&W returns zeros there) must not become an arbitrary ε-step
-                    with torch.no_grad():
-                        fooled = _predict(model, raw) != y
-                    raw = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), raw, x)
-                x_adv = project(x, raw, self.eps, self.norm)
-            worst = perturbation_norm(x_adv - x, self.norm).max().item() if x.shape[0] else 0.0
-            if worst > self.eps + NORM_TOL or x_adv.min().item() < 0.0 or x_adv.max().item() > 1.0:
-                raise RuntimeError(f"{self.name}/{self.backend} left its {self.norm} ε-ball "
-                                   f"(‖δ‖={worst:.3g} > ε={self.eps:g}) or [0,1]; this is a robench bug")
-            robust = None
-            if score:
-                with torch.no_grad():
-                    robust = _predict(model, x_adv) == y
-        return x_adv, robust
+            raws = self._raw(model, x, y, eps_values, num_classes)
+            return [self._finish(model, x, y, raw, eps, score) for raw, eps in zip(raws, eps_values)]
+
+    def _raw(self, model, x, y, eps_values, num_classes) -> list[torch.Tensor | None]:
+        """One raw search result per ε (None: nothing to search, x itself)."""
+        raise NotImplementedError
+
+    def _search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                num_classes: int) -> torch.Tensor:
+        """The backend's raw result, seeded, non-finite entries replaced by x."""
+        with seeded(self.seed, x.device):
+            raw = self._backend_fn(self._spec, model, x, y, eps=eps, params=self.params, num_classes=num_classes)
+        raw = torch.as_tensor(raw).detach().to(device=x.device, dtype=x.dtype).reshape(x.shape)
+        return torch.where(torch.isfinite(raw), raw, x)
+
+    def _finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, raw: torch.Tensor | None,
+                eps: float, score: bool) -> AttackOutput:
+        """Project into the ε-ball around x and [0,1], check the bound, score (unless not asked:
+        ``__call__`` returns x_adv only and saves the scoring forward)."""
+        x_adv = x.clone() if raw is None or eps == 0.0 else project(x, raw, eps, self.norm)
+        norms = perturbation_norm(x_adv - x, self.norm)
+        worst = norms.max().item() if x.shape[0] else 0.0
+        if worst > eps + NORM_TOL or (x.shape[0] and (x_adv.min().item() < 0.0 or x_adv.max().item() > 1.0)):
+            raise RuntimeError(f"{self.name}/{self.backend} left its {self.norm} ε-ball "
+                               f"(‖δ‖={worst:.3g} > ε={eps:g}) or [0,1]; this is a robench bug")
+        robust = torch.zeros(0, dtype=torch.bool, device=x.device)
+        if score and x.shape[0]:
+            with torch.no_grad():
+                robust = _predict(model, x_adv) == y
+        return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float())
+
+
+@final
+class FixedEpsAttack(Attack):
+    """Searches inside the ε-ball it is given (gradient and score-based attacks): one search per ε."""
+
+    def _raw(self, model, x, y, eps_values, num_classes) -> list[torch.Tensor | None]:
+        return [None if eps == 0.0 or x.shape[0] == 0 else self._search(model, x, y, eps, num_classes)
+                for eps in eps_values]
+
+
+@final
+class MinimalNormAttack(Attack):
+    """Searches the smallest adversarial perturbation without an ε (minimal-norm and decision-based
+    attacks): one search, then projected into and scored at every ε. Points the search did not make
+    adversarial fall back to x (a failed C&W search must not become an arbitrary ε-step)."""
+
+    def _raw(self, model, x, y, eps_values, num_classes) -> list[torch.Tensor | None]:
+        raw = None
+        if x.shape[0] and any(e > 0 for e in eps_values):
+            # the search does not read ε; the largest one is passed for backends that want a number
+            raw = self._search(model, x, y, max(eps_values), num_classes)
+            with torch.no_grad():
+                fooled = _predict(model, raw) != y
+            raw = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), raw, x)
+        return [raw] * len(eps_values)
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -226,14 +287,15 @@ def _num_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 
 def make_attack(name: str, *, eps: float, backend: str | None = None, seed: int = 0, **overrides: Any) -> Attack:
     """Build an attack by its public name. ``backend=None`` picks the attack's default library;
-    ``overrides`` replace default hyper-parameters (see :func:`attack_defaults`)."""
+    ``overrides`` replace default hyper-parameters (see :func:`attack_defaults`; each has a
+    documented range, :func:`param_ranges`). Returns a :class:`FixedEpsAttack` or a
+    :class:`MinimalNormAttack` according to the registered :class:`AttackKind`."""
     spec = get_spec(name)
     if backend is None:
         backend = spec.backends[0]
     if backend not in spec.backends:
         raise BadInput(f"attack {name!r} has no backend {backend!r}; choose one of: {', '.join(spec.backends)}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
-        raise BadInput(f"ε must be a finite number ≥ 0 in pixel units (e.g. 8/255), got {eps!r}")
+    eps = _check_eps(eps, spec.norm)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise BadInput(f"seed must be an integer ≥ 0, got {seed!r}")
     unknown = sorted(set(overrides) - set(spec.params))
@@ -247,4 +309,5 @@ def make_attack(name: str, *, eps: float, backend: str | None = None, seed: int 
         from robench.attacks import art_backend as mod
     else:
         from robench.attacks import foolbox_backend as mod
-    return Attack(spec, eps=float(eps), backend=backend, seed=int(seed), params=params, backend_fn=mod.generate)
+    cls = MinimalNormAttack if spec.kind.minimal else FixedEpsAttack
+    return cls(spec, eps=eps, backend=backend, seed=int(seed), params=params, backend_fn=mod.generate)

@@ -77,7 +77,7 @@ def generate(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
     attack = BUILDERS[spec.name](params, eps, num_classes)
     x = x.contiguous()
-    if spec.name == "hsj":
+    if spec.kind.needs_starting_points:
         # decision-based: start from seeded noise, attack only where a start was found
         starts, found = noise_starting_points(model, x, y)
         out = x.clone()
@@ -85,7 +85,7 @@ def generate(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tenso
             out[found] = attack.run(fmodel, x[found], fb.criteria.Misclassification(y[found]),
                                     starting_points=starts[found])
         return out
-    if spec.minimal:
+    if spec.kind.minimal:
         # minimal-norm attacks: take the unbounded result; the wrapper projects it into the ε-ball
         raw, _, _ = attack(fmodel, x, y, epsilons=None)
         return raw

@@ -54,7 +54,8 @@ from robench.data import Dataset, default_corruption_dir, fetched_dir
 from robench.fileio import sha256_file
 from robench.errors import BadInput
 
-__all__ = ["corrupt", "list_corruptions", "load_cifar10c", "NOISE_CORRUPTIONS", "MISSING", "CIFAR10C_NAMES"]
+__all__ = ["corrupt", "list_corruptions", "load_cifar10c", "corruptions_markdown", "NOISE_CORRUPTIONS", "MISSING",
+           "CIFAR10C_NAMES"]
 
 # The 19 corruptions of the published CIFAR-10-C, in the order of its release (file stems).
 CIFAR10C_NAMES = (
@@ -78,6 +79,19 @@ assert set(_FUNCS) | set(MISSING) == set(CIFAR10C_NAMES)
 def list_corruptions() -> list[str]:
     """Names ``corrupt`` accepts, in CIFAR-10-C order."""
     return [n for n in CIFAR10C_NAMES if n in _FUNCS]
+
+
+def corruptions_markdown() -> str:
+    """The corruption registry as a Markdown table (README): every CIFAR-10-C name, whether robench
+    generates it and where, or why not."""
+    lines = ["| corruption | generated | runs on | note |", "|---|---|---|---|"]
+    for name in CIFAR10C_NAMES:
+        if name in MISSING:
+            lines.append(f"| {name} | no (`--corruption-dir` only) | – | {MISSING[name]} |")
+        else:
+            where = "torch, the input's device" if name in NOISE else "CPU (numpy/scipy/Pillow/scikit-image)"
+            lines.append(f"| {name} | yes | {where} | |")
+    return "\n".join(lines)
 
 
 def _check_name(name: object) -> str:
