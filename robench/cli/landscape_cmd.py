@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import parse_number, split_list as _split
+from robench.cli.options import data_options, parse_number, split_list as _split
 from robench.results import check_out
 from robench.spec import parse_int
 
@@ -20,12 +20,8 @@ from robench.spec import parse_int
 @click.option("--pgd-eps", default="8/255", show_default=True, help="ε of the PGD perturbation giving the pgd direction.")
 @click.option("--grid2d", is_flag=True, help="Also the 2-D grid grad_sign × the first random direction.")
 @click.option("--points2d", default="21", show_default=True, help="Points per axis of the 2-D grid.")
-@click.option("--data-dir", default=None, help="Folder holding cifar-10-batches-py/ (default: the 20 bundled samples).")
-@click.option("--dataset", type=click.Choice(["samples", "cifar10", "cifar100"]), default=None)
-@click.option("--n", "n", default=None, metavar="N", help="The first N test images (default: all).")
+@data_options
 @click.option("--seed", default="0", show_default=True, help="Seed of the random directions and of PGD.")
-@click.option("--batch-size", default="250", show_default=True, metavar="N")
-@click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, help="Write OUT.parquet and OUT.csv.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
 def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d, points2d, data_dir, dataset, n, seed,

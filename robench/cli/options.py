@@ -17,3 +17,20 @@ def split_list(values: tuple[str, ...]) -> list[str]:
             raise BadInput(f"empty item in the list {v!r}; separate values with single commas")
         out += parts
     return out
+
+
+def data_options(fn):
+    """The data and device options the analysis commands share (data set, folder, first n, batch, device)."""
+    import click
+
+    for opt in reversed([
+        click.option("--data-dir", default=None,
+                     help="Folder holding cifar-10-batches-py/ (default: the copy `robench data fetch` made for "
+                          "--dataset, else the 20 bundled samples)."),
+        click.option("--dataset", type=click.Choice(["samples", "cifar10", "cifar100"]), default=None),
+        click.option("--n", "n", default=None, metavar="N", help="The first N test images (default: all)."),
+        click.option("--batch-size", default="250", show_default=True, metavar="N"),
+        click.option("--device", default="cpu", show_default=True),
+    ]):
+        fn = opt(fn)
+    return fn

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import parse_number, split_list as _split
+from robench.cli.options import data_options, parse_number, split_list as _split
 from robench.results import check_out
 from robench.spec import parse_int
 
@@ -14,12 +14,8 @@ from robench.spec import parse_int
               help="NAME or NAME@LAM (fixed λ, e.g. inresnet20@0.5); repeatable or comma list.")
 @click.option("--eps", default="1/255", show_default=True, help="L∞ size of the input perturbation carried through the blocks.")
 @click.option("--iters", default="20", show_default=True, help="Power iterations for the Jacobian spectral norm.")
-@click.option("--data-dir", default=None, help="Folder holding cifar-10-batches-py/ (default: the 20 bundled samples).")
-@click.option("--dataset", type=click.Choice(["samples", "cifar10", "cifar100"]), default=None)
-@click.option("--n", "n", default=None, metavar="N", help="The first N test images (default: all).")
+@data_options
 @click.option("--seed", default="0", show_default=True, help="Seed of the random perturbation and power iteration.")
-@click.option("--batch-size", default="250", show_default=True, metavar="N")
-@click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, help="Write OUT.parquet and OUT.csv.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
 def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, device, out, force) -> None:
