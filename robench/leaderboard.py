@@ -110,7 +110,7 @@ def _zoo_cards() -> dict[str, Any]:
     """weights sha256 → card of every checkpoint in the zoo directories."""
     import model_zoo
 
-    return {c.weights_sha256: c for c in model_zoo.available() if c.weights_sha256}
+    return {r.weights_sha256: r.card for r in model_zoo.available() if r.weights_sha256}
 
 
 def _recipe(card: Any) -> dict:

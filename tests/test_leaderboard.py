@@ -222,3 +222,15 @@ def test_cli_writes_nothing_by_default_and_never_overwrites_without_force(tmp_pa
     with pytest.raises(SystemExit) as e:
         main(["leaderboard", "t.parquet", "-o", "lb.csv", "--force"])
     assert e.value.code == 0 and (tmp_path / "lb.csv").read_text() == EXPECTED
+
+
+def test_recipe_columns_are_read_from_the_zoo_by_default():
+    import model_zoo
+
+    card = model_zoo.save(model_zoo.create_model("resnet20"), model_zoo.user_zoo() / "resnet20",
+                          card={"training": {"device": "cpu:AMD EPYC", "recipe": {"name": "paper", "epochs": 160,
+                                                                                  "label_smoothing": 0.0}}})
+    df = hand_table()
+    df.loc[df["model"] == "resnet20", "weights_sha256"] = card.weights_sha256
+    r = leaderboard(df).set_index("model").loc["resnet20"]
+    assert (r["recipe"], r["epochs"], r["label_smoothing"], r["train_device"]) == ("paper", 160, 0.0, "cpu:AMD EPYC")
