@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_zoo.arch import check_arch, check_num_classes, check_size
 from model_zoo.errors import BadInput
-from model_zoo.fileio import atomic_write_text, regular_file_inside, sha256_file
+from model_zoo.fileio import atomic_write_text, regular_file_inside, robench_home, sha256_file
 from model_zoo.registry import check_model_name, create_model, is_model, model_entry, model_info
 from model_zoo.schemes import get_scheme
 
@@ -152,12 +152,8 @@ def zoo_stem(name: str, lam: float | None) -> str:
 
 
 def user_zoo() -> Path:
-    """``$ROBENCH_HOME/zoo``; ROBENCH_HOME defaults to ``$XDG_CACHE_HOME/robench`` (~/.cache/robench)."""
-    home = os.environ.get("ROBENCH_HOME")
-    if not home:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        home = os.path.join(cache, "robench")
-    return Path(home) / "zoo"
+    """``$ROBENCH_HOME/zoo`` (:func:`model_zoo.fileio.robench_home`)."""
+    return robench_home() / "zoo"
 
 
 def zoo_dirs() -> list[Path]:

@@ -31,7 +31,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should be an ordinary file
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; the result should be an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -64,7 +64,18 @@ def regular_file_inside(path: str | os.PathLike, root: str | os.PathLike, what: 
     return resolved
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The mode of an ordinary new file under the current umask (mkstemp makes 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
+
+
+def robench_home() -> Path:
+    """``$ROBENCH_HOME``; by default ``$XDG_CACHE_HOME/robench`` (``~/.cache/robench``). The user zoo
+    and the fetched data live below it."""
+    home = os.environ.get("ROBENCH_HOME")
+    if not home:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        home = os.path.join(cache, "robench")
+    return Path(home)

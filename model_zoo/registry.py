@@ -76,11 +76,12 @@ def register_cifar_resnet(name: str, scheme: str, arch: Mapping[str, Any], *, nu
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching an fnmatch ``pattern``, sorted naturally (resnet20 < resnet110)."""
     names = [n for n in _MODELS if fnmatch.fnmatchcase(n, pattern)]
-    return sorted(names, key=_natural_key)
+    return sorted(names, key=natural_key)
 
 
-def _natural_key(name: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value (resnet20 < resnet110); digits before letters."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(name)) if t)
 
 
 def is_model(name: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from model_zoo.registry import natural_key
 from robench.plan import missing
 from robench.results import pack_flags, to_frame, unpack_flags, wilson
 
@@ -74,12 +75,6 @@ def group_key(record: Mapping) -> tuple:
     return (k["model"], k["lam"], k["dataset"], k["n"], k["seed"], k["eps"])
 
 
-def _natural(name: str) -> tuple:
-    import re
-
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(name)) if t)
-
-
 def sort_key(models: Sequence[str] = ()) -> Any:
     """The one row order: model (in the given order, then natural order), λ (numbers ascending,
     learned last), seed, n, kind (clean, attack, worst_case, corruption), dataset, perturbation,
@@ -91,7 +86,7 @@ def sort_key(models: Sequence[str] = ()) -> Any:
 
     def key(r: Mapping) -> tuple:
         m = str(r["model"])
-        return ((0, rank[m], ()) if m in rank else (1, 0, _natural(m)), num(norm_value(r.get("lam"))),
+        return ((0, rank[m], ()) if m in rank else (1, 0, natural_key(m)), num(norm_value(r.get("lam"))),
                 int(r["seed"]), int(r["n"]), KIND_ORDER.get(str(r["kind"]), 9), str(r["dataset"]),
                 str(r["perturbation"]), str(norm_value(r.get("backend")) or ""), num(norm_value(r.get("eps"))),
                 num(norm_value(r.get("severity"))))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from model_zoo.fileio import robench_home
 from robench.errors import BadInput
 
 CIFAR10C_FOLDER = "CIFAR-10-C"
@@ -14,15 +15,6 @@ FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "ci
 
 
 # -- where fetched data lives ---------------------------------------------------------------
-def robench_home() -> Path:
-    """``$ROBENCH_HOME``; by default ``$XDG_CACHE_HOME/robench`` (``~/.cache/robench``), as for the user zoo."""
-    home = os.environ.get("ROBENCH_HOME")
-    if not home:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        home = os.path.join(cache, "robench")
-    return Path(home)
-
-
 def data_home() -> Path:
     """``$ROBENCH_HOME/data``: where ``robench data fetch`` puts the data sets by default."""
     return robench_home() / "data"

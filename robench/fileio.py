@@ -5,6 +5,6 @@ these are the same functions.
 """
 from __future__ import annotations
 
-from model_zoo.fileio import atomic_write, atomic_write_text, regular_file_inside, sha256_file
+from model_zoo.fileio import atomic_write, atomic_write_text, file_mode, regular_file_inside, robench_home, sha256_file
 
-__all__ = ["atomic_write", "atomic_write_text", "regular_file_inside", "sha256_file"]
+__all__ = ["atomic_write", "atomic_write_text", "file_mode", "regular_file_inside", "robench_home", "sha256_file"]

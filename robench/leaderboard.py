@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from model_zoo.registry import natural_key
 from robench.checks import TABLE_CHECKS, flag_words, summaries, table_checks
 from robench.errors import BadInput
 from robench.fileio import atomic_write
@@ -70,10 +70,6 @@ def format_eps(eps: float) -> str:
     if abs(k - round(k)) < 1e-6:
         return f"{int(round(k))}/255"
     return f"{float(eps):g}"
-
-
-def _natural(name: str) -> tuple:
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(name)))
 
 
 def _none(v):
@@ -304,7 +300,7 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         m = metric(r)
         has = m is not None and not math.isnan(m)
         lam = r["lam"]
-        return (not has, -m if has else 0.0, _natural(r["model"]), lam is None, lam if lam is not None else 0.0)
+        return (not has, -m if has else 0.0, natural_key(r["model"]), lam is None, lam if lam is not None else 0.0)
 
     ordered = []
     for dataset in sorted({r["dataset"] for r in rows}):

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
+from robench.fileio import file_mode
 
 KINDS = ("clean", "attack", "corruption", "worst_case")
 
@@ -95,12 +96,6 @@ def to_frame(records: Iterable[dict]) -> pd.DataFrame:
     return df
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _as_bool(v):
     if isinstance(v, str):
         t = v.strip().lower()
@@ -156,7 +151,7 @@ def write_table(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
             os.close(fd)
             tmps.append(tmp)
             writer(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should be an ordinary file
+            os.chmod(tmp, file_mode())  # mkstemp makes 0600; the result should be an ordinary file
         for tmp, path in zip(tmps, paths):
             os.replace(tmp, path)
     except OSError as e:

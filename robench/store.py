@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
+from robench.fileio import file_mode
 from robench.plan import Cell, row_key
 
 STORE_VERSION = 1
@@ -93,12 +94,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_json(path: Path, value: dict) -> None:
     """Temp file in the same folder, flush + fsync, mode 0644, ``os.replace``, fsync the folder."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
@@ -106,7 +101,7 @@ def atomic_write_json(path: Path, value: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(value, f, sort_keys=True, allow_nan=False)
             f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+            os.fchmod(f.fileno(), file_mode())  # mkstemp makes 0600; outputs are ordinary files
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
