@@ -32,11 +32,10 @@ import math
 import time
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
-from robench.results import wilson
+from robench.results import format_eps, nan_to_none, wilson
 
 CHECKS = ("zero_gradient", "nondeterministic", "single_step_stronger", "accuracy_rises_with_eps",
           "large_eps_survives", "black_box_stronger", "transfer_stronger")
@@ -63,17 +62,6 @@ BLACK_BOX = ("square",)
 SANITY_EPS = 64 / 255
 
 
-def _fmt_eps(eps: float) -> str:
-    k = float(eps) * 255.0
-    return f"{int(round(k))}/255" if abs(k - round(k)) < 1e-6 else f"{float(eps):g}"
-
-
-def _nan_none(v: Any) -> Any:
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v
-
-
 def _row(key: tuple, check: str, status: str, *, value: float = math.nan, threshold: float = math.nan,
          cells: str = "", detail: str = "", n_checked: int | None = None, seconds: float = 0.0) -> dict:
     model, lam, dataset, n, seed = key
@@ -97,7 +85,7 @@ def _groups(table: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     idx: dict[tuple, list[int]] = {}
     for i, t in enumerate(zip(table["model"], table["lam"], table["dataset"], table["n"], table["seed"])):
         m, lam, d, n, s = t
-        idx.setdefault((str(m), _nan_none(lam), str(d), int(n), int(s)), []).append(i)
+        idx.setdefault((str(m), nan_to_none(lam), str(d), int(n), int(s)), []).append(i)
     out = {k: table.iloc[v] for k, v in idx.items()}
     return dict(sorted(out.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] is None, kv[0][1] or 0.0,
                                                      str(kv[0][2]), kv[0][3], kv[0][4])))
@@ -128,8 +116,8 @@ def table_checks(table: pd.DataFrame) -> pd.DataFrame:
             if "fgsm" in atts:
                 for it in ITERATIVE:
                     if it in atts and atts["fgsm"][2] < atts[it][1]:
-                        hits.append(f"fgsm@{_fmt_eps(eps)} {100 * atts['fgsm'][0]:.1f}% < "
-                                    f"{it}@{_fmt_eps(eps)} {100 * atts[it][0]:.1f}%")
+                        hits.append(f"fgsm@{format_eps(eps)} {100 * atts['fgsm'][0]:.1f}% < "
+                                    f"{it}@{format_eps(eps)} {100 * atts[it][0]:.1f}%")
         pairs = any("fgsm" in a and any(i in a for i in ITERATIVE) for a in by_eps.values())
         rows.append(_row(key, "single_step_stronger", "flag" if hits else ("pass" if pairs else "skip"),
                          value=float(len(hits)), cells="; ".join(hits),
@@ -143,7 +131,7 @@ def table_checks(table: pd.DataFrame) -> pd.DataFrame:
             for i, (e0, v0) in enumerate(series):
                 for e1, v1 in series[i + 1:]:
                     if v1[1] > v0[2]:
-                        hits.append(f"{att}@{_fmt_eps(e1)} {100 * v1[0]:.1f}% > {att}@{_fmt_eps(e0)} {100 * v0[0]:.1f}%")
+                        hits.append(f"{att}@{format_eps(e1)} {100 * v1[0]:.1f}% > {att}@{format_eps(e0)} {100 * v0[0]:.1f}%")
         multi = any(sum(1 for (a, _e) in cells if a == att) > 1 for att in attacks)
         rows.append(_row(key, "accuracy_rises_with_eps", "flag" if hits else ("pass" if multi else "skip"),
                          value=float(len(hits)), cells="; ".join(hits),
@@ -158,8 +146,8 @@ def table_checks(table: pd.DataFrame) -> pd.DataFrame:
                     compared = True
                     if all(atts[bb][2] < v[1] for v in white.values()):
                         best = min(white, key=lambda a: white[a][0])
-                        hits.append(f"{bb}@{_fmt_eps(eps)} {100 * atts[bb][0]:.1f}% < "
-                                    f"{best}@{_fmt_eps(eps)} {100 * white[best][0]:.1f}%")
+                        hits.append(f"{bb}@{format_eps(eps)} {100 * atts[bb][0]:.1f}% < "
+                                    f"{best}@{format_eps(eps)} {100 * white[best][0]:.1f}%")
         rows.append(_row(key, "black_box_stronger", "flag" if hits else ("pass" if compared else "skip"),
                          value=float(len(hits)), cells="; ".join(hits),
                          detail=("Square vs every white-box attack at the same ε, Wilson 95 % intervals" if compared
@@ -287,8 +275,8 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
         flagged = acc > sanity_max_accuracy
         rows.append(_row(key, "large_eps_survives", "flag" if flagged else "pass", value=acc,
                          threshold=sanity_max_accuracy, n_checked=int(ys.shape[0]), seconds=time.perf_counter() - s,
-                         cells=f"pgd@{_fmt_eps(sanity_eps)}: {int(robust.sum())}/{robust.numel()} correct" if flagged else "",
-                         detail=f"PGD-20 (step 2.5·ε/20, random start) at ε={_fmt_eps(sanity_eps)} on the first "
+                         cells=f"pgd@{format_eps(sanity_eps)}: {int(robust.sum())}/{robust.numel()} correct" if flagged else "",
+                         detail=f"PGD-20 (step 2.5·ε/20, random start) at ε={format_eps(sanity_eps)} on the first "
                                 f"{ys.shape[0]} examples"))
 
         rows.append(_transfer_row(key, g, model, x, y, zoo, transfer_source, transfer_cache, batch_size, device))
@@ -335,9 +323,9 @@ def _transfer_row(key, g, model, x, y, zoo: _Models, source, cache: dict, batch_
     flagged = hi < white[best][1]
     return _row(key, "transfer_stronger", "flag" if flagged else "pass", value=acc, n_checked=total,
                 seconds=time.perf_counter() - s,
-                cells=(f"transfer pgd@{_fmt_eps(eps)} from {source} {100 * acc:.1f}% < {best}@{_fmt_eps(eps)} "
+                cells=(f"transfer pgd@{format_eps(eps)} from {source} {100 * acc:.1f}% < {best}@{format_eps(eps)} "
                        f"{100 * white[best][0]:.1f}%") if flagged else "",
-                detail=f"PGD examples crafted on {source} at ε={_fmt_eps(eps)} vs the strongest white-box "
+                detail=f"PGD examples crafted on {source} at ε={format_eps(eps)} vs the strongest white-box "
                        f"attack on the model ({best}, {100 * white[best][0]:.1f}%), Wilson 95 % intervals")
 
 
@@ -349,7 +337,7 @@ def flag_words(checks: pd.DataFrame) -> dict[tuple, list[str]]:
     order = {c: i for i, c in enumerate(CHECKS)}
     flagged = checks[checks["status"] == "flag"]
     for _, r in flagged.sort_values("check", key=lambda s: s.map(order), kind="stable").iterrows():
-        k = (r["model"], _nan_none(r["lam"]), r["dataset"])
+        k = (r["model"], nan_to_none(r["lam"]), r["dataset"])
         cells = "" if pd.isna(r["cells"]) or not r["cells"] else f"({r['cells']})"
         word = f"{r['check']}{cells}"
         if word not in out.setdefault(k, []):
@@ -363,7 +351,7 @@ def summaries(checks: pd.DataFrame) -> dict[tuple, str]:
     out: dict[tuple, str] = {}
     if checks is None or checks.empty:
         return out
-    keys = [(m, _nan_none(lam), d) for m, lam, d in zip(checks["model"], checks["lam"], checks["dataset"])]
+    keys = [(m, nan_to_none(lam), d) for m, lam, d in zip(checks["model"], checks["lam"], checks["dataset"])]
     for key, idx in pd.Series(range(len(keys))).groupby(pd.Series([str(k) for k in keys]), sort=False):
         rows = checks.iloc[idx.to_numpy()]
         st = rows["status"].value_counts()

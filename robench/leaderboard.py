@@ -56,29 +56,13 @@ from model_zoo.registry import natural_key
 from robench.checks import TABLE_CHECKS, flag_words, summaries, table_checks
 from robench.errors import BadInput
 from robench.fileio import atomic_write
-from robench.results import KEY, wilson
+from robench.results import KEY, format_eps, wilson
+from robench.results import nan_to_none as _none
 
 FIXED_METRICS = ("clean", "worst_case", "corruption_mean")
 FLAG_CODES = ("missing_clean", "robust_gt_clean", "worst_gt_attack", "mixed_n", "mixed_seeds", "mixed_data",
               "mixed_weights", "duplicate_cells")
 _DIGITS = 6
-
-
-def format_eps(eps: float) -> str:
-    """``8/255`` for whole 255ths, else ``%g``: the ε spelling used in leaderboard column names."""
-    k = float(eps) * 255.0
-    if abs(k - round(k)) < 1e-6:
-        return f"{int(round(k))}/255"
-    return f"{float(eps):g}"
-
-
-def _none(v):
-    """NaN / pd.NA → None so that keys compare and hash."""
-    if v is None or v is pd.NA:
-        return None
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
 
 
 def _pool(rows: pd.DataFrame) -> tuple[float, float, float, int, int]:

@@ -9,7 +9,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,21 @@ SCHEMA: dict[str, str] = {
 ORIGINS = ("shipped", "user", "file", "module")
 # What identifies a cell (sweeps skip finished keys; regress matches on them).
 KEY = ("model", "lam", "dataset", "kind", "perturbation", "backend", "eps", "severity", "seed", "n")
+
+
+def format_eps(eps: float) -> str:
+    """``8/255`` for whole 255ths, else ``%g``: the ε spelling of leaderboard columns and check cells."""
+    k = float(eps) * 255.0
+    if abs(k - round(k)) < 1e-6:
+        return f"{int(round(k))}/255"
+    return f"{float(eps):g}"
+
+
+def nan_to_none(v: Any) -> Any:
+    """NaN / pd.NA → None so that keys compare and hash."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v
 
 
 def wilson(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
