@@ -7,13 +7,13 @@ from model_zoo.errors import BadInput
 from model_zoo.arch import CIFAR10_MEAN, CIFAR10_STD, MAX_PARAMETERS
 from model_zoo.schemes import Scheme, get_scheme, lam_schemes, list_schemes, register_scheme
 from model_zoo.registry import (ModelInfo, create_model, is_model, list_models, model_info, models_markdown,
-                                register_cifar_resnet, register_model)
+                                register_cifar_resnet, register_model, split_tag)
 from model_zoo import variants as _variants  # noqa: F401  (registers the variants)
 from model_zoo.checkpoint import (ModelCard, ZooEntry, ZooProblem, ZooRecord, available, load, load_card, load_entry,
                                   save, scan_zoo, user_zoo, zoo_dirs, zoo_stem)
 
 __all__ = ["create_model", "list_models", "model_info", "ModelInfo", "register_model", "register_cifar_resnet",
-           "is_model", "models_markdown", "CifarResNet", "Scheme", "get_scheme", "lam_schemes", "list_schemes", "register_scheme",
+           "is_model", "split_tag", "models_markdown", "CifarResNet", "Scheme", "get_scheme", "lam_schemes", "list_schemes", "register_scheme",
            "CIFAR10_MEAN", "CIFAR10_STD", "MAX_PARAMETERS", "BadInput",
            "ModelCard", "ZooEntry", "ZooRecord", "ZooProblem", "load_entry", "available", "scan_zoo", "load",
            "load_card", "save", "user_zoo", "zoo_dirs", "zoo_stem"]

@@ -84,6 +84,17 @@ def natural_key(name: str) -> tuple:
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(name)) if t)
 
 
+_TAG = re.compile(r"^(?P<base>.+)\.(?P<tag>[A-Za-z][A-Za-z0-9_]*)$")
+
+
+def split_tag(name: str) -> tuple[str, str | None]:
+    """``"resnet20.s1"`` → ``("resnet20", "s1")``; ``"resnet20"`` → ``("resnet20", None)`` (timm's
+    ``name.tag``: the tag names one trained variant, e.g. a training seed). A tail that starts with a
+    digit is not a tag, so a number inside a name (``"x@0.5"``) is never split."""
+    m = _TAG.match(str(name))
+    return (m.group("base"), m.group("tag")) if m else (str(name), None)
+
+
 def is_model(name: str) -> bool:
     return name in _MODELS
 

@@ -226,3 +226,12 @@ def test_scheme_records_compute_the_documented_updates_exactly(name):
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(m(x), _reference_forward(m, x, m.scheme.value))
+
+
+def test_split_tag_separates_a_trained_variant_from_its_architecture():
+    from model_zoo import split_tag
+
+    assert split_tag("resnet20.s1") == ("resnet20", "s1")
+    assert split_tag("resnet20") == ("resnet20", None)
+    assert split_tag("inresnet20@0.5") == ("inresnet20@0.5", None)  # a number is not a tag
+    assert split_tag("inresnet20@0.5.s2") == ("inresnet20@0.5", "s2")
