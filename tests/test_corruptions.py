@@ -310,7 +310,7 @@ def test_load_cifar10c_rejects_bad_layouts(tmp_path):
         load_cifar10c(root, "fog", 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_noise_is_drawn_on_the_gpu(samples):
     x = samples.cuda()
     for name in ALL:
