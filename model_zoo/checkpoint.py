@@ -1,13 +1,17 @@
 """Checkpoints: weights as safetensors, metadata as a JSON model card. Nothing is ever unpickled.
 
 A checkpoint is two files side by side, ``<stem>.safetensors`` and ``<stem>.json``; the stem of a
-zoo entry is the model name, plus ``__lam<λ>`` for a fixed-λ model. Its identity covers everything
-that changes the function it computes:
+zoo entry is the model name, plus ``__lam<λ>`` for a fixed-λ model, plus ``.<tag>`` for a tagged
+trained variant (timm's ``name.tag``: ``resnet20.s1``, ``inresnet20__lam0.5.s2``; ``sN`` is training
+seed N, the untagged name is the seed-0 checkpoint and ``.s0`` is its alias). Its identity covers
+everything that changes the function it computes, and which trained variant it is:
 
 - the card records the sha256 of the weights file, recomputed at load;
 - the weights file's safetensors header stores the card's architectural fields (name, scheme, λ,
-  num_classes, kwargs, normalisation) under ``robench.arch``; they must equal the card's, so an
-  edited card no longer passes with the same weights;
+  num_classes, kwargs, normalisation, and the tag when there is one) under ``robench.arch``; they
+  must equal the card's, so an edited card no longer passes with the same weights;
+- a zoo entry's file name must be the stem of its card's name, λ and tag (a renamed file is
+  refused); a seed tag ``sN`` must agree with the card's ``training.seed``;
 - the card's scheme must be the registered scheme of its name, the architecture must be within
   :data:`model_zoo.arch.MAX_PARAMETERS` (checked by formula, before anything is allocated), the
   tensors must fit it, and every weight and BatchNorm statistic must be finite (variances ≥ 0);
@@ -32,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from model_zoo.arch import check_arch, check_num_classes, check_size
 from model_zoo.errors import BadInput
 from model_zoo.fileio import atomic_write_text, regular_file_inside, robench_home, sha256_file
-from model_zoo.registry import check_model_name, create_model, is_model, model_entry, model_info
+from model_zoo.registry import (check_model_name, check_tag, create_model, is_model, join_tag, model_entry, model_info,
+                                natural_key, parse_model_name, split_tag, tag_seed)
 from model_zoo.schemes import get_scheme
 
 if TYPE_CHECKING:
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
 SHIPPED_ZOO = Path(__file__).resolve().parent / "weights"
 ORIGINS = ("shipped", "user", "file")
 ARCH_HEADER_KEY = "robench.arch"
-ARCH_FIELDS = ("name", "scheme", "lam", "num_classes", "kwargs", "normalisation")
+ARCH_FIELDS = ("name", "scheme", "lam", "num_classes", "kwargs", "normalisation", "tag")
 _SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_HEADER = 100 << 20
@@ -68,13 +73,20 @@ class ModelCard:
     weights_sha256: str = ""
     robench_version: str = ""
     notes: str = ""
+    tag: str | None = None  # the trained variant (``s1``: training seed 1); None: the untagged, seed-0 checkpoint
+
+    @property
+    def model(self) -> str:
+        """The name a table's ``model`` column carries: ``resnet20`` or ``resnet20.s1``."""
+        return join_tag(self.name, self.tag)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     def arch(self) -> dict[str, Any]:
-        """The fields that decide the function the weights compute (stored in the weights' header)."""
-        return {k: getattr(self, k) for k in ARCH_FIELDS}
+        """The fields that decide the function the weights compute, and the tag (stored in the weights'
+        header; an untagged card leaves the tag out, so untagged headers are what they were before tags)."""
+        return {k: getattr(self, k) for k in ARCH_FIELDS if not (k == "tag" and self.tag is None)}
 
     def validate(self, where: str = "model card") -> "ModelCard":
         """Check every field's type and range; :class:`BadInput` names the first bad one."""
@@ -108,6 +120,16 @@ class ModelCard:
         for field in ("robench_version", "notes"):
             if not isinstance(getattr(self, field), str):
                 raise bad(field, "a string")
+        if self.tag is not None:
+            try:
+                tag = check_tag(self.tag)
+            except BadInput as e:
+                raise BadInput(f"{where}: {e}") from None
+            if tag is None:
+                raise bad("tag", "null for the seed-0 checkpoint (s0 is the untagged name)")
+        seed, named = self.training.get("seed"), tag_seed(self.tag)
+        if self.tag is not None and named is not None and seed is not None and seed != named:
+            raise BadInput(f"{where}: tag {self.tag} names training seed {named} but training.seed is {seed!r}")
         acc = self.metrics.get("test_acc")
         if acc is not None and not (_number(acc) and 0 <= acc <= 1):
             raise BadInput(f"{where}: metrics.test_acc must be a number in [0, 1], got {acc!r}")
@@ -146,9 +168,44 @@ def robench_version() -> str:
         return "unknown"
 
 
-def zoo_stem(name: str, lam: float | None) -> str:
-    """File stem of a zoo entry: ``inresnet20`` (learned λ) or ``inresnet20__lam0.25`` (fixed)."""
-    return name if lam is None else f"{name}__lam{float(lam):g}"
+def zoo_stem(name: str, lam: float | None, tag: str | None = None) -> str:
+    """File stem of a zoo entry: ``inresnet20`` (learned λ), ``inresnet20__lam0.25`` (fixed), plus
+    ``.<tag>`` for a tagged variant (``inresnet20__lam0.5.s2``, ``resnet20.s1``). ``name`` may carry
+    its tag itself (``resnet20.s1``, a table's model column); ``s0`` is the untagged name."""
+    base, own = split_tag(name)
+    if own is not None:
+        if tag is not None and check_tag(tag) != check_tag(own):
+            raise BadInput(f"model {name!r} carries tag {own!r} but tag {tag!r} was given")
+        tag = own
+    tag = check_tag(tag)
+    stem = base if lam is None else f"{base}__lam{float(lam):g}"
+    return stem if tag is None else f"{stem}.{tag}"
+
+
+def train_command(name: str, lam: float | None) -> str:
+    """The ``robench train`` command that makes the checkpoint of a (tagged) model name and λ: a seed tag
+    ``sN`` is ``--seed N`` (train tags seed N with sN), any other tag ``--tag``."""
+    base, tag = split_tag(name)
+    tag = check_tag(tag)
+    seed = tag_seed(tag)
+    return (f"robench train --model {base}" + ("" if lam is None else f" --lam {float(lam):g}")
+            + ("" if tag is None else f" --seed {seed}" if seed is not None else f" --tag {tag}"))
+
+
+def missing_weights_message(pairs: list[tuple[str, float | None]]) -> str:
+    """The one line for (model, λ) pairs without trained weights: what is missing, the checkpoints that
+    do exist of those models and λ (their tags), and the ``robench train`` command of each."""
+    stems = [zoo_stem(m, lam) for m, lam in pairs]
+    have = []
+    for m, lam in dict.fromkeys((split_tag(m)[0], lam) for m, lam in pairs):
+        found = sorted({r.card.model for r in available(m) if r.name == m and r.lam == lam},
+                       key=lambda x: (x != m, natural_key(x)))
+        if found:
+            at = "" if lam is None else f" at λ={float(lam):g}"
+            have.append(f"{m}{at} has {', '.join(found)}")
+    cmds = ", ".join(f"`{train_command(m, lam)}`" for m, lam in pairs)
+    return (f"no trained weights for {', '.join(stems)} in the zoo ({' or '.join(str(d) for d in zoo_dirs())})"
+            + (f"; {'; '.join(have)}" if have else "") + f"; train {'it' if len(pairs) == 1 else 'them'} with {cmds}")
 
 
 def user_zoo() -> Path:
@@ -165,9 +222,9 @@ def _zoo_roots() -> list[tuple[str, Path]]:
     return [("user", user_zoo()), ("shipped", SHIPPED_ZOO)]
 
 
-def shipped_path(name: str, lam: float | None) -> Path | None:
-    """The shipped weights of that model and λ, or None (``robench train`` warns before shadowing them)."""
-    p = SHIPPED_ZOO / (zoo_stem(name, lam) + ".json")
+def shipped_path(name: str, lam: float | None, tag: str | None = None) -> Path | None:
+    """The shipped weights of that model, λ and tag, or None (``robench train`` warns before shadowing them)."""
+    p = SHIPPED_ZOO / (zoo_stem(name, lam, tag) + ".json")
     return p.with_suffix(".safetensors") if os.path.lexists(p) else None
 
 
@@ -191,9 +248,8 @@ def _locate(name_or_path: str | os.PathLike, *, lam: float | None = None) -> _Lo
         root = stem.parent
         origin = next((o for o, r in _zoo_roots() if root.resolve() == r.resolve()), "file")
         return _Location(stem, root, origin)
-    name = str(name_or_path)
-    check_model_name(name)
-    file_stem = zoo_stem(name, lam)
+    name, tag = parse_model_name(str(name_or_path))
+    file_stem = zoo_stem(name, lam, tag)
     if not _SAFE_STEM.match(file_stem):
         raise BadInput(f"invalid checkpoint name {file_stem!r}")
     for origin, root in _zoo_roots():
@@ -203,7 +259,7 @@ def _locate(name_or_path: str | os.PathLike, *, lam: float | None = None) -> _Lo
 
 
 def resolve(name_or_path: str | os.PathLike, *, lam: float | None = None) -> Path | None:
-    """The stem of the checkpoint for a model name (+λ) or a path; None when no weights exist."""
+    """The stem of the checkpoint for a model name (tagged or not, +λ) or a path; None when no weights exist."""
     loc = _locate(name_or_path, lam=lam)
     return None if loc is None else loc.stem
 
@@ -290,8 +346,8 @@ def _card_for(model: "nn.Module", card: ModelCard | dict | None, name: str) -> M
         damping=model.damping() if hasattr(model, "damping") else [],
     )
     extra = dataclasses.asdict(card) if isinstance(card, ModelCard) else dict(card or {})
-    for key in ("name", "scheme", "lam", "num_classes", "normalisation", "damping"):
-        extra.pop(key, None)  # the model itself is the authority on these
+    for key in ("name", "scheme", "lam", "num_classes", "normalisation", "damping", "tag"):
+        extra.pop(key, None)  # the model itself is the authority on these; save's tag= on the tag
     return ModelCard(**{**base, **extra})
 
 
@@ -302,26 +358,46 @@ def _card_name(card: ModelCard | dict | None) -> str | None:
 
 
 def save(model: "nn.Module", path: str | os.PathLike, card: ModelCard | dict | None = None, *,
-         name: str | None = None) -> ModelCard:
+         name: str | None = None, tag: str | None = None) -> ModelCard:
     """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the card written.
 
     ``name`` is the registered model name the weights are for (default: ``card["name"]``, else the
     model part of a zoo stem such as ``inresnet20__lam0.5``); the model's scheme must be that name's
-    registered scheme. ``path`` may name either file or the stem.
+    registered scheme. ``tag`` names a trained variant (``s1`` for training seed 1, see
+    :func:`model_zoo.seed_tag`; None or ``s0``: the untagged, seed-0 checkpoint); it goes on the card
+    and into the weights' header. A zoo entry's stem is :func:`zoo_stem` ``(name, lam, tag)``, e.g.
+    ``inresnet20__lam0.5.s2``; a ``path`` whose file name is a zoo stem of this model must be exactly
+    that one. A card's ``training.seed`` other than 0 needs its seed tag (or another tag), since the
+    untagged name is the seed-0 checkpoint. ``path`` may name either file or the stem.
     """
     from safetensors.torch import save_file
 
     stem = Path(path)
     if stem.suffix in (".safetensors", ".json"):
         stem = stem.with_suffix("")
-    from_stem = stem.name.split("__lam")[0]
+    from_stem = split_tag(stem.name)[0].split("__lam")[0]
     name = name or _card_name(card) or (from_stem if is_model(from_stem) else None)
     if not name:
         raise BadInput("model_zoo.save needs the registered model name: pass name=... (or a card with a name, "
                        "or a zoo stem such as resnet20 / inresnet20__lam0.5)")
     check_model_name(name)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    given = card.tag if isinstance(card, ModelCard) else (card or {}).get("tag")
+    if given is not None and tag is not None and check_tag(given) != check_tag(tag):
+        raise BadInput(f"model_zoo.save: the card says tag {given!r} but tag={tag!r} was given")
+    tag = check_tag(tag if tag is not None else given)
     card = _card_for(model, card, name)
+    card.tag = tag
+    if from_stem == name:  # a zoo stem of this model: the file name must say its λ and tag
+        want = zoo_stem(name, card.lam, tag)
+        if stem.name != want:
+            raise BadInput(f"model_zoo.save: the file name {stem.name} does not match the checkpoint {name}"
+                           + ("" if card.lam is None else f" at λ={card.lam:g}") + f" with tag {tag or 'none'} "
+                           f"(its zoo stem is {want}; pass the matching tag=, or save to {stem.parent / want})")
+    seed = card.training.get("seed")
+    if tag is None and isinstance(seed, int) and not isinstance(seed, bool) and seed != 0:
+        raise BadInput(f"model_zoo.save: {name} was trained with seed {seed} but has no tag; the untagged name is "
+                       f"the seed-0 checkpoint, so pass tag='s{seed}' (model_zoo.seed_tag({seed}))")
+    stem.parent.mkdir(parents=True, exist_ok=True)
     _check_card_against_registry(dataclasses.replace(card, weights_sha256="0" * 64).validate(f"card for {name}"), name)
     card.robench_version = robench_version()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -405,17 +481,17 @@ def _check_finite(state: dict, weights: Path) -> None:
 def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> ZooEntry:
     """Verify and load a checkpoint; returns the model (eval mode) with its card and origin.
 
-    Raises :class:`BadInput` when no trained weights exist or any check of the module docstring fails.
+    ``name_or_path``: a registered model name, tagged or not (``resnet20``, ``resnet20.s1``; with
+    ``lam`` for a fixed-λ entry), or the path of a checkpoint. Raises :class:`BadInput` when no
+    trained weights exist (naming the tags that do) or any check of the module docstring fails.
     """
     loc = _locate(name_or_path, lam=lam)
     if loc is None:
-        hint = f"robench train --model {name_or_path}" + ("" if lam is None else f" --lam {lam:g}")
-        raise BadInput(f"no trained weights for {zoo_stem(str(name_or_path), lam)} in "
-                       f"{' or '.join(str(d) for d in zoo_dirs())}; train them with `{hint}`")
+        raise BadInput(missing_weights_message([(str(name_or_path), lam)]))
     card, card_path = _read_card(loc)
-    if loc.origin != "file" and zoo_stem(card.name, card.lam) != loc.stem.name:
-        raise BadInput(f"{card_path}: the card is for {zoo_stem(card.name, card.lam)}, not {loc.stem.name}; "
-                       "a zoo entry's file name must match its card")
+    if loc.origin != "file" and zoo_stem(card.name, card.lam, card.tag) != loc.stem.name:
+        raise BadInput(f"{card_path}: the card is for {zoo_stem(card.name, card.lam, card.tag)}, not "
+                       f"{loc.stem.name}; a zoo entry's file name must match its card")
     weights_link = loc.stem.parent / (loc.stem.name + ".safetensors")
     if not os.path.lexists(weights_link):
         raise BadInput(f"weights file {weights_link} is missing")
@@ -478,6 +554,15 @@ class ZooRecord:
         return self.card.lam
 
     @property
+    def tag(self) -> str | None:
+        return self.card.tag
+
+    @property
+    def model(self) -> str:
+        """The tagged name (``resnet20.s1``): what a table's ``model`` column carries."""
+        return self.card.model
+
+    @property
     def weights_sha256(self) -> str:
         return self.card.weights_sha256
 
@@ -491,9 +576,15 @@ class ZooProblem:
     problem: str
 
 
+def _matches(name: str, tag: str | None, pattern: str) -> bool:
+    """A checkpoint matches a pattern by its model name (every tag of it) or by its tagged name."""
+    return fnmatch.fnmatchcase(name, pattern) or (tag is not None and fnmatch.fnmatchcase(f"{name}.{tag}", pattern))
+
+
 def scan_zoo(pattern: str = "*", *, origin: str | None = None) -> tuple[list[ZooRecord], list[ZooProblem]]:
     """Every checkpoint in the zoo directories, user zoo first (a user entry hides the shipped one of
-    the same stem), and the cards that could not be used, with the one-line reason."""
+    the same stem), and the cards that could not be used, with the one-line reason. ``pattern``
+    matches the model name (``resnet20``: all its tags) or the tagged name (``*.s1``)."""
     if origin is not None and origin not in ("user", "shipped"):
         raise BadInput(f"unknown zoo origin {origin!r}; valid choices: user, shipped")
     seen: dict[str, ZooRecord] = {}
@@ -507,17 +598,19 @@ def scan_zoo(pattern: str = "*", *, origin: str | None = None) -> tuple[list[Zoo
                 card_path = regular_file_inside(card_link, root, "model card")
                 card = ModelCard.from_file(card_path)
                 _check_card_against_registry(card, str(card_link))
-                if card_link.stem != zoo_stem(card.name, card.lam):
+                if card_link.stem != zoo_stem(card.name, card.lam, card.tag):
                     raise BadInput(f"{card_link}: its file name does not match the card "
-                                   f"(expected {zoo_stem(card.name, card.lam)}.json)")
+                                   f"(expected {zoo_stem(card.name, card.lam, card.tag)}.json)")
                 weights = stem.parent / (stem.name + ".safetensors")
                 regular_file_inside(weights, root, "weights file")
             except BadInput as e:
-                if fnmatch.fnmatchcase(card_link.stem.split("__lam")[0], pattern):
+                base, tag = split_tag(card_link.stem)
+                base = base.split("__lam")[0]
+                if _matches(base, tag, pattern):
                     problems.append(ZooProblem(where, card_link, str(e)))
                 continue
-            key = zoo_stem(card.name, card.lam)
-            if fnmatch.fnmatchcase(card.name, pattern) and key not in seen:
+            key = zoo_stem(card.name, card.lam, card.tag)
+            if _matches(card.name, card.tag, pattern) and key not in seen:
                 seen[key] = ZooRecord(card=card, origin=where, path=weights, card_path=card_link)
     return list(seen.values()), problems
 

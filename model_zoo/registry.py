@@ -44,6 +44,9 @@ _MODELS: dict[str, ModelEntry] = {}
 def _add(entry: ModelEntry) -> None:
     if entry.name in _MODELS:
         raise ValueError(f"model {entry.name!r} is already registered")
+    if not isinstance(entry.name, str) or not entry.name or "." in entry.name or "@" in entry.name:
+        raise ValueError(f"model name {entry.name!r} must be non-empty without '.' or '@' "
+                         "(they write a tag and a λ: inresnet20@0.5.s2)")
     if entry.scheme is not None:
         get_scheme(entry.scheme)
     _MODELS[entry.name] = entry
@@ -85,6 +88,9 @@ def natural_key(name: str) -> tuple:
 
 
 _TAG = re.compile(r"^(?P<base>.+)\.(?P<tag>[A-Za-z][A-Za-z0-9_]*)$")
+_TAG_ONLY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_SEED_TAG = re.compile(r"s(\d+)")
+MAX_TAG_LENGTH = 64
 
 
 def split_tag(name: str) -> tuple[str, str | None]:
@@ -93,6 +99,77 @@ def split_tag(name: str) -> tuple[str, str | None]:
     digit is not a tag, so a number inside a name (``"x@0.5"``) is never split."""
     m = _TAG.match(str(name))
     return (m.group("base"), m.group("tag")) if m else (str(name), None)
+
+
+def check_tag(tag: str | None) -> str | None:
+    """A valid tag in its one spelling, or None for the untagged (seed-0) checkpoint.
+
+    A tag is letters, digits and ``_``, starting with a letter, at most :data:`MAX_TAG_LENGTH`
+    characters (a safe part of a file name). ``sN`` is the seed tag of training seed N (no leading
+    zeros); ``s0`` is an alias of the untagged name, so it is normalised to None and tables have one
+    spelling. Anything else is :class:`BadInput` with one line."""
+    if tag is None:
+        return None
+    if not isinstance(tag, str) or not _TAG_ONLY.fullmatch(tag) or len(tag) > MAX_TAG_LENGTH:
+        raise BadInput(f"malformed tag {tag!r}; a tag is letters, digits and _, starting with a letter, at most "
+                       f"{MAX_TAG_LENGTH} characters, e.g. s1 (training seed 1) as in resnet20.s1")
+    m = _SEED_TAG.fullmatch(tag)
+    if m and str(int(m.group(1))) != m.group(1):
+        raise BadInput(f"malformed seed tag {tag!r}; write the seed without leading zeros: s{int(m.group(1))}")
+    return None if tag == "s0" else tag
+
+
+def seed_tag(seed: int) -> str | None:
+    """The tag of a checkpoint trained with ``seed``: None for seed 0 (the untagged name), else ``s<seed>``."""
+    return None if int(seed) == 0 else f"s{int(seed)}"
+
+
+def tag_seed(tag: str | None) -> int | None:
+    """The training seed a tag names: 0 for the untagged name, N for ``sN``, None for other tags."""
+    if tag is None:
+        return 0
+    m = _SEED_TAG.fullmatch(tag)
+    return int(m.group(1)) if m else None
+
+
+def train_tag(seed: int, tag: str | None = None) -> str | None:
+    """The tag a training run with ``seed`` exports under: ``tag`` when given (checked), else the seed's
+    own (:func:`seed_tag`: none for seed 0, ``s<seed>`` otherwise). A seed tag must name that seed, so
+    ``resnet20.s1`` is always training seed 1 and the untagged name always seed 0."""
+    if tag is None:
+        return seed_tag(seed)
+    t = check_tag(tag)
+    named = tag_seed(t)
+    if named is not None and named != int(seed):
+        own = seed_tag(seed)
+        raise BadInput(f"tag {tag} names training seed {named} but the seed is {seed}; drop --tag (seed {seed} is "
+                       + (f"tagged {own})" if own else "the untagged name)") + f" or train with --seed {named}")
+    return t
+
+
+def join_tag(name: str, tag: str | None) -> str:
+    """``("resnet20", "s1")`` → ``"resnet20.s1"``; an untagged (or ``s0``) name stays as it is."""
+    tag = check_tag(tag)
+    return name if tag is None else f"{name}.{tag}"
+
+
+def parse_model_name(name: str) -> tuple[str, str | None]:
+    """A model name with an optional tag → (registered name, tag in its one spelling, None when
+    untagged or ``s0``); :class:`BadInput` for an unknown model or a malformed tag."""
+    if not isinstance(name, str) or not name:
+        raise BadInput(f"model names must be non-empty text, got {name!r}")
+    base, tag = split_tag(name)
+    if tag is None and "." in name:
+        head, _, tail = name.rpartition(".")
+        if is_model(head):
+            check_tag(tail)  # raises: the tail is not a tag
+    check_model_name(base)
+    return base, check_tag(tag)
+
+
+def canonical_name(name: str) -> str:
+    """A tagged model name in its one spelling (``resnet20.s0`` → ``resnet20``), checked."""
+    return join_tag(*parse_model_name(name))
 
 
 def is_model(name: str) -> bool:
@@ -134,9 +211,18 @@ class ModelInfo:
     update: str
 
 
-@functools.lru_cache(maxsize=None)
 def model_info(name: str) -> ModelInfo:
-    """Metadata of a registered model, from its registry entry (no build, no torch) where declared."""
+    """Metadata of a registered model, from its registry entry (no build, no torch) where declared.
+    A tagged name (``resnet20.s1``, a table's ``model`` column) gives its architecture's metadata."""
+    base, tag = split_tag(name)
+    if tag is not None and not is_model(name):
+        check_tag(tag)
+        name = base
+    return _model_info(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _model_info(name: str) -> ModelInfo:
     e = model_entry(name)
     if e.scheme is not None and e.arch is not None:
         scheme, params = e.scheme, count_parameters(e.arch, scheme=e.scheme, num_classes=e.num_classes)

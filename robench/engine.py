@@ -69,7 +69,7 @@ def evaluate_spec(spec: EvalSpec, *, modules: Mapping[str, torch.nn.Module] | No
     store = MemoryStore()
     run_local(units(cells), cache, Inputs(data, cache.device, spec.corruption_dir), store,
               batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log)
-    return table(store.records(), planned=planned_attacks(cells), models=spec.models)
+    return table(store.records(), planned=planned_attacks(cells), models=spec.model_columns())
 
 
 def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] = (None,), attacks: Sequence[str] = (),

@@ -68,16 +68,14 @@ class ModelCache:
         self._models: dict[tuple[str, float | None], LoadedModel] = {}
 
     def check_weights(self, pairs: Sequence[tuple[str, float | None]]) -> None:
-        """Every zoo (model, λ) has trained weights; the missing ones are named together, each with
-        the command that trains it."""
-        from model_zoo.checkpoint import resolve, zoo_stem
+        """Every zoo (model, λ) has trained weights (a model may carry its tag: ``resnet20.s1``); the
+        missing ones are named together with the checkpoints that do exist of those models (their
+        tags) and the command that trains each."""
+        from model_zoo.checkpoint import missing_weights_message, resolve
 
         missing = [(m, lam) for m, lam in dict.fromkeys(pairs) if m not in self.modules and resolve(m, lam=lam) is None]
         if missing:
-            hints = ", ".join(f"`robench train --model {m}" + ("" if lam is None else f" --lam {lam:g}") + "`"
-                              for m, lam in missing)
-            raise BadInput(f"no trained weights for {', '.join(zoo_stem(m, lam) for m, lam in missing)} in the zoo; "
-                           f"train them with {hints}")
+            raise BadInput(missing_weights_message(missing))
 
     def get(self, model: str, lam: float | None) -> LoadedModel:
         key = (model, None if lam is None else float(lam))

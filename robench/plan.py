@@ -108,7 +108,9 @@ def plan_cells(spec: EvalSpec, *, n: int, dataset: str) -> list[Cell]:
     """Every cell of a validated spec at the data's real ``n`` and ``dataset``, in a fixed order:
     per model, λ and seed: clean, then each attack × ε, then each corruption × severity.
 
-    A fixed λ applies only to models whose scheme takes λ; other models get lam=None once. With a
+    The (model, λ) pairs are :meth:`EvalSpec.pairs`: a model written ``NAME@LAM`` at its own λ, a fixed
+    λ of the spec only for models whose scheme takes λ; other models get lam=None once. A cell's
+    ``model`` is the table's model column, tag included (``resnet20.s1``). With a
     ``corruption_dir`` the corruption cells read CIFAR-10-C (dataset "cifar10c"). An attack's backend
     is resolved here (its default when the spec has none), so keys match rows."""
     from robench.attacks import make_attack
@@ -121,26 +123,18 @@ def plan_cells(spec: EvalSpec, *, n: int, dataset: str) -> list[Cell]:
     corruption_specs = [(c, s) for c in spec.corruptions for s in (spec.severities or ())]
     c_dataset = "cifar10c" if spec.corruption_dir is not None else dataset
     cells: list[Cell] = []
-    for m in spec.models:
-        takes = m not in spec.modules and any(v is not None for v in spec.lams) and _takes_lam(m)
-        for lam in (spec.lams if takes else [None]):
-            for seed in spec.seeds:
-                common = dict(model=m, lam=lam, seed=seed, n=n)
-                cells.append(Cell(kind="clean", perturbation="none", backend=None, eps=None, severity=None,
-                                  dataset=dataset, **common))
-                for a, b, e, params in attack_specs:
-                    cells.append(Cell(kind="attack", perturbation=a, backend=b, eps=e, severity=None,
-                                      dataset=dataset, params=params, **common))
-                for c, s in corruption_specs:
-                    cells.append(Cell(kind="corruption", perturbation=c, backend=None, eps=None, severity=s,
-                                      dataset=c_dataset, **common))
+    for m, lam in spec.pairs():
+        for seed in spec.seeds:
+            common = dict(model=m, lam=lam, seed=seed, n=n)
+            cells.append(Cell(kind="clean", perturbation="none", backend=None, eps=None, severity=None,
+                              dataset=dataset, **common))
+            for a, b, e, params in attack_specs:
+                cells.append(Cell(kind="attack", perturbation=a, backend=b, eps=e, severity=None,
+                                  dataset=dataset, params=params, **common))
+            for c, s in corruption_specs:
+                cells.append(Cell(kind="corruption", perturbation=c, backend=None, eps=None, severity=s,
+                                  dataset=c_dataset, **common))
     return cells
-
-
-def _takes_lam(model: str) -> bool:
-    import model_zoo
-
-    return model_zoo.model_info(model).takes_lam
 
 
 def planned_attacks(cells: list[Cell]) -> dict[tuple, set[str]]:

@@ -210,11 +210,9 @@ def format_report(rep: Report, *, show_all: bool = True) -> str:
 
 
 def _pairs(config) -> list[tuple[str, float | None]]:
-    """The (model, λ) pairs a sweep config evaluates: its λ list for models that take λ, else None once."""
-    import model_zoo
-
-    return [(m, lam) for m in config.models
-            for lam in (list(dict.fromkeys(config.lams)) if model_zoo.model_info(m).takes_lam else [None])]
+    """The (model, λ) pairs a sweep config evaluates (:meth:`robench.spec.EvalSpec.pairs`; a model
+    carries its tag, ``resnet20.s1``)."""
+    return config.pairs()
 
 
 def update_baseline(baseline: str | os.PathLike, configs: Sequence[str | os.PathLike], *,

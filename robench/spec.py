@@ -73,6 +73,74 @@ def parse_eps(value: Any) -> float:
     return v
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """A zoo model as the CLI and configs write it: ``NAME[@LAM][.TAG]`` (``resnet20``, ``resnet20.s1``,
+    ``inresnet20@0.5``, ``inresnet20@0.5.s2``, ``inresnet20@learned.s2``).
+
+    ``name``: the registered model; ``tag``: the trained variant in its one spelling (None for the
+    untagged, seed-0 checkpoint; ``s0`` is its alias); ``lam``/``fixes_lam``: the λ written in the name
+    (``@LAM``), which replaces the spec's ``lams`` for this model."""
+
+    name: str
+    tag: str | None = None
+    lam: float | None = None
+    fixes_lam: bool = False
+
+    @property
+    def model(self) -> str:
+        """The table's ``model`` column: the registered name with its tag (``inresnet20.s2``)."""
+        from model_zoo.registry import join_tag
+
+        return join_tag(self.name, self.tag)
+
+    def text(self) -> str:
+        """The one spelling (what a validated spec holds): λ written so that it reads back exactly."""
+        lam = ""
+        if self.fixes_lam:
+            lam = "@learned" if self.lam is None else "@" + (f"{self.lam:g}" if float(f"{self.lam:g}") == self.lam
+                                                             else repr(self.lam))
+        return self.name + lam + ("" if self.tag is None else f".{self.tag}")
+
+
+def parse_model_ref(text: Any) -> ModelRef:
+    """``NAME[@LAM][.TAG]`` → :class:`ModelRef`, the name checked against the registry, the tag and λ
+    validated; one line naming the problem otherwise."""
+    from model_zoo.registry import check_model_name, check_tag, parse_model_name, split_tag
+
+    if not isinstance(text, str) or not text.strip():
+        raise BadInput(f"models must be names, got {text!r}")
+    t = text.strip()
+    base, tag = split_tag(t)
+    name, at, lam_text = base.partition("@")
+    if not at:
+        name, tag = parse_model_name(t)
+        return ModelRef(name, tag)
+    if "@" in lam_text or not name:
+        raise BadInput(f"malformed model {t!r}; write NAME, NAME.TAG, NAME@LAM or NAME@LAM.TAG such as "
+                       "inresnet20@0.5.s2")
+    if "." in name and split_tag(name)[1] is not None:
+        raise BadInput(f"malformed model {t!r}: write the λ before the tag, {split_tag(name)[0]}@{lam_text}."
+                       f"{split_tag(name)[1]}")
+    check_model_name(name)
+    tag = check_tag(tag)
+    if lam_text.strip().lower() in ("", "learned", "none"):
+        return ModelRef(name, tag, None, True)
+    head, dot, tail = lam_text.rpartition(".")
+    if tag is None and dot and tail and not tail[0].isdigit():
+        check_tag(tail)  # NAME@LAM.TAG with a malformed tag: say so (raises)
+    try:
+        lam = parse_number(lam_text, "λ")
+    except BadInput as e:
+        raise BadInput(f"{e} (in the model {t!r})") from None
+    if not 0.0 <= lam <= 1.0:
+        raise BadInput(f"λ in the model {t!r} must be in [0, 1] or 'learned', e.g. inresnet20@0.5.s2")
+    if not _takes_lam(name):
+        raise BadInput(f"λ={lam:g} in {t!r} does not apply to {name} (scheme {_scheme(name)}); a fixed λ applies "
+                       "to damped and lambda_damped models such as inresnet20@0.5")
+    return ModelRef(name, tag, lam, True)
+
+
 def parse_int(value: Any, what: str, lo: int) -> int:
     """A whole number ≥ ``lo`` (text such as ``"3"`` or an int; never a bool or a fraction)."""
     if isinstance(value, bool):
@@ -202,21 +270,26 @@ class EvalSpec:
         if not models:
             raise BadInput("no model given; name at least one (see `robench zoo list`)")
         modules = set(texts(self.modules, "module names"))
-        zoo_models = [m for m in models if m not in modules]
-        if zoo_models:
-            from model_zoo.registry import check_model_name
+        refs: dict[str, ModelRef] = {}
+        if any(m not in modules for m in models):
             from robench.plugins import load_plugins
 
             load_plugins()
-            for m in zoo_models:
-                check_model_name(m)
+            refs = {m: parse_model_ref(m) for m in models if m not in modules}
+        models = list(dict.fromkeys(m if m in modules else refs[m].text() for m in models))
+        refs = {r.text(): r for r in refs.values()}
 
         lams = list(dict.fromkeys(parse_lam(v) for v in (self.lams or (None,))))
         fixed = [v for v in lams if v is not None]
         if fixed:
-            takes = [m for m in zoo_models if _takes_lam(m)]
+            takes = [r for r in refs.values() if not r.fixes_lam and _takes_lam(r.name)]
             if not takes:
-                schemes = sorted({_scheme(m) for m in zoo_models}) or ["a module"]
+                own = [m for m, r in refs.items() if r.fixes_lam and _takes_lam(r.name)]
+                if own:
+                    raise BadInput(f"λ={fixed[0]:g} (--lam / lams) conflicts with {', '.join(own)}, which "
+                                   f"{'fixes its own' if len(own) == 1 else 'fix their own'} λ; drop --lam, or name "
+                                   "the model without @LAM to evaluate it at the --lam values")
+                schemes = sorted({_scheme(r.name) for r in refs.values()}) or ["a module"]
                 raise BadInput(f"λ={fixed[0]:g} does not apply to {', '.join(models)} (scheme {', '.join(schemes)}); "
                                "a fixed λ applies to damped and lambda_damped models such as inresnet20 or "
                                "lambda_inresnet20")
@@ -305,6 +378,29 @@ class EvalSpec:
                                    corruptions=tuple(corruptions),
                                    severities=tuple(severities) if corruptions else None, seeds=tuple(seeds),
                                    n=n, batch_size=batch_size, threads=threads)
+
+    def pairs(self) -> list[tuple[str, float | None]]:
+        """The (model column, λ) pairs the grid evaluates, in order, each once: a model written
+        ``NAME@LAM`` at its own λ; one whose scheme takes λ at each of ``lams``; any other at None."""
+        from robench.plugins import load_plugins
+
+        if any(m not in self.modules for m in self.models):
+            load_plugins()
+        lams = list(dict.fromkeys(parse_lam(v) for v in (self.lams or (None,))))
+        fixed = any(v is not None for v in lams)
+        out = []
+        for m in self.models:
+            if m in self.modules:
+                out.append((m, None))
+                continue
+            ref = parse_model_ref(m)
+            for lam in ([ref.lam] if ref.fixes_lam else lams if fixed and _takes_lam(ref.name) else [None]):
+                out.append((ref.model, lam))
+        return list(dict.fromkeys(out))
+
+    def model_columns(self) -> list[str]:
+        """The ``model`` column values of the grid, in order (row order of its table)."""
+        return list(dict.fromkeys(m for m, _ in self.pairs()))
 
     def to_dict(self) -> dict:
         """JSON-able form (the config a sweep records in its sweep.json)."""

@@ -132,7 +132,17 @@ def merge(out: str | os.PathLike) -> pd.DataFrame:
     if not records:
         raise BadInput(f"sweep folder {out} has no finished cells yet")
     models = (meta.get("config") or {}).get("models") or []
-    return table(records, planned=planned_from_meta(meta), models=[str(m) for m in models])
+    return table(records, planned=planned_from_meta(meta), models=[_model_column(str(m)) for m in models])
+
+
+def _model_column(ref: str) -> str:
+    """A config's model (``inresnet20@0.5.s2``) → its table model column (``inresnet20.s2``), for row order."""
+    from robench.spec import parse_model_ref
+
+    try:
+        return parse_model_ref(ref).model
+    except BadInput:  # a model no longer registered (or a module name): order it by its text
+        return ref
 
 
 def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None = None,

@@ -133,25 +133,28 @@ def _metrics_csv(path: Path, history: list[dict]) -> None:
 
 
 def check_outputs(model_name: str, lam: float | None, run_dir: str | os.PathLike,
-                  out: str | os.PathLike | None, *, resume: bool = False, force: bool = False) -> list[str]:
-    """Refuse (BadInput) to replace an existing run folder (unless resuming it) or zoo entry without
-    ``force``; returns notes for the user (the output will shadow a shipped checkpoint)."""
+                  out: str | os.PathLike | None, *, resume: bool = False, force: bool = False,
+                  tag: str | None = None) -> list[str]:
+    """Refuse (BadInput) to replace an existing run folder (unless resuming it) or zoo entry (of that
+    model, λ and tag) without ``force``; returns notes for the user (the output will shadow a shipped
+    checkpoint)."""
     run_dir = Path(run_dir)
     if not resume and not force and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise BadInput(f"run folder {run_dir} already exists; pass --resume to continue that run or --force "
                        "to replace it")
     notes = []
     if out is not None:
-        stem = Path(out) / zoo_stem(model_name, lam)
+        stem = Path(out) / zoo_stem(model_name, lam, tag)
         existing = [p for p in (stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors"))
                     if os.path.lexists(p)]
         if existing and not force:
             raise BadInput(f"{existing[0]} already exists; pass --force to replace that zoo entry "
                            "(or --out DIR to write elsewhere)")
-        shipped = shipped_path(model_name, lam)
+        shipped = shipped_path(model_name, lam, tag)
         if shipped is not None and Path(out).resolve() == user_zoo().resolve():
-            notes.append(f"note: the new {zoo_stem(model_name, lam)} in the user zoo ({out}) will shadow the shipped "
-                         f"{shipped}: the user zoo wins lookups, so `robench eval --model {model_name}` will use "
+            notes.append(f"note: the new {zoo_stem(model_name, lam, tag)} in the user zoo ({out}) will shadow the "
+                         f"shipped {shipped}: the user zoo wins lookups, so `robench eval --model "
+                         f"{model_zoo.join_tag(model_name, tag)}` will use "
                          "the new weights; delete them to use the shipped ones again")
     return notes
 
@@ -170,6 +173,7 @@ def train(
     amp: bool = False,
     compile: bool = False,
     seed: int = 0,
+    tag: str | None = None,
     run_dir: str | os.PathLike,
     resume: bool = False,
     out: str | os.PathLike | None = None,
@@ -182,7 +186,9 @@ def train(
     """Train ``model_name`` and return the run summary (history, final accuracy, card path when ``out``).
 
     ``run_dir`` holds the epoch checkpoint and ``metrics.csv``; ``out`` is the zoo directory the
-    final weights and card go to. ``stop_after_epoch`` ends the run early (for tests of resume). An
+    final weights and card go to, as ``NAME[__lamλ][.TAG]`` with ``tag`` by default the seed's
+    (:func:`model_zoo.train_tag`: none for seed 0, ``s<seed>`` otherwise). ``stop_after_epoch`` ends the
+    run early (for tests of resume). An
     existing run folder (unless ``resume``) or zoo entry is replaced only with ``force``.
     """
     if recipe not in RECIPES:
@@ -198,7 +204,8 @@ def train(
         raise BadInput("device cuda was asked for but torch sees no CUDA device; valid choices here: cpu")
     dev = torch.device(device)
     run_dir = Path(run_dir)
-    for note in check_outputs(model_name, lam, run_dir, out, resume=resume, force=force):
+    tag = model_zoo.train_tag(seed, tag)
+    for note in check_outputs(model_name, lam, run_dir, out, resume=resume, force=force, tag=tag):
         log(note)
     config = dict(model=model_name, lam=lam, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=rec.lr,
                   seed=seed, amp=bool(amp), num_classes=train_set.num_classes, n_train=len(train_set), data_sha256=test_set.sha256)
@@ -292,8 +299,8 @@ def train(
                           wall_seconds=round(wall, 1), torch=torch.__version__),
             metrics=dict(test_acc=final_acc, n_test=len(test_set)),
         )
-        path = Path(out) / zoo_stem(model_name, lam)
-        model_zoo.save(result["model"].cpu(), path, card, name=model_name)
+        path = Path(out) / zoo_stem(model_name, lam, tag)
+        model_zoo.save(result["model"].cpu(), path, card, name=model_name, tag=tag)
         result["card_path"] = str(path) + ".json"
         log(f"saved {path}.safetensors (test accuracy {final_acc:.4f})")
     return result

@@ -30,19 +30,25 @@ def format_rows(rows: list[dict]) -> str:
 
 def zoo_rows(pattern: str = "*", records: list | None = None) -> list[dict]:
     """One row per registered model matching ``pattern`` and per checkpoint of it (``records``:
-    what :func:`model_zoo.available` returns, by default read now)."""
+    what :func:`model_zoo.available` returns, by default read now). A checkpoint's ``model`` is its
+    tagged name (``resnet20.s1``); ``pattern`` matches a model name (all its checkpoints) or a tagged
+    name (``*.s1``)."""
+    from model_zoo.registry import natural_key
+
     trained: dict[str, list] = {}
     for rec in model_zoo.available(pattern) if records is None else records:
         trained.setdefault(rec.name, []).append(rec)
+    names = set(model_zoo.list_models(pattern)) | set(trained)
     rows = []
-    for name in model_zoo.list_models(pattern):
+    for name in sorted(names, key=natural_key):
         info = model_zoo.model_info(name)
-        recs = sorted(trained.get(name, []), key=lambda r: (r.lam is not None, r.lam or 0.0))
+        recs = sorted(trained.get(name, []), key=lambda r: (r.lam is not None, r.lam or 0.0, r.tag is not None,
+                                                            natural_key(r.tag or "")))
         base = dict(model=name, params_M=round(info.params / 1e6, 3), scheme=info.scheme)
         if not recs:
             rows.append(base | dict(lam="learned" if info.learned else "-", weights="-", test_acc=math.nan))
         for r in recs:
             lam = "learned" if r.lam is None and info.learned else ("-" if r.lam is None else f"{r.lam:g}")
             acc = r.card.metrics.get("test_acc", math.nan)
-            rows.append(base | dict(lam=lam, weights=f"{r.origin}: {r.path.parent}", test_acc=acc))
+            rows.append(base | dict(model=r.model, lam=lam, weights=f"{r.origin}: {r.path.parent}", test_acc=acc))
     return rows

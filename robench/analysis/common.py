@@ -37,12 +37,18 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, text: str) -> "ModelSpec":
-        """``resnet20`` or ``inresnet20@0.5`` (a fixed λ) or ``inresnet20@learned``."""
+        """``resnet20``, ``inresnet20@0.5`` (a fixed λ), ``inresnet20@learned``, with a tag after it
+        (``resnet20.s1``, ``inresnet20@0.5.s2``): :func:`robench.spec.parse_model_ref`'s spelling; or
+        the path of a checkpoint (``PATH`` or ``PATH@LAM``)."""
         from fractions import Fraction
 
-        name, _, lam = str(text).strip().partition("@")
-        if not name:
-            raise BadInput(f"empty model name in {text!r}; write NAME or NAME@LAM such as inresnet20@0.5")
+        from robench.spec import parse_model_ref
+
+        text = str(text).strip()
+        name, _, lam = text.partition("@")
+        if not (os.sep in name or name.endswith((".safetensors", ".json")) or os.path.lexists(name)):
+            ref = parse_model_ref(text)
+            return cls(ref.model, ref.lam)
         if lam in ("", "learned", "none"):
             return cls(name, None)
         try:

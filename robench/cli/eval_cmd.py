@@ -60,7 +60,8 @@ def build_spec(models, lams, attacks, eps, params, corruptions, severities, data
 
 @cli.command("eval")
 @click.option("--model", "models", multiple=True,
-              help="Registered model name (repeatable or comma list; see `robench zoo list`).")
+              help="NAME, NAME.TAG (resnet20.s1), NAME@LAM or NAME@LAM.TAG (inresnet20@0.5.s2); repeatable or "
+                   "comma list; see `robench zoo list`.")
 @click.option("--lam", "lams", multiple=True, help="'learned' or a fixed λ in [0,1] (repeatable); damped models only.")
 @click.option("--attack", "attacks", multiple=True, help="Attack name (repeatable or comma list).")
 @click.option("--eps", "eps", multiple=True, help="ε in pixel units, in (0, 1], comma list: 2/255,8/255 (default 8/255).")

@@ -11,7 +11,8 @@ from robench.spec import parse_int
 
 @cli.command("landscape")
 @click.option("--model", "models", multiple=True, required=True,
-              help="NAME or NAME@LAM (fixed λ, e.g. inresnet20@0.5); repeatable or comma list.")
+              help="NAME, NAME@LAM (fixed λ, e.g. inresnet20@0.5), with a tag NAME@LAM.TAG (inresnet20@0.5.s2); "
+                   "repeatable or comma list.")
 @click.option("--direction", "directions", multiple=True,
               help="grad_sign, pgd, random (comma list; default all three).")
 @click.option("--radius", default="16/255", show_default=True, help="Grid half-width in L∞ pixels.")

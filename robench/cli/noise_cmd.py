@@ -11,7 +11,8 @@ from robench.spec import parse_int
 
 @cli.command("noise-protocol")
 @click.option("--model", "models", multiple=True, required=True,
-              help="NAME or NAME@LAM (fixed λ, e.g. inresnet20@0.5); repeatable or comma list.")
+              help="NAME, NAME@LAM (fixed λ, e.g. inresnet20@0.5), with a tag NAME@LAM.TAG (inresnet20@0.5.s2); "
+                   "repeatable or comma list.")
 @click.option("--corruption-dir", required=True, help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy).")
 @click.option("--corruption", "corruptions", multiple=True,
               help="CIFAR-10-C file names without .npy (default: the reference's impulse, speckle, gaussian, shot noise).")

@@ -11,7 +11,8 @@ from robench.spec import parse_int
 
 @cli.command("stability")
 @click.option("--model", "models", multiple=True, required=True,
-              help="NAME or NAME@LAM (fixed λ, e.g. inresnet20@0.5); repeatable or comma list.")
+              help="NAME, NAME@LAM (fixed λ, e.g. inresnet20@0.5), with a tag NAME@LAM.TAG (inresnet20@0.5.s2); "
+                   "repeatable or comma list.")
 @click.option("--eps", default="1/255", show_default=True, help="L∞ size of the input perturbation carried through the blocks.")
 @click.option("--iters", default="20", show_default=True, help="Power iterations for the Jacobian spectral norm.")
 @data_options

@@ -30,6 +30,9 @@ def coefficient_text(model, lam: float | None) -> str:
 @click.option("--amp/--no-amp", default=False, help="bf16/fp16 autocast.")
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tag", default=None,
+              help="Tag of the checkpoint (NAME.TAG in the zoo); default: s<seed> for a seed other than 0, none for "
+                   "seed 0 (the untagged name is the seed-0 checkpoint).")
 @click.option("--out", type=click.Path(), default=None, help="Zoo directory for the final weights (default: the user zoo).")
 @click.option("--run-dir", type=click.Path(), default=None, help="Epoch checkpoints + metrics.csv (default under $ROBENCH_HOME/runs).")
 @click.option("--resume/--no-resume", default=False, help="Continue from the last epoch checkpoint in --run-dir.")
@@ -38,25 +41,30 @@ def coefficient_text(model, lam: float | None) -> str:
 @click.option("--threads", default=None,
               help="CPU threads (default: $ROBENCH_THREADS, else min(cores, 4)).")
 @click.option("--force/--no-force", default=False, help="Replace an existing run folder or zoo entry.")
-def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr, device, amp, compile_, seed, out,
-              run_dir, resume, data_label, n, threads, force) -> None:
+def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr, device, amp, compile_, seed, tag,
+              out, run_dir, resume, data_label, n, threads, force) -> None:
     """Train a zoo model on CIFAR and put the final checkpoint, with its card, into a zoo."""
     import model_zoo
     from model_zoo.checkpoint import user_zoo, zoo_stem
-    from model_zoo.registry import check_model_name
+    from model_zoo.registry import check_model_name, is_model, split_tag, train_tag
+    from robench.errors import BadInput
     from robench.data import load_cifar
     from robench.machine import resolve_threads
     from robench.train import check_outputs, train
 
+    if split_tag(model_name)[1] is not None and not is_model(model_name):
+        raise BadInput(f"--model takes the registered name ({split_tag(model_name)[0]}); the checkpoint's tag comes "
+                       f"from --seed (s1: --seed 1) or --tag")
     check_model_name(model_name)
     lam_v = parse_lam(lam)
+    tag = train_tag(seed, tag)
     n_threads = resolve_threads(threads)
     # validates λ against the model before loading data
     coeffs = coefficient_text(model_zoo.create_model(model_name, lam=lam_v), lam_v)
     out = Path(out) if out else user_zoo()
     if run_dir is None:
-        run_dir = user_zoo().parent / "runs" / f"{zoo_stem(model_name, lam_v)}-{recipe}-seed{seed}"
-    check_outputs(model_name, lam_v, run_dir, out, resume=resume, force=force)  # before reading any data
+        run_dir = user_zoo().parent / "runs" / f"{zoo_stem(model_name, lam_v, tag)}-{recipe}-seed{seed}"
+    check_outputs(model_name, lam_v, run_dir, out, resume=resume, force=force, tag=tag)  # before reading any data
     train_set = load_cifar(dataset, data_dir, "train").first(n)
     test_set = load_cifar(dataset, data_dir, "test")
     import torch
@@ -66,6 +74,6 @@ def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr
                f"{len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {device}, {n_threads} threads; "
                f"run dir {run_dir}")
     train(model_name, train_set, test_set, lam=lam_v, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
-          device=device, amp=amp, compile=compile_, seed=seed, run_dir=run_dir, resume=resume, out=out,
+          device=device, amp=amp, compile=compile_, seed=seed, tag=tag, run_dir=run_dir, resume=resume, out=out,
           data_label_text=data_label, progress=os.environ.get("ROBENCH_PROGRESS", "1") != "0", force=force,
           log=lambda m: click.echo(m, err=False))
