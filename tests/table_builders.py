@@ -51,5 +51,12 @@ def stability_row(model: str, mean: float, *, scheme: str = "euler", lam=0.0, ha
                 weights_sha256=weights or ("w" + model + str(lam)).ljust(64, "0")[:64])
 
 
-def nan() -> float:
-    return math.nan
+def stability_tables(lyapunov: list[float], worst: list[int], *, weights_differ: bool = False):
+    """Six depth-20 models with the given Lyapunov estimates and worst-case correct counts at 8/255 (N = 400)."""
+    models = [("resnet20", "euler", 0.0), ("inresnet20", "damped", 0.25), ("inresnet20", "damped", 0.5),
+              ("inresnet20", "damped", 0.75), ("inresnet20", "damped", 1.0), ("inresnet20", "damped", math.nan)]
+    ev = table([row(m, first(k, 400), scheme=s, lam=lam, kind="worst_case", perturbation="worst_case", eps=8 / 255,
+                    attacks="pgd", complete=True) for (m, s, lam), k in zip(models, worst)])
+    st = pd.DataFrame([stability_row(m, v, scheme=s, lam=lam, weights="x" * 64 if weights_differ else None)
+                       for (m, s, lam), v in zip(models, lyapunov)])
+    return ev, st
