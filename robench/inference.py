@@ -183,21 +183,21 @@ def _seed_variance(f: np.ndarray) -> float:
 
 
 def _seed_parts(sigma2: list[float | None], ks: list[int], weights: Sequence[float]) -> tuple[list, str]:
-    """Variance parts of the seed level: each model with ≥ 2 seeds its own; models with one seed the
-    pooled variance of the others (or nothing, when no model has two seeds)."""
-    parts, note = [], ""
-    own = [(s, k) for s, k in zip(sigma2, ks) if s is not None]
-    single = [w * w / k for s, k, w in zip(sigma2, ks, weights) if s is None and w != 0]
-    for s, k, w in zip(sigma2, ks, weights):
-        if s is not None and w != 0:
-            parts.append((w * w * s / k, k - 1))
-    if single and own:
-        dfp = sum(k - 1 for _, k in own)
-        pooled = sum(s * (k - 1) for s, k in own) / dfp
-        parts.append((pooled * sum(single), dfp))
-        note = "a model with one seed borrows the pooled seed variance of the others"
-    elif single:
-        note = "one seed per model: training variability not assessed"
+    """Variance parts of the seed level, one per independent estimate (a model with ≥ 2 seeds), for
+    Satterthwaite's degrees of freedom. A model with one seed borrows the pooled estimate
+    Σ_j df_j σ²_j / Σ_j df_j of the others, so its share joins their coefficients; with no model of two
+    seeds there is no seed part (training variability not assessed)."""
+    own = [j for j, s in enumerate(sigma2) if s is not None]
+    borrowed = sum(w * w / k for s, k, w in zip(sigma2, ks, weights) if s is None)
+    if not own:
+        return [], "one seed per model: training variability not assessed" if borrowed else ""
+    dfp = sum(ks[j] - 1 for j in own)
+    parts = []
+    for j in own:
+        coef = weights[j] ** 2 / ks[j] + borrowed * (ks[j] - 1) / dfp
+        if coef > 0:
+            parts.append((coef * sigma2[j], ks[j] - 1))
+    note = "a model with one seed borrows the pooled seed variance of the others" if borrowed else ""
     return parts, note
 
 

@@ -215,3 +215,18 @@ def test_cli_compare_unpaired_cells_exit_2(tmp_path, capsys):
     write_table(_pair(data="e" * 64), tmp_path / "t")
     code, _, err = _cli(capsys, "compare", tmp_path / "t.parquet", "--a", "resnet20", "--b", "inresnet20")
     assert code == 2 and "different data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_model_with_one_seed_next_to_several_borrows_their_seed_variance():
+    # B has three disagreeing seeds, A only its seed-0 checkpoint: A's training noise is unknown, so it is
+    # taken to be B's (pooled), not zero: V = var_i(T_i)/n + σ²_B/3 + σ²_B/1
+    t = _seeded_table([180, 240, 300], [200])
+    r = robench.compare(t, a="resnet20", b="inresnet20", seeds="all").iloc[0]
+    assert "borrows the pooled seed variance" in r["note"] and r["n_seeds_a"] == 1 and r["n_seeds_b"] == 3
+    fb = np.stack([first(k, 400) for k in (180, 240, 300)])
+    per_image = fb.mean(axis=0) - first(200, 400)
+    sigma2_b = inference._seed_variance(fb)
+    var = per_image.var(ddof=1) / 400 + sigma2_b / 3 + sigma2_b
+    half = (r["ci_high"] - r["ci_low"]) / 2
+    assert half == pytest.approx(stats.t.ppf(0.975, r["df"]) * math.sqrt(var), rel=1e-9)
+    assert r["df"] == pytest.approx(2.0, abs=0.1)  # the borrowed part carries B's 2 degrees of freedom
