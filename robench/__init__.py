@@ -1,7 +1,7 @@
 """robench: adversarial-robustness benchmark harness for ODE-inspired networks."""
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "evaluate", "EvalSpec", "landscape", "stability"]
+__all__ = ["__version__", "evaluate", "EvalSpec", "landscape", "stability", "compare"]
 
 
 def __getattr__(name: str):
@@ -14,6 +14,10 @@ def __getattr__(name: str):
         from robench.spec import EvalSpec
 
         return EvalSpec
+    if name == "compare":  # robench.compare(tables, a=..., b=...): lives in robench.comparison (a module named
+        from robench.comparison import compare  # `compare` would replace this function on the package when imported)
+
+        return compare
     if name in ("landscape", "stability"):  # robench.landscape(...), robench.stability(...)
         import importlib
 

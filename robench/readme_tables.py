@@ -37,11 +37,32 @@ def _corruptions() -> str:
     return corruptions_markdown()
 
 
+# The committed depth-20 tables the README's claims paragraph is computed from, and where its table lives.
+CLAIMS_SOURCES = ("results/lambda_study_depth20.parquet", "results/lambda_study_depth20_landscape.parquet",
+                  "results/lambda_study_depth20_stability.parquet")
+CLAIMS_TABLE = "results/lambda_study_depth20_claims"
+
+
+def claims_rows():
+    """The claims table of the committed depth-20 tables (what README and CLAIMS_TABLE must show)."""
+    from robench.claims import evaluate_claims
+
+    return evaluate_claims([README.parent / p for p in CLAIMS_SOURCES])
+
+
+def _claims() -> str:
+    from robench.claims import readme_markdown
+
+    command = f"robench claims {' '.join(CLAIMS_SOURCES)} -o {CLAIMS_TABLE}"
+    return readme_markdown(claims_rows(), command=command)
+
+
 TABLES: list[tuple[str, Callable[[], str]]] = [
     ("models", _models),
     ("attacks", _attacks),
     ("attack-params", _attack_params),
     ("corruptions", _corruptions),
+    ("claims", _claims),
 ]
 
 

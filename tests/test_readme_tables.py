@@ -29,7 +29,7 @@ def test_a_changed_registry_makes_the_readme_stale_and_update_fixes_only_the_blo
     assert readme_tables.stale(readme) == []
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("intro\n<!-- robench:attacks -->\n| attack |") and text.endswith("-->\noutro\n")
-    assert "\nmiddle\n" in text and "old" not in text
+    assert "\nmiddle\n" in text and "\nold\n" not in text
     # a registry change (here: a new table entry) shows up as stale until regenerated
     monkeypatch.setattr(readme_tables, "TABLES", [(m, (lambda: "| new |") if m == "attacks" else fn)
                                                   for m, fn in readme_tables.TABLES])
