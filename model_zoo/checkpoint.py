@@ -146,9 +146,11 @@ def robench_version() -> str:
         return "unknown"
 
 
-def zoo_stem(name: str, lam: float | None) -> str:
-    """File stem of a zoo entry: ``inresnet20`` (learned λ) or ``inresnet20__lam0.25`` (fixed)."""
-    return name if lam is None else f"{name}__lam{float(lam):g}"
+def zoo_stem(name: str, lam: float | None, tag: str | None = None) -> str:
+    """File stem of a zoo entry: ``inresnet20`` (learned λ) or ``inresnet20__lam0.25`` (fixed), plus
+    ``.<tag>`` for a tagged variant (``resnet20.s1``: the model trained with seed 1)."""
+    stem = name if lam is None else f"{name}__lam{float(lam):g}"
+    return stem if tag is None else f"{stem}.{tag}"
 
 
 def user_zoo() -> Path:
@@ -302,12 +304,13 @@ def _card_name(card: ModelCard | dict | None) -> str | None:
 
 
 def save(model: "nn.Module", path: str | os.PathLike, card: ModelCard | dict | None = None, *,
-         name: str | None = None) -> ModelCard:
+         name: str | None = None, tag: str | None = None) -> ModelCard:
     """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the card written.
 
     ``name`` is the registered model name the weights are for (default: ``card["name"]``, else the
     model part of a zoo stem such as ``inresnet20__lam0.5``); the model's scheme must be that name's
-    registered scheme. ``path`` may name either file or the stem.
+    registered scheme. ``path`` may name either file or the stem. ``tag`` names a trained variant:
+    the files are ``<path>.<tag>.*`` (``zoo_stem(name, lam) + "." + tag``, e.g. ``resnet20.s1``).
     """
     from safetensors.torch import save_file
 
@@ -320,6 +323,10 @@ def save(model: "nn.Module", path: str | os.PathLike, card: ModelCard | dict | N
         raise BadInput("model_zoo.save needs the registered model name: pass name=... (or a card with a name, "
                        "or a zoo stem such as resnet20 / inresnet20__lam0.5)")
     check_model_name(name)
+    if tag is not None:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(tag)):
+            raise BadInput(f"invalid tag {tag!r}: a letter, then letters, digits or _ (e.g. s1)")
+        stem = stem.with_name(f"{stem.name}.{tag}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     card = _card_for(model, card, name)
     _check_card_against_registry(dataclasses.replace(card, weights_sha256="0" * 64).validate(f"card for {name}"), name)
