@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from robench.data import Dataset, crop_flip, epoch_draws, pad_images
 from robench.machine import cpu_capability, cpu_label
-from robench.packed import Member, MemberRun, PackStepper, TrainData, lr_table
-from robench.train import RECIPES, _build, _param_groups, lr_at, steps_per_epoch, train, train_pack
+from robench.packed import Member, PackStepper, TrainData, lr_table
+from robench.train import RECIPES, _build, lr_at, member_run, steps_per_epoch, train, train_pack
 from results_md import write_section  # beside this script
 
 SECTION = "## packed_throughput"
@@ -79,12 +79,8 @@ class LoopSteps:
         table = lr_table([lr_at(rec, s, spe, 1) for s in range(spe)], device)
         self.runs = []
         for s in range(k):
-            m = Member(model, None, s)
-            net = _build(m, rec, num_classes=10, dev=device, dtype=torch.float32)
-            run = MemberRun(m, model=net, param_groups=lambda mod: _param_groups(mod, rec), lr_table=table,
-                            momentum=rec.momentum, nesterov=rec.nesterov, label_smoothing=rec.label_smoothing,
-                            batch_size=bs, n_used=spe * bs, data=data, device=device, dtype=torch.float32,
-                            amp_dtype=None, channels_last=True)
+            run = member_run(Member(model, None, s), rec, data, table, batch_size=bs, n_used=spe * bs, num_classes=10,
+                             dev=device)
             run.set_epoch(epoch_draws(torch.Generator().manual_seed(s), n, bs, pad=rec.pad, drop_last=True), 0)
             self.runs.append(run)
         self.stepper = PackStepper(self.runs, device, graphs=False)

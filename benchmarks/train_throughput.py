@@ -45,8 +45,8 @@ from PIL import Image
 import model_zoo
 from robench.data import augment, epoch_draws, pad_images
 from robench.machine import cpu_capability, cpu_has_fast_bf16, cpu_label
-from robench.packed import Member, MemberRun, TrainData, lr_table
-from robench.train import RECIPES, _build, _param_groups, lr_at
+from robench.packed import Member, TrainData, lr_table
+from robench.train import RECIPES, lr_at, member_run
 from results_md import write_section  # beside this script
 
 SECTION = "## train_throughput"  # one section per kind of machine: see section_heading()
@@ -108,20 +108,19 @@ class RobenchVariant(Variant):
         self.name, self.device, self.bs = name, device, batch_size
         self.rec = RECIPES["paper"]
         member = Member(model_name, None, 0)
-        self.model = _build(member, self.rec, num_classes=10, dev=device, dtype=torch.float32)
-        if not channels_last:
-            self.model = self.model.to(memory_format=torch.contiguous_format)
         n = len(labels)
         self.steps_per_epoch = n // batch_size
         # the image set on the device once, padded, as uint8 (as robench train holds it)
         data = TrainData(pad_images(images.to(device), self.rec.pad, self.rec.pad_mode), labels.to(device), (32, 32))
         table = lr_table([lr_at(self.rec, s, self.steps_per_epoch, self.rec.epochs)
                           for s in range(self.steps_per_epoch)], device)
-        self.run = MemberRun(member, model=self.model, param_groups=lambda m: _param_groups(m, self.rec),
-                             lr_table=table, momentum=self.rec.momentum, nesterov=self.rec.nesterov,
-                             label_smoothing=self.rec.label_smoothing, batch_size=batch_size,
-                             n_used=self.steps_per_epoch * batch_size, data=data, device=device, dtype=torch.float32,
-                             amp_dtype=torch.bfloat16 if amp else None, channels_last=channels_last)
+        self.run = member_run(member, self.rec, data, table, batch_size=batch_size,
+                              n_used=self.steps_per_epoch * batch_size, num_classes=10, dev=device,
+                              amp_dtype=torch.bfloat16 if amp else None)
+        self.model = self.run.model
+        if not channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+            self.run.channels_last = False
         self.flush_denormal = flush_denormal
         self.epoch = -1
         self.restart()

@@ -6,7 +6,7 @@ trains members of one architecture in one process; each member ends exactly as i
 ``torch.manual_seed(seed)``, draws its epochs from its own generator, and follows the same schedule.
 
 Packing is one module per member, stepped in a loop (no second architecture: the registered modules
-train as they are). Measured on one CPU thread, this loop is 2.2× faster than ``torch.func`` vmap
+train as they are). Measured on one CPU thread, this loop is 2–2.5× faster than ``torch.func`` vmap
 over stacked members (grouped convolutions are slow there; ``benchmarks/train_throughput.py
 --packed`` times both). On CUDA each member runs on its own stream, and the whole pack's step
 (data gather, crop and flip, forward, backward, fused SGD with the learning rate read from a
@@ -27,7 +27,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import model_zoo
 from model_zoo.checkpoint import zoo_stem
 from model_zoo.registry import check_model_name, model_entry, model_info
 from robench.data import EpochDraws, crop_flip

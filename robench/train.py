@@ -268,6 +268,56 @@ def _build(member: Member, rec: Recipe, *, num_classes: int, dev: torch.device, 
     return model.to(device=dev, dtype=dtype).to(memory_format=torch.channels_last)
 
 
+def member_run(member: Member, rec: Recipe, data: TrainData, table: torch.Tensor, *, batch_size: int, n_used: int,
+               num_classes: int, dev: torch.device, dtype: torch.dtype = torch.float32,
+               amp_dtype: torch.dtype | None = None, compile: bool = False) -> MemberRun:
+    """One member ready to step: its seeded module, fused SGD on the recipe's parameter groups, counters."""
+    model = _build(member, rec, num_classes=num_classes, dev=dev, dtype=dtype)
+    return MemberRun(member, model=model, param_groups=lambda mod: _param_groups(mod, rec), lr_table=table,
+                     momentum=rec.momentum, nesterov=rec.nesterov, label_smoothing=rec.label_smoothing,
+                     batch_size=batch_size, n_used=n_used, data=data, device=dev, dtype=dtype, amp_dtype=amp_dtype,
+                     channels_last=True, forward=torch.compile(model) if compile else None)
+
+
+def time_pack_step(model_name: str, k: int, *, recipe: str = "paper", batch_size: int = 128, steps: int = 20,
+                   warmup: int = 3, device: str | torch.device = "cpu", amp: bool = False,
+                   cuda_graphs: bool | None = None) -> float:
+    """Milliseconds per model-step of a pack of ``k`` members of ``model_name`` (seeds 0…k-1) stepping
+    together on random uint8 images: ``steps`` pack steps timed after ``warmup`` eager ones (on CUDA the
+    graph is captured then, unless ``cuda_graphs=False``), divided by ``k · steps``. The trainer's own
+    step, so the campaign's probe and the benchmarks measure what ``robench train`` runs."""
+    if k < 1 or steps < 1 or warmup < 1 or batch_size < 1:
+        raise BadInput("k, steps, warmup and batch size must be positive")
+    check_pack([Member(model_name, None, s) for s in range(k)])
+    dev = _device(device)
+    rec = RECIPES[recipe] if recipe in RECIPES else None
+    if rec is None:
+        raise BadInput(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
+    graphs = dev.type == "cuda" if cuda_graphs is None else cuda_graphs
+    total = warmup + 1 + steps
+    n = batch_size * total
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    data = TrainData(pad_images(images.to(dev), rec.pad, rec.pad_mode),
+                     torch.randint(0, 10, (n,), generator=g).to(dev), (32, 32))
+    table = lr_table([lr_at(rec, s, total, 1) for s in range(total)], dev)
+    amp_dtype = torch.bfloat16 if amp else None
+    runs = [member_run(Member(model_name, None, s), rec, data, table, batch_size=batch_size, n_used=n,
+                       num_classes=10, dev=dev, amp_dtype=amp_dtype) for s in range(k)]
+    for r in runs:
+        r.set_epoch(epoch_draws(torch.Generator().manual_seed(r.member.seed), n, batch_size, pad=rec.pad), 0)
+    stepper = PackStepper(runs, dev, graphs=graphs, warmup=warmup)
+    for _ in range(warmup + 1):  # the eager warm-up, then (graphs) the capture and its first replay: untimed
+        stepper.step(batch_size)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda *_: None)
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        stepper.step(batch_size)
+    sync(dev)
+    return 1000 * (time.perf_counter() - t0) / (k * steps)
+
+
 def _history_row(run: MemberRun, epoch: int, loss: float, acc: float, test_acc: float, lr: float,
                  secs: float) -> dict:
     model = run.model
@@ -303,14 +353,11 @@ def _run(members, rec, state, config, *, train_set, test_set, epochs, batch_size
     for m in members:
         if status[m.id]["status"] != "training":
             continue
-        model = _build(m, rec, num_classes=train_set.num_classes, dev=dev, dtype=dtype)
-        runs[m.id] = MemberRun(
-            m, model=model, param_groups=lambda mod: _param_groups(mod, rec), lr_table=table, momentum=rec.momentum,
-            nesterov=rec.nesterov, label_smoothing=rec.label_smoothing, batch_size=batch_size, n_used=sum(sizes),
-            data=data, device=dev, dtype=dtype, amp_dtype=amp_dtype, channels_last=True,
-            forward=torch.compile(model) if compile else None)
+        runs[m.id] = member_run(m, rec, data, table, batch_size=batch_size, n_used=sum(sizes),
+                                num_classes=train_set.num_classes, dev=dev, dtype=dtype, amp_dtype=amp_dtype,
+                                compile=compile)
         if state is not None and start_epoch > 0:
-            runstate.load_member(run_dir, status[m.id]["state"], model, runs[m.id].opt, dev)
+            runstate.load_member(run_dir, status[m.id]["state"], runs[m.id].model, runs[m.id].opt, dev)
     if state is not None:
         runstate.remove_unreferenced(run_dir, state)
         log(f"resuming {members[0].id if single else f'a pack of {len(members)}'} from epoch {start_epoch}/{epochs} "
@@ -395,6 +442,8 @@ def _export(run: MemberRun, rec: Recipe, summary: dict, *, out: Path, train_set:
     m = run.member
     final_acc = summary["history"][-1]["test_acc"]
     k_init = k_init_for(rec, m.model)
+    if k_init is None and getattr(run.model, "learned", False):
+        k_init = run.model.scheme.k_init  # the scheme's default range (the seed code's at depths 20…110)
     card = dict(
         dataset=dict(name=test_set.name, label=data_label_text or data_label(test_set),
                      test_batch_sha256=test_set.sha256, n_train=len(train_set), n_test=len(test_set)),

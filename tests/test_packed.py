@@ -383,3 +383,19 @@ def test_train_refuses_a_learning_rate_that_is_not_positive_and_finite(tmp_path,
     with pytest.raises(BadInput, match="learning rate .* positive finite"):
         train("resnet20", _ds(16), _ds(16), lr=float(lr), run_dir=tmp_path / "run", progress=False, log=_quiet)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_time_pack_step_times_the_trainers_own_step(monkeypatch):
+    """The campaign's probe measure (ms per model-step): it runs robench's step (MemberRun.step) for every member,
+    warm-up and timed steps, and refuses what it cannot time."""
+    import robench.packed
+
+    calls = []
+    real = robench.packed.MemberRun.step
+    monkeypatch.setattr(robench.packed.MemberRun, "step", lambda self, b: (calls.append((self.member.seed, b)), real(self, b)))
+    ms = rt.time_pack_step("resnet20", 2, steps=2, warmup=1, batch_size=8)
+    assert ms > 0 and calls == [(0, 8), (1, 8)] * 4  # 1 warm-up + 1 untimed + 2 timed steps of both members
+    with pytest.raises(BadInput, match="positive"):
+        rt.time_pack_step("resnet20", 0)
+    with pytest.raises(BadInput, match="unknown recipe"):
+        rt.time_pack_step("resnet20", 1, recipe="slow")

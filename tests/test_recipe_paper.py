@@ -131,3 +131,11 @@ def test_the_final_epochs_weights_are_exported(tmp_path):
     card = json.loads((tmp_path / "zoo" / "resnet20.json").read_text())
     assert card["metrics"]["test_acc"] == res["history"][-1]["test_acc"]
     assert card["training"]["recipe"]["epochs"] == 3 and card["training"]["recipe"]["milestones"] == [80, 120]
+    assert card["training"]["k_init"] is None  # ResNet learns no k_n
+
+
+def test_the_card_records_the_initial_k_range(tmp_path):
+    for name, want in [("lambda_inresnet20", [0.2, 0.25]), ("inresnet164", [0.8, 0.9])]:
+        train(name, _ds(8), _ds(4), recipe="paper", epochs=1, batch_size=8, run_dir=tmp_path / name,
+              out=tmp_path / "zoo", progress=False, log=lambda _m: None)
+        assert json.loads((tmp_path / "zoo" / f"{name}.json").read_text())["training"]["k_init"] == want

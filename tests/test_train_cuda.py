@@ -19,7 +19,7 @@ import model_zoo
 import robench.packed
 from robench.data import Dataset
 from robench.packed import Member
-from robench.train import RECIPES, lr_at, train_pack
+from robench.train import RECIPES, lr_at, time_pack_step, train_pack
 
 pytestmark = pytest.mark.cuda
 
@@ -160,3 +160,11 @@ def test_bf16_pack_with_graphs_trains_and_says_so_on_the_card(tmp_path):
         assert t["precision"] == "bfloat16-autocast" and t["channels_last"] is True and t["cuda_graphs"] is True
         assert t["device"].startswith("cuda:")
         assert all(torch.isfinite(v).all() for v in _states(tmp_path / "run")[mid].values() if v.is_floating_point())
+
+
+def test_time_pack_step_on_cuda_with_graphs():
+    """The campaign probe's measure runs on the device with the graph captured after the warm-up."""
+    ms_graph = time_pack_step("resnet20", 4, steps=5, warmup=2, batch_size=128, device="cuda", amp=True)
+    ms_eager = time_pack_step("resnet20", 4, steps=5, warmup=2, batch_size=128, device="cuda", amp=True,
+                              cuda_graphs=False)
+    assert 0 < ms_graph and 0 < ms_eager

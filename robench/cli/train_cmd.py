@@ -83,6 +83,8 @@ def train_cmd(ctx, models, lam, seeds, plan, data_dir, dataset, recipe, epochs, 
                                      split_list((seeds,)))
     n_threads = resolve_threads(threads)
     dev = _device(device)  # refused before any data is read
+    if cuda_graphs and (dev.type != "cuda" or compile_):
+        raise BadInput("--cuda-graphs needs --device cuda and no --compile")
     out = Path(out) if out else user_zoo()
     single = len(members) == 1
     if run_dir is None:
