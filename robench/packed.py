@@ -7,8 +7,9 @@ trains members of one architecture in one process; each member ends exactly as i
 
 Packing is one module per member, stepped in a loop (no second architecture: the registered modules
 train as they are). Measured on one CPU thread, this loop is 2–2.5× faster than ``torch.func`` vmap
-over stacked members (grouped convolutions are slow there; ``benchmarks/train_throughput.py
---packed`` times both). On CUDA each member runs on its own stream, and the whole pack's step
+over stacked members (grouped convolutions are slow there; ``benchmarks/packed_throughput.py``
+times both); on CPU each member runs its whole epoch in turn. On CUDA each member runs on its own
+stream, and the whole pack's step
 (data gather, crop and flip, forward, backward, fused SGD with the learning rate read from a
 device table, metric sums) is captured as one CUDA graph after eager warm-up steps and replayed:
 one launch a step, the members' kernels overlapping on the device. The step does the same tensor
@@ -279,6 +280,23 @@ class PackStepper:
                 side.wait_stream(r.stream)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.graph = g
+
+    def epoch(self, sizes: Sequence[int], progress: Callable[[int], None] | None = None) -> None:
+        """One epoch of batches of ``sizes`` for every member. On CPU member after member (the members are
+        independent, so the order changes no number; a member's whole epoch in a row allocates and frees
+        like a single run, where interleaving members cost ~10% more CPU time in allocator page faults);
+        on CUDA step by step, all members at once. ``progress(steps)`` is called as steps finish."""
+        if self.device.type != "cuda":
+            for r in self.runs:
+                for b in sizes:
+                    r.step(b)
+                    if progress:
+                        progress(1)
+            return
+        for b in sizes:
+            self.step(b)
+            if progress:
+                progress(len(self.runs))
 
     def step(self, b: int) -> None:
         if not self.runs:

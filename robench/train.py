@@ -372,9 +372,9 @@ def _run(members, rec, state, config, *, train_set, test_set, epochs, batch_size
             r.model.train()
             g = torch.Generator().manual_seed(r.member.seed * 100_003 + epoch)
             r.set_epoch(epoch_draws(g, n, batch_size, pad=rec.pad, drop_last=rec.drop_last), epoch * spe)
-        bar = tqdm(sizes, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for b in bar:
-            stepper.step(b)
+        with tqdm(total=len(sizes) * len(runs), desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not progress,
+                  leave=False) as bar:
+            stepper.epoch(sizes, bar.update)
         # one read of every member's sums an epoch
         sums = torch.stack([torch.stack([r.loss_sum, r.correct.to(torch.float64)]) for r in runs.values()]).cpu()
         seen = sum(sizes)
