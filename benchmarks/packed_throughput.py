@@ -11,7 +11,7 @@ evaluation, checkpoint commit and metrics), so the ratio is what a user gets. Th
 packed K = 4 ≥ 1.0× the images/s of the sequential runs on CPU with ``--threads 1``.
 
 Two step-only rows show why packing is a loop of modules: the members' steps as ``train_pack`` runs
-them (``robench.packed.PackStepper``), and ``torch.func.vmap`` over the members' stacked parameters and
+them (``robench.packed.PackStepper``; on CUDA replayed as one graph), and ``torch.func.vmap`` over the members' stacked parameters and
 buffers (``stack_module_state`` + ``functional_call``: one batched, grouped-convolution network); both
 train the same K members on the same draws, without evaluation.
 
@@ -87,15 +87,17 @@ class LoopSteps:
                              dev=device)
             run.set_epoch(epoch_draws(torch.Generator().manual_seed(s), n, bs, pad=rec.pad, drop_last=True), 0)
             self.runs.append(run)
-        self.stepper = PackStepper(self.runs, device, graphs=False)
-        self.bs, self.spe = bs, spe
+        # on CUDA the pack's step is replayed as a CUDA graph, as train_pack runs it
+        self.stepper = PackStepper(self.runs, device, graphs=device.type == "cuda")
+        self.bs, self.spe, self.s = bs, spe, 0
 
     def steps(self, count: int) -> None:
         for _ in range(count):
-            if int(self.runs[0].pos_t) >= self.spe:
+            if self.s and self.s % self.spe == 0:  # a new pass over the same draws (in place: graph-safe)
                 for r in self.runs:
                     r.pos_t.zero_()
                     r.step_t.zero_()
+            self.s += 1
             self.stepper.step(self.bs)
 
 
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                     "step only: torch.func vmap over stacked members": VmapSteps}
         objs = {name: cls(args.model, args.k, train_set, rec, args.batch_size, device) for name, cls in variants.items()}
         for name, obj in objs.items():
-            obj.steps(1)  # warm-up
+            obj.steps(5)  # warm-up (and, on CUDA, the graph's capture)
             step_results[name] = []
         for r in range(args.rounds):
             for name in (list(objs) if r % 2 == 0 else list(objs)[::-1]):
