@@ -1,19 +1,20 @@
 """Training throughput: robench's training step against the seed code's per-sample DataLoader loop.
 
 Both variants train the same model (resnet20 by default) with the same recipe (the seed code's: SGD
-0.1, momentum 0.9, wd 1e-4, batch 128, pad-2 crop + flip) on the same synthetic uint8 images
+0.1, momentum 0.9, wd 1e-4, batch 128, reflect-pad-2 crop + flip) on the same synthetic uint8 images
 (random pixels; throughput does not depend on their content). They are timed side by side: each
 round runs every variant for ``--warmup`` untimed then ``--steps`` timed steps, in forward order in
 even rounds and backward in odd ones, and the table reports the median images/s over rounds and the
 median of the per-round ratios to the seed-style loop.
 
-* robench: the loop of ``robench.train.train`` — images as one uint8 tensor on the device, a seeded
-  permutation, ``robench.data.augment`` on the whole batch, /255, forward, cross-entropy, backward,
-  SGD step, the per-step lr from ``robench.train.lr_at`` and the loss/accuracy read-back, in
-  channels_last as ``robench train`` runs on every device; fp32 on CPU (``robench train``), and on
-  CUDA bf16 autocast (``robench train --device cuda --amp``).
+* robench: the step of ``robench.train`` (``robench.packed.MemberRun.step``, one member) — the padded
+  uint8 images on the device, the epoch's seeded permutation, crops and flips gathered in one
+  indexing op, /255, forward, cross-entropy, backward, fused SGD with the learning rate read from
+  the device schedule table, loss/accuracy summed on the device, in channels_last as ``robench
+  train`` runs on every device; fp32 on CPU (``robench train``), and on CUDA bf16 autocast
+  (``robench train --device cuda --amp``, eager: the CUDA-graph replay is ``packed_throughput.py``'s).
 * seed: a ``torch.utils.data.Dataset`` returning one image at a time through per-sample transforms
-  done in PIL/numpy as torchvision would (zero-pad + random crop, random horizontal flip, ToTensor,
+  done in PIL/numpy as the seed code does (reflect-pad + random crop, random horizontal flip, ToTensor,
   Normalize), a ``DataLoader(batch_size=128, shuffle=True, num_workers=2)``, fp32, contiguous memory.
   Its model is the zoo model with the internal normalisation set to the identity (mean 0, std 1),
   because the transform already normalises, as in the seed code.
@@ -42,9 +43,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import model_zoo
-from robench.data import augment
+from robench.data import augment, epoch_draws, pad_images
 from robench.machine import cpu_capability, cpu_has_fast_bf16, cpu_label
-from robench.train import RECIPES, _param_groups, lr_at
+from robench.packed import Member, TrainData, lr_table
+from robench.train import RECIPES, lr_at, member_run
 from results_md import write_section  # beside this script
 
 SECTION = "## train_throughput"  # one section per kind of machine: see section_heading()
@@ -64,10 +66,10 @@ class SeedStyleCifar(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = Image.fromarray(self.images[i])  # torchvision's CIFAR10 hands PIL images to the transforms
-        # RandomCrop(32, padding=pad): zero padding, then a uniformly placed 32×32 window
-        padded = Image.new("RGB", (32 + 2 * self.pad, 32 + 2 * self.pad))
-        padded.paste(img, (self.pad, self.pad))
+        # the seed code's Reflect_Pad: numpy reflection of the H×W×C array, back to a PIL image
+        p = self.pad
+        padded = Image.fromarray(np.pad(self.images[i], ((p, p), (p, p), (0, 0)), mode="reflect"))
+        # RandomCrop(32, padding=0): a uniformly placed 32×32 window
         top, left = np.random.randint(0, 2 * self.pad + 1, size=2)
         img = padded.crop((left, top, left + 32, top + 32))
         if np.random.rand() < 0.5:  # RandomHorizontalFlip
@@ -99,58 +101,47 @@ class Variant:
 
 
 class RobenchVariant(Variant):
+    """robench's training step itself: one member of ``robench.train``'s pack (``robench.packed.MemberRun``)."""
+
     def __init__(self, name: str, model_name: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
                  batch_size: int, *, amp: bool, channels_last: bool, flush_denormal: bool = False) -> None:
         self.name, self.device, self.bs = name, device, batch_size
         self.rec = RECIPES["paper"]
-        torch.manual_seed(0)
-        self.model = model_zoo.create_model(model_name).to(device)
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.SGD(_param_groups(self.model, self.rec), lr=self.rec.lr, momentum=self.rec.momentum,
-                                   nesterov=self.rec.nesterov)
-        self.amp_dtype = torch.bfloat16 if amp else None
+        member = Member(model_name, None, 0)
+        n = len(labels)
+        self.steps_per_epoch = n // batch_size
+        # the image set on the device once, padded, as uint8 (as robench train holds it)
+        data = TrainData(pad_images(images.to(device), self.rec.pad, self.rec.pad_mode), labels.to(device), (32, 32))
+        table = lr_table([lr_at(self.rec, s, self.steps_per_epoch, self.rec.epochs)
+                          for s in range(self.steps_per_epoch)], device)
+        self.run = member_run(member, self.rec, data, table, batch_size=batch_size,
+                              n_used=self.steps_per_epoch * batch_size, num_classes=10, dev=device,
+                              amp_dtype=torch.bfloat16 if amp else None)
+        self.model = self.run.model
+        if not channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+            self.run.channels_last = False
         self.flush_denormal = flush_denormal
-        self.x, self.y = images.to(device), labels.to(device)  # uint8 on the device, moved once
-        self.steps_per_epoch = len(self.y) // batch_size
         self.epoch = -1
         self.restart()
 
     def restart(self) -> None:
         self.epoch += 1
-        self.g = torch.Generator().manual_seed(self.epoch)
-        self.perm = torch.randperm(len(self.y), generator=self.g).to(self.device)
+        g = torch.Generator().manual_seed(self.epoch)
+        self.run.set_epoch(epoch_draws(g, len(self.run.data.labels), self.bs, pad=self.rec.pad, drop_last=True), 0)
         self.s = 0
 
     def step(self) -> None:
         if self.flush_denormal:
             torch.set_flush_denormal(True)
         try:
-            self._step()
+            if self.s == self.steps_per_epoch:
+                self.restart()
+            self.s += 1
+            self.run.step(self.bs)
         finally:
             if self.flush_denormal:
                 torch.set_flush_denormal(False)
-
-    def _step(self) -> None:
-        # the body of the loop in robench.train.train
-        s, bs = self.s % self.steps_per_epoch, self.bs
-        self.s += 1
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.rec, self.epoch * self.steps_per_epoch + s, self.steps_per_epoch, self.rec.epochs)
-        idx = self.perm[s * bs:(s + 1) * bs]
-        xb = augment(self.x[idx], self.g, pad=self.rec.pad).float().div_(255.0)
-        if self.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        yb = self.y[idx]
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=self.rec.label_smoothing)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        loss.item()
-        (logits.argmax(1) == yb).sum().item()
 
 
 class SeedVariant(Variant):
@@ -313,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
             def nxt():
                 s = state["s"] % (len(x) // bs)
                 state["s"] += 1
-                return augment(x[perm[s * bs:(s + 1) * bs]], g, pad=2).float().div_(255.0)
+                return augment(x[perm[s * bs:(s + 1) * bs]], g, pad=2, mode="reflect").float().div_(255.0)
             return nxt
 
         variants.append(PipelineOnly("data only: seed-style per-sample transforms (1 process)", seed_batches, torch.device("cpu")))
@@ -369,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
             f"- command: `` {command} ``\n"  # double backticks: the command may itself hold a backtick
             f"- protocol: {args.rounds} rounds, each variant {args.warmup} warm-up + {args.steps} timed steps of "
             f"{bs} images, order alternating forward and backward so the seed-style and robench runs of a round are adjacent; median images/s over rounds; model {args.model}, the seed "
-            f"recipe (paper: SGD 0.1, momentum 0.9, wd 1e-4, pad-2 crop + flip); synthetic uint8 images. The "
+            f"recipe (paper: SGD 0.1, momentum 0.9, wd 1e-4, reflect-pad-2 crop + flip); synthetic uint8 images. The "
             f"seed-style loop normalises per sample and uses the zoo model with identity normalisation; robench's "
             f"model normalises inside.\n"
             f"- {summary}\n\n"

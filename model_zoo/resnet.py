@@ -84,6 +84,7 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
+        k_init: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         scheme = get_scheme(scheme)
@@ -142,7 +143,12 @@ class CifarResNet(nn.Module):
         # k_n is a parameter only when it is learned, so fixed-λ and ResNet state dicts coincide.
         self.learned = scheme.learned and lam is None
         if self.learned:
-            lo, hi = scheme.k_init
+            # the uniform range of the initial k_n: the scheme's (the reference code's default), or a
+            # training recipe's own (the reference draws depth-164 k_n from other ranges); init only,
+            # so it is not part of the architecture
+            lo, hi = scheme.k_init if k_init is None else k_init
+            if not (lo <= hi):
+                raise BadInput(f"k_init must be a range (low, high) with low <= high, got {k_init!r}")
             self.k = nn.Parameter(torch.empty(len(damped)).uniform_(lo, hi))
         self._slot = {b: i for i, b in enumerate(damped)}
 

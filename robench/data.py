@@ -179,22 +179,99 @@ def data_label(ds: Dataset) -> str:
 
 
 # -- augmentation ------------------------------------------------------------------------
-def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip of a whole batch on its own device.
+PAD_MODES = ("zeros", "reflect")
+
+
+def _reflect_index(n: int, pad: int, device) -> torch.Tensor:
+    """Source index of each of the n + 2·pad padded positions under reflection without repeating the
+    edge (numpy's ``mode="reflect"``: a b c d → c b | a b c d | c b)."""
+    p = torch.arange(-pad, n + pad, device=device)
+    return torch.where(p < 0, -p, torch.where(p >= n, 2 * (n - 1) - p, p))
+
+
+def pad_images(x: torch.Tensor, pad: int, mode: str = "zeros") -> torch.Tensor:
+    """N×C×H×W images padded by ``pad`` on each side: with zeros, or by reflection (the seed code's
+    ``Reflect_Pad``: ``np.pad(img, 2, mode="reflect")``). Any dtype, on the images' device."""
+    if mode not in PAD_MODES:
+        raise BadInput(f"unknown padding {mode!r}; valid choices: {', '.join(PAD_MODES)}")
+    if pad == 0:
+        return x
+    if mode == "zeros":
+        return torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    h, w = x.shape[-2:]
+    if pad >= min(h, w):
+        raise BadInput(f"reflect padding {pad} needs images larger than {pad} pixels, got {h}×{w}")
+    return x[:, :, _reflect_index(h, pad, x.device)][:, :, :, _reflect_index(w, pad, x.device)]
+
+
+def crop_flip(xpad: torch.Tensor, idx: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
+              flip: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+    """Images ``idx`` of the padded set ``xpad``, each cropped to ``size`` at its offsets (oy, ox) and
+    mirrored where ``flip``: one gather on the device, no host synchronisation (CUDA-graph safe)."""
+    h, w = size
+    c = xpad.shape[1]
+    dev = xpad.device
+    ar_w = torch.arange(w, device=dev)
+    cols = ox[:, None] + (ar_w if flip is None else torch.where(flip[:, None], w - 1 - ar_w, ar_w))
+    rows = oy[:, None] + torch.arange(h, device=dev)
+    return xpad[idx[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                rows[:, None, :, None], cols[:, None, None, :]]
+
+
+@dataclasses.dataclass
+class EpochDraws:
+    """One epoch's random choices, in step order: position i of the epoch is image ``order[i]``,
+    cropped at (``oy[i]``, ``ox[i]``) and mirrored where ``flip[i]``. Drawn on the CPU from the run's
+    generator, so a seed gives the same epoch on every device; moved to the device once an epoch."""
+
+    order: torch.Tensor
+    oy: torch.Tensor
+    ox: torch.Tensor
+    flip: torch.Tensor
+
+    def to(self, device) -> "EpochDraws":
+        return EpochDraws(*(t.to(device) for t in (self.order, self.oy, self.ox, self.flip)))
+
+
+def batch_sizes(n: int, batch_size: int, *, drop_last: bool) -> list[int]:
+    """The sizes of an epoch's batches: full ones, then the short last one unless ``drop_last``."""
+    sizes = [batch_size] * (n // batch_size)
+    if not drop_last and n % batch_size:
+        sizes.append(n % batch_size)
+    return sizes
+
+
+def epoch_draws(generator: torch.Generator, n: int, batch_size: int, *, pad: int, flip: bool = True,
+                drop_last: bool = True) -> EpochDraws:
+    """The permutation, then per batch the crop offsets and flips, drawn in the order :func:`augment`
+    draws them batch by batch (the same numbers as a loop of ``augment`` calls on the same generator)."""
+    order = torch.randperm(n, generator=generator)
+    oys, oxs, flips = [], [], []
+    for b in batch_sizes(n, batch_size, drop_last=drop_last):
+        if pad > 0:
+            oys.append(torch.randint(0, 2 * pad + 1, (b,), generator=generator))
+            oxs.append(torch.randint(0, 2 * pad + 1, (b,), generator=generator))
+        else:
+            oys.append(torch.zeros(b, dtype=torch.int64))
+            oxs.append(torch.zeros(b, dtype=torch.int64))
+        flips.append(torch.rand(b, generator=generator) < 0.5 if flip else torch.zeros(b, dtype=torch.bool))
+    used = sum(len(f) for f in flips)
+    return EpochDraws(order[:used], torch.cat(oys), torch.cat(oxs), torch.cat(flips))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True,
+            mode: str = "zeros") -> torch.Tensor:
+    """Random crop after padding (zeros, or ``mode="reflect"``) and horizontal flip of a whole batch
+    on its own device.
 
     The random draws come from ``generator`` (CPU) so the same seed gives the same batch on any
     device; shapes and dtype are preserved.
     """
     b, c, h, w = x.shape
     if pad > 0:
-        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
         oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
         ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        x = xp[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
-               rows, cols]
-    if flip:
-        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
-        x = torch.where(mask, x.flip(3), x)
-    return x
+    else:
+        oy = ox = torch.zeros(b, dtype=torch.int64, device=x.device)
+    mask = (torch.rand(b, generator=generator) < 0.5).to(x.device) if flip else None
+    return crop_flip(pad_images(x, pad, mode), torch.arange(b, device=x.device), oy, ox, mask, (h, w))

@@ -278,6 +278,8 @@ BAD = [
                                  "{root}/nodata", "--out", OUT], "tag s1 names training seed 1 but the seed is 3"),
     ("train-tagged-model-name", ["train", "--model", "resnet20.s1", "--data-dir", "{root}/nodata", "--out", OUT],
      "--model takes the registered name (resnet20); the checkpoint's tag comes from --seed"),
+    ("train-tag-on-a-pack", ["train", "--model", "resnet20", "--seed", "0,1", "--tag", "paper", "--data-dir",
+                             "{root}/nodata", "--out", OUT], "--tag names one checkpoint, but the pack has 2 members"),
     ("train-malformed-tag", ["train", "--model", "resnet20", "--tag", "a/b", "--data-dir", "{root}/nodata",
                              "--out", OUT], "malformed tag 'a/b'"),
 ]
