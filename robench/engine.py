@@ -18,7 +18,7 @@ from model_zoo.schemes import lam_schemes
 from robench.aggregate import table, worst_case_records
 from robench.errors import BadInput
 from robench.executors import Inputs, batch_seed, check_corruption_dir, run_attack_group, run_local
-from robench.models import ModelCache, check_module
+from robench.models import ModelCache, borrowed, check_module
 from robench.plan import Cell, fmt_eps, missing, plan_cells, planned_attacks, row_key, units
 from robench.provenance import git_sha, provenance
 from robench.spec import SEVERITIES, EvalSpec
@@ -60,15 +60,16 @@ def evaluate_spec(spec: EvalSpec, *, modules: Mapping[str, torch.nn.Module] | No
     if spec.corruption_dir is not None:
         check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"])
     cache = ModelCache(spec.device, modules)
-    described = prepare_models(cache, cells, data)
-    context = provenance(cache.device)
-    if log is not None:
-        log("checkpoints: " + "; ".join(described))
-        log(f"evaluating {len(cells)} cells on {data_label(data)}, n={len(data)}, device {context['device']}, "
-            f"{spec.threads} thread{'s' if spec.threads != 1 else ''}")
-    store = MemoryStore()
-    run_local(units(cells), cache, Inputs(data, cache.device, spec.corruption_dir), store,
-              batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log)
+    with borrowed(list((modules or {}).values())):  # the caller's modules come back exactly as they were
+        described = prepare_models(cache, cells, data)
+        context = provenance(cache.device)
+        if log is not None:
+            log("checkpoints: " + "; ".join(described))
+            log(f"evaluating {len(cells)} cells on {data_label(data)} from {data.source}, n={len(data)}, "
+                f"device {context['device']}, {spec.threads} thread{'s' if spec.threads != 1 else ''}")
+        store = MemoryStore()
+        run_local(units(cells), cache, Inputs(data, cache.device, spec.corruption_dir), store,
+                  batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log)
     return table(store.records(), planned=planned_attacks(cells), models=spec.models)
 
 
