@@ -108,6 +108,19 @@ def test_columns_per_kind_and_provenance(table, home, monkeypatch):
     assert row["device"] == "cpu" and (table["seconds"] > 0).all()
 
 
+def test_rows_record_the_data_identity_and_every_attack_hyper_parameter(table):
+    """Issue 24.2/24.6: rows said `cifar10` whatever copy it was, and recorded `steps` but not
+    step_size, random_start or restarts, so no threat-model statement could be made from a table."""
+    assert (table["data_label"] == "CIFAR-10 samples (foolbox, 20 PNG originals)").all()
+    assert set(table[table["perturbation"] == "fgsm"]["params"]) == {"{}"}
+    # every hyper-parameter, the defaults included, as canonical JSON (sorted keys, no spaces)
+    pgd = table[(table["perturbation"] == "pgd")]["params"]
+    assert set(pgd) == {'{"random_start":true,"step_size":0.00392156862745098,"steps":2}'}
+    wc = table[table["kind"] == "worst_case"]["params"]
+    assert set(wc) == {'{"fgsm":{},"pgd":{"random_start":true,"step_size":0.00392156862745098,"steps":2}}'}
+    assert table[table["kind"].isin(["clean", "corruption"])]["params"].isna().all()
+
+
 def test_worst_case_is_and_of_clean_and_attack_flags(table):
     worst = table[table["kind"] == "worst_case"]
     assert len(worst) == 3
