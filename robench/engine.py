@@ -14,7 +14,6 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from model_zoo.schemes import lam_schemes
 from robench.aggregate import table, worst_case_records
 from robench.errors import BadInput
 from robench.executors import Inputs, batch_seed, check_corruption_dir, run_attack_group, run_local
@@ -104,21 +103,20 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The short human table: model, lam, kind, perturbation, eps, severity, n, accuracy, CI."""
-    def lam(row) -> str:
-        if not missing(row["lam"]):
-            return f"{row['lam']:g}"
-        return "learned" if str(row["scheme"]) in lam_schemes() else "-"
+    """The short human table: model, λ, kind, perturbation, ε, severity, n, accuracy in percent with its
+    Wilson 95 % interval (the notation of every view: :func:`robench.results.lam_text`, :func:`pct`)."""
+    from robench.results import lam_text, pct
 
     return pd.DataFrame({
         "model": df["model"].astype(str),
-        "lam": [lam(r) for _, r in df.iterrows()],
+        "lam": [lam_text(lam, scheme) for lam, scheme in zip(df["lam"], df["scheme"])],
         "kind": df["kind"].astype(str),
         "perturbation": df["perturbation"].astype(str),
         "eps": [fmt_eps(e) for e in df["eps"]],
         "severity": ["-" if missing(s) else str(int(s)) for s in df["severity"]],
         "n": df["n"].astype(int),
-        "accuracy": [f"{a:.3f}" for a in df["accuracy"]],
-        "CI95": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(df["ci_low"], df["ci_high"])],
+        "accuracy %": [pct(a) for a in df["accuracy"]],
+        "95% CI": [pct(a, lo, hi).split(" ", 1)[1] if not missing(lo) else "–"
+                   for a, lo, hi in zip(df["accuracy"], df["ci_low"], df["ci_high"])],
         "complete": ["-" if missing(c) else ("yes" if c else "NO") for c in df["complete"]],
     })

@@ -28,7 +28,7 @@ byte-stable):
   under several backends the backend joins the name: ``pgd:art@8/255``. Sorted by attack, then ε.
 - one column per ε with worst-case rows: ``worst_case@<ε>``.
 - ``checks``: how the gradient-masking checks of :mod:`robench.checks` came out for the row, e.g.
-  ``5 passed, 0 flagged, 2 skipped`` (``; model checks not run`` without a checks table).
+  ``5 passed, 0 flagged, 1 not applicable, 1 not run`` (``; model checks not run`` without a checks table).
 - ``flags``: ``;``-joined integrity codes, empty when none:
   ``missing_clean`` (no clean cell), ``robust_gt_clean`` (some attack or worst-case accuracy above
   the clean one), ``worst_gt_attack`` (a worst case above an attack at the same ε), ``mixed_n``,

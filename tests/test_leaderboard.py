@@ -52,10 +52,10 @@ def hand_table():
 # (resnet20: (12+10)/40); worst_case is taken at the largest ε (8/255); ties share the rank.
 EXPECTED = """\
 rank,model,scheme,lam,dataset,n,seeds,recipe,epochs,label_smoothing,train_device,clean,clean_ci_low,clean_ci_high,worst_case,worst_case_ci_low,worst_case_ci_high,worst_case_eps,worst_case_attacks,worst_case_status,corruption_mean,corruption_ci_low,corruption_ci_high,fgsm@2/255,fgsm@8/255,pgd@8/255,worst_case@2/255,worst_case@8/255,checks,flags
-1,inresnet20,damped,0.5,samples,20,0,,,,,0.7,0.481027,0.854523,0.2,0.080658,0.416017,8/255,fgsm+pgd,ok,0.6,0.445959,0.736517,,0.3,0.25,,0.2,"1 passed, 0 flagged, 2 skipped; model checks not run",
-1,inresnet20,damped,,samples,20,0,,,,,0.5,0.299298,0.700702,0.2,0.080658,0.416017,8/255,fgsm+pgd,ok,,,,,0.6,0.15,,0.2,"1 passed, 0 flagged, 2 skipped; model checks not run",robust_gt_clean;worst_gt_attack
-3,resnet20,euler,0.0,samples,20,0,,,,,0.75,0.531299,0.888138,0.1,0.027866,0.301034,8/255,fgsm+pgd,ok,0.55,0.398291,0.692947,0.45,0.2,0.1,0.45,0.1,"2 passed, 0 flagged, 1 skipped; model checks not run",
-,lmresnet20,lm,,samples,10,0;1,,,,,,,,,,,8/255,,,,,,,0.25,0.1,,,"0 passed, 0 flagged, 6 skipped; model checks not run",missing_clean;mixed_n;mixed_seeds
+1,inresnet20,damped,0.5,samples,20,0,,,,,0.7,0.481027,0.854523,0.2,0.080658,0.416017,8/255,fgsm+pgd,ok,0.6,0.445959,0.736517,,0.3,0.25,,0.2,"1 passed, 0 flagged, 2 not applicable; model checks not run",
+1,inresnet20,damped,,samples,20,0,,,,,0.5,0.299298,0.700702,0.2,0.080658,0.416017,8/255,fgsm+pgd,ok,,,,,0.6,0.15,,0.2,"1 passed, 0 flagged, 2 not applicable; model checks not run",robust_gt_clean;worst_gt_attack
+3,resnet20,euler,0.0,samples,20,0,,,,,0.75,0.531299,0.888138,0.1,0.027866,0.301034,8/255,fgsm+pgd,ok,0.55,0.398291,0.692947,0.45,0.2,0.1,0.45,0.1,"2 passed, 0 flagged, 1 not applicable; model checks not run",
+,lmresnet20,lm,,samples,10,0;1,,,,,,,,,,,8/255,,,,,,,0.25,0.1,,,"0 passed, 0 flagged, 6 not applicable; model checks not run",missing_clean;mixed_n;mixed_seeds
 """
 
 
@@ -193,7 +193,7 @@ def test_checks_join_the_flags_as_words_with_their_cells():
     flags = dict(zip(zip(board["model"], board["lam"].fillna(-1)), board["flags"]))
     assert flags[("inresnet20", 0.5)] == "zero_gradient(clean: 20/20 examples)"
     checks_col = dict(zip(zip(board["model"], board["lam"].fillna(-1)), board["checks"]))
-    assert checks_col[("inresnet20", 0.5)] == "1 passed, 1 flagged, 2 skipped"  # model checks ran
+    assert checks_col[("inresnet20", 0.5)] == "1 passed, 1 flagged, 2 not applicable"  # model checks ran
     assert checks_col[("resnet20", 0.0)].endswith("; model checks not run")
     assert "single_step_stronger(fgsm@8/255 20.0% < pgd@8/255 90.0%)" in flags[("resnet20", 0.0)]
 

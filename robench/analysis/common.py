@@ -22,10 +22,10 @@ Z95 = 1.959963984540054
 # Columns before an analysis' own columns, and the provenance columns after them, in table order.
 ID_COLUMNS = ("analysis", "model", "scheme", "lam", "origin", "dataset", "n", "seed")
 PROVENANCE_COLUMNS = ("seconds", "device", "robench_version", "torch_version", "art_version", "foolbox_version",
-                      "git_sha", "timestamp", "data_sha256", "weights_sha256", "card_sha256")
+                      "git_sha", "timestamp", "data_sha256", "weights_sha256", "card_sha256", "data_label")
 STRING_COLUMNS = ("analysis", "model", "scheme", "origin", "dataset", "device", "robench_version", "torch_version",
                   "art_version", "foolbox_version", "git_sha", "timestamp", "data_sha256", "weights_sha256",
-                  "card_sha256")
+                  "card_sha256", "data_label")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +170,7 @@ def run_models(analysis: str, specs: Sequence[ModelSpec], compute: Callable, *, 
     ID and provenance columns and the model's wall seconds. Progress goes to ``log`` after every batch;
     ``on_model`` gets the records so far after every model (the CLI writes them, so a kill loses at most
     the model in flight)."""
+    from robench.data import data_label
     from robench.devices import resolve_device
 
     dev = resolve_device(device)
@@ -188,7 +189,8 @@ def run_models(analysis: str, specs: Sequence[ModelSpec], compute: Callable, *, 
 
         rows = compute(loaded.model, x, y, progress)
         base = {"analysis": analysis, **loaded.meta, "dataset": ds.name, "n": len(y), "seed": int(seed),
-                "seconds": time.perf_counter() - t0, **context, "data_sha256": ds.sha256}
+                "seconds": time.perf_counter() - t0, **context, "data_sha256": ds.sha256,
+                "data_label": data_label(ds)}
         records += [{**base, **row} for row in rows]
         if on_model is not None:
             on_model(records)

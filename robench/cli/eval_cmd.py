@@ -105,6 +105,8 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
         if run_checks:
             check_out(checks_out, force=force, what="the checks table")
     echo = _Stdout(err=to_stdout)  # with --out - stdout carries the CSV only
+    if run_checks and checks_asked():
+        checks_preflight(spec)
     df = evaluate_spec(spec, log=echo)
     if to_stdout:
         try:
@@ -118,6 +120,32 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
     if run_checks:
         report_checks(df, spec.validate(check_device=False), checks_out, echo)
     echo(summary(df).to_string(index=False))
+    if out is None:
+        echo("the table was not saved: add --out results/NAME to write results/NAME.parquet and .csv "
+             "(or --out - for the CSV on stdout)")
+
+
+def checks_asked() -> bool:
+    """Whether --checks was given on the command line (not just the default)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source("run_checks") == ParameterSource.COMMANDLINE
+
+
+def checks_preflight(spec) -> None:
+    """--checks asked for explicitly: what the model checks need beyond the evaluation itself (the
+    transfer source's weights) must be there, else one line before any cell runs."""
+    from model_zoo.checkpoint import resolve
+    from robench.errors import BadInput
+
+    if resolve(TRANSFER_SOURCE, lam=None) is None and any(m != TRANSFER_SOURCE for m in spec.models):
+        raise BadInput(f"--checks: the transfer check needs trained {TRANSFER_SOURCE} weights in the zoo (its PGD "
+                       f"examples are transferred), and there are none; train them with `robench train --model "
+                       f"{TRANSFER_SOURCE}`, or leave out --checks to run the other checks only")
+
+
+TRANSFER_SOURCE = "resnet20"
 
 
 def checks_stem(out: str) -> str:
@@ -132,11 +160,14 @@ def report_checks(df, spec, out: str | None, echo) -> None:
     table stem) when given; print one line per model and every flag."""
     from robench.checks import flag_words, run_checks, summaries, write_checks
 
-    checks = run_checks(df, device=spec.device, data_dir=spec.data_dir, batch_size=spec.batch_size)
+    from robench.results import lam_text
+
+    checks = run_checks(df, device=spec.device, data_dir=spec.data_dir, batch_size=spec.batch_size,
+                        transfer_source=TRANSFER_SOURCE, progress=echo)
     if out is not None:
         echo("wrote " + ", ".join(str(p) for p in write_checks(checks, out)))
     words = flag_words(checks)
     for (model, lam, dataset), text in summaries(checks).items():
-        label = model if lam is None else f"{model} λ={lam:g}"
+        label = model if lam is None else f"{model} λ={lam_text(lam)}"
         flags = words.get((model, lam, dataset))
         echo(f"checks: {label} ({dataset}): {text}" + (f"; flags: {', '.join(flags)}" if flags else ""))
