@@ -16,8 +16,9 @@ import torch
 
 from robench.aggregate import table, worst_case_records
 from robench.errors import BadInput
-from robench.executors import Inputs, batch_seed, check_corruption_dir, run_attack_group, run_local
+from robench.executors import Inputs, batch_seed, check_corruption_dir, progress_enabled, run_attack_group, run_local
 from robench.models import ModelCache, borrowed, check_module
+from robench.progress import CellProgress
 from robench.plan import Cell, fmt_eps, missing, plan_cells, planned_attacks, row_key, units
 from robench.provenance import git_sha, provenance
 from robench.spec import SEVERITIES, EvalSpec
@@ -67,8 +68,10 @@ def evaluate_spec(spec: EvalSpec, *, modules: Mapping[str, torch.nn.Module] | No
             log(f"evaluating {len(cells)} cells on {data_label(data)} from {data.source}, n={len(data)}, "
                 f"device {context['device']}, {spec.threads} thread{'s' if spec.threads != 1 else ''}")
         store = MemoryStore()
+        lines = CellProgress(len(cells), 0, cells, log) if log is not None and not progress_enabled(progress) else None
         run_local(units(cells), cache, Inputs(data, cache.device, spec.corruption_dir), store,
-                  batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log)
+                  batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log,
+                  on_unit=lines and lines.on_unit, on_cell=lines and lines.on_cell)
     return table(store.records(), planned=planned_attacks(cells), models=spec.models)
 
 

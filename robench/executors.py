@@ -236,8 +236,13 @@ def _done_line(i: int, total: int, cell: Cell, record: dict) -> str:
 
 
 def run_local(units: list[Unit], cache: ModelCache, inputs: Inputs, store, *, batch_size: int, context: dict,
-              threads: int | None = None, progress: bool = False, log: Log | None = None) -> None:
-    """Run units in this process, in order, putting each finished cell into ``store``."""
+              threads: int | None = None, progress: bool = False, log: Log | None = None,
+              on_unit: Callable[[Unit], None] | None = None,
+              on_cell: Callable[[Cell, dict], None] | None = None) -> None:
+    """Run units in this process, in order, putting each finished cell into ``store``. Progress:
+    ``on_unit`` is called as a unit starts and ``on_cell`` after each cell is stored (e.g.
+    :class:`robench.progress.CellProgress`); without ``on_cell``, ``log`` gets a line per cell when
+    no progress bar is shown."""
     from tqdm import tqdm
 
     total = sum(len(u.cells) for u in units)
@@ -246,13 +251,17 @@ def run_local(units: list[Unit], cache: ModelCache, inputs: Inputs, store, *, ba
                                       disable=not progress_enabled(progress)) as bar:
         for unit in units:
             bar.set_description(unit.label())
+            if on_unit is not None:
+                on_unit(unit)
             first = unit.cells[0]
             for cell, record in run_unit(unit, cache.get(first.model, first.lam), inputs, batch_size=batch_size,
                                          context=context, progress=progress):
                 store.put(cell, record)
                 done += 1
                 bar.update(1)
-                if log is not None and not progress_enabled(progress):
+                if on_cell is not None:
+                    on_cell(cell, record)
+                elif log is not None and not progress_enabled(progress):
                     log(_done_line(done, total, cell, record))
 
 
@@ -294,7 +303,8 @@ def ray_connect(address: str | None):
 
 
 def run_ray(units: list[Unit], data, store, ray, *, device: str, batch_size: int, corruption_dir: str | None,
-            threads: int | None = None, log: Log | None = None) -> None:
+            threads: int | None = None, log: Log | None = None,
+            on_cell: Callable[[Cell, dict], None] | None = None) -> None:
     """Run units as Ray tasks (one CPU, or one GPU each), putting each finished cell into ``store``."""
     cuda = device.startswith("cuda")
     env = {k: os.environ[k] for k in ("ROBENCH_HOME", "ROBENCH_PROGRESS", "ROBENCH_THREADS") if k in os.environ}
@@ -320,7 +330,9 @@ def run_ray(units: list[Unit], data, store, ray, *, device: str, batch_size: int
             for cell, record in pairs:
                 store.put(cell, record)
                 done += 1
-                if log is not None:
+                if on_cell is not None:
+                    on_cell(cell, record)
+                elif log is not None:
                     log(_done_line(done, total, cell, record))
     finally:
         for f in futures:

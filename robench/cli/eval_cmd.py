@@ -6,7 +6,7 @@ import sys
 import click
 
 from robench.cli import cli
-from robench.cli.options import parse_param, split_list
+from robench.cli.options import Int, parse_param, split_list
 
 
 def _silence(stream) -> None:
@@ -74,12 +74,12 @@ def build_spec(models, lams, attacks, eps, params, corruptions, severities, data
 @click.option("--corruption-dir", default=None,
               help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy; `robench data fetch cifar10c` puts it in "
                    "~/.cache/robench/data/CIFAR-10-C); needs the clean CIFAR-10 split.")
-@click.option("--n", "n", type=str, default=None, metavar="N", help="Evaluate the first N test images (default: all).")
-@click.option("--batch-size", type=str, default=None, metavar="N", help="Images per batch (default 256).")
+@click.option("--n", "n", type=Int(1), default=None, help="Evaluate the first N test images (default: all).")
+@click.option("--batch-size", type=Int(1), default=None, help="Images per batch (default 256).")
 @click.option("--device", default=None, help="cpu or cuda[:i] (default cpu).")
 @click.option("--seed", "seeds", multiple=True, help="Seed(s) of attacks and corruptions (comma list; default 0).")
 @click.option("--backend", default=None, help="Attack library: art or foolbox (default: each attack's own).")
-@click.option("--threads", default=None, metavar="N",
+@click.option("--threads", default=None, type=Int(1),
               help="CPU threads (default: $ROBENCH_THREADS, else min(cores, 4)).")
 @click.option("--config", "config", default=None, type=click.Path(),
               help="A TOML spec (the sweep's format); options given here replace its values.")
