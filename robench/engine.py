@@ -89,7 +89,24 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
     (model, λ, seed, ε) when attacks ran.
 
     Without ``dataset``/``data_dir`` this uses the 20 bundled ``samples`` images (n=20). ε defaults
-    to 8/255 for attacks and severities to 1..5 for corruptions. See :class:`robench.spec.EvalSpec`."""
+    to 8/255 for attacks and severities to 1..5 for corruptions. See :class:`robench.spec.EvalSpec`.
+    The caller's ``model`` is handed back exactly as it came (mode, ``requires_grad``, device, layout).
+
+    Returns a DataFrame with these columns (:data:`robench.results.SCHEMA`), one row per cell:
+
+    - what the cell is: ``model``, ``scheme``, ``lam`` (the fixed λ; 0 for ResNet; NaN where λ is
+      learned or does not apply), ``dataset``, ``n`` (the first n test images), ``kind`` (clean,
+      attack, corruption, worst_case), ``perturbation`` (none, the attack or the corruption),
+      ``backend`` (art, foolbox), ``norm`` (linf, l2), ``eps`` (pixel units), ``severity`` (1–5),
+      ``steps``, ``seed``, ``params`` (every attack hyper-parameter, defaults included, as JSON);
+    - the result: ``correct``, ``accuracy`` (= correct / n), ``ci_low``, ``ci_high`` (Wilson 95 %),
+      ``flags`` (per-example "still correct", packed hex; :func:`robench.results.unpack_flags`),
+      ``attacks`` and ``complete`` (worst_case rows: the attacks it is the AND of, and whether every
+      planned one finished);
+    - provenance: ``seconds``, ``device``, ``robench_version``, ``torch_version``, ``art_version``,
+      ``foolbox_version``, ``git_sha``, ``timestamp``, ``data_sha256``, ``data_label`` ("CIFAR-10"
+      for the official test split, "CIFAR-10, other copy (sha256 …)" otherwise), ``weights_sha256``,
+      ``origin`` (shipped, user, file, module), ``card_sha256``."""
     modules = {}
     if model is not None or name is not None:
         if model is None or not isinstance(name, str) or not name:

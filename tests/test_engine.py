@@ -292,3 +292,10 @@ def test_a_minimal_norm_attack_searches_once_and_is_scored_at_every_eps(zoo, mon
     robench.evaluate(models=["resnet20"], attacks=["fgsm"], eps=[0.01, 0.02], n=8, batch_size=8, backend="foolbox",
                      progress=False)
     assert calls == [0.01, 0.02]
+
+
+def test_help_of_evaluate_lists_every_output_column():
+    """Issue 24.7: help(robench.evaluate) did not say what the table holds."""
+    doc = robench.evaluate.__doc__
+    missing = [c for c in SCHEMA if f"``{c}``" not in doc]
+    assert not missing, f"document these columns in robench.evaluate's docstring: {missing}"

@@ -11,7 +11,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from robench.errors import BadInput
+from robench.errors import BadInput, did_you_mean
 
 
 class AttackKind(enum.Enum):
@@ -250,7 +250,7 @@ _add(AttackSpec(
 
 def get_spec(name: str) -> AttackSpec:
     if not isinstance(name, str) or name not in REGISTRY:
-        raise BadInput(f"unknown attack {name!r}; choose one of: {', '.join(REGISTRY)}")
+        raise BadInput(f"unknown attack {name!r}{did_you_mean(name, REGISTRY)}; choose one of: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 

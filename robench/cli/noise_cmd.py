@@ -11,7 +11,9 @@ from robench.results import check_out
 @cli.command("noise-protocol")
 @click.option("--model", "models", multiple=True, required=True,
               help="NAME or NAME@LAM (fixed λ, e.g. inresnet20@0.5); repeatable or comma list.")
-@click.option("--corruption-dir", required=True, help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy).")
+@click.option("--corruption-dir", default=None,
+              help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy); default: the copy "
+                   "`robench data fetch cifar10c` made.")
 @click.option("--corruption", "corruptions", multiple=True,
               help="CIFAR-10-C file names without .npy (default: the reference's impulse, speckle, gaussian, shot noise).")
 @click.option("--protocol", type=click.Choice(["both", "standard", "reference"]), default="both", show_default=True,
