@@ -353,3 +353,25 @@ def test_ray_executor_fills_the_same_store(zoo, tiny, tmp_path):
         ray.shutdown()
     assert len(_parts(out)) == 5
     pd.testing.assert_frame_equal(_stable(df), _stable(ref))
+
+
+@pytest.mark.shipped_zoo
+def test_shipped_configs_and_readme_commands_run_after_a_fetch(tmp_path, monkeypatch):
+    """Issue 24.2: the README's config and commands used `data_dir = "data"`, a folder the README never
+    creates; after `robench data fetch cifar10` they must run as written, from any working directory."""
+    import numpy as np
+
+    from robench.datahome import fetched_dir
+    from synthetic_cifar import write_cifar10
+
+    rng = np.random.default_rng(0)
+    parts = [(rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 2)) for _ in range(5)]
+    test = (rng.integers(0, 256, (1000, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 1000))
+    write_cifar10(fetched_dir("cifar10").parent, parts, test)  # where `robench data fetch cifar10` puts it
+    monkeypatch.chdir(tmp_path)  # no data/ folder here
+    for path in CONFIGS:
+        plan = plan_sweep(load_config(path), out=tmp_path / path.stem)
+        assert plan.pending and plan.data.source.startswith(str(fetched_dir("cifar10").parent)) or \
+            plan.data.name == "samples", path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "--data-dir data " not in readme and "--corruption-dir data/" not in readme and 'data_dir = "data"' not in readme
