@@ -55,12 +55,14 @@ def _labels(df: pd.DataFrame) -> pd.Series:
 
 
 def footer(df: pd.DataFrame) -> str:
-    """'n=1000 · seeds 0 · data cifar10 (sha256 b6c1f1e1…)' for the rows a figure draws."""
+    """'n=1000 · seeds 0 · data CIFAR-10, other copy (sha256 b6c1f1e1)' for the rows a figure draws
+    (the data set and its fingerprint for older tables without ``data_label``)."""
     ns = sorted({int(v) for v in df["n"].dropna()})
     seeds = sorted({int(v) for v in df["seed"].dropna()})
-    data = sorted({str(v) for v in df["dataset"].dropna()})
+    labels = sorted({str(v) for v in df["data_label"].dropna()}) if "data_label" in df.columns else []
+    data = labels or sorted({str(v) for v in df["dataset"].dropna()})
     shas = sorted({str(v)[:8] for v in df.get("data_sha256", pd.Series(dtype="string")).dropna()})
-    sha = f" (sha256 {', '.join(s + '…' for s in shas[:3])})" if shas else ""
+    sha = f" (sha256 {', '.join(s + '…' for s in shas[:3])})" if shas and not labels else ""
     return (f"n={'/'.join(map(str, ns)) or '?'} · seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds)) or '?'}"
             f" · data {', '.join(data) or '?'}{sha}")
 
