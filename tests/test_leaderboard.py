@@ -336,3 +336,40 @@ def test_threat_model_states_norm_eps_attacks_hyper_parameters_data_and_seeds():
     assert items["Attack pgd"] == "linf, backend art, untargeted; random_start=True, step_size=1/255, steps=20"
     assert items["Data"] == "CIFAR-10, other copy (sha256 b6c1f1e1); n = 100 (the first n test images)"
     assert items["Seeds"].startswith("attack/corruption seed 0; one trained model per architecture and λ")
+
+
+@pytest.mark.shipped_zoo
+@pytest.mark.parametrize("table,checks,view", [
+    ("lambda_study_depth20", "lambda_study_depth20_checks", "lambda_study_depth20_leaderboard"),
+    ("baseline_cifar1000", "baseline_cifar1000_checks", "leaderboard"),
+])
+def test_committed_leaderboard_views_are_fresh(table, checks, view):
+    """Issue 24.6: the committed views went stale (regenerating added a column). Regenerate with
+    `robench leaderboard results/T.parquet --checks results/T_checks.parquet -o results/V.csv
+    --markdown results/V.md --force` (ROBENCH_HOME empty: only the shipped cards)."""
+    from pathlib import Path
+
+    from robench import threat_model
+    from robench.checks import read_checks
+    from robench.leaderboard import read_tables
+
+    res = Path(__file__).parent.parent / "results"
+    df = read_tables([res / f"{table}.parquet"])
+    board = leaderboard(df, checks=read_checks(res / f"{checks}.parquet"))
+    assert board.to_csv(index=False) == (res / f"{view}.csv").read_text()
+    md = to_markdown(board, header=threat_model.to_markdown(threat_model.threat_model(df)))
+    assert md == (res / f"{view}.md").read_text()
+
+
+@pytest.mark.shipped_zoo
+def test_committed_report_shows_the_current_leaderboard():
+    from pathlib import Path
+
+    from robench.analysis.report import leaderboard_html
+    from robench.checks import read_checks
+    from robench.leaderboard import read_tables
+
+    res = Path(__file__).parent.parent / "results"
+    board = leaderboard(read_tables([res / "lambda_study_depth20.parquet"]),
+                        checks=read_checks(res / "lambda_study_depth20_checks.parquet"))
+    assert leaderboard_html(board) in (res / "lambda_study_depth20_report" / "index.html").read_text()

@@ -107,7 +107,13 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
     echo = _Stdout(err=to_stdout)  # with --out - stdout carries the CSV only
     if run_checks and checks_asked():
         checks_preflight(spec)
-    df = evaluate_spec(spec, log=echo)
+    try:
+        df = evaluate_spec(spec, log=echo)
+    except KeyboardInterrupt:
+        click.echo("interrupted: robench eval holds its cells in memory, so nothing was written; for a run that "
+                   "keeps every finished cell and resumes, put these options in a TOML config and run "
+                   "`robench sweep CONFIG`", err=True)
+        raise click.exceptions.Exit(130) from None
     if to_stdout:
         try:
             write_csv_stream(df, sys.stdout)
