@@ -146,9 +146,11 @@ def test_line_per_cell_without_a_terminal(zoo, capsys, monkeypatch):
                                 "--n", "4", "--threads", "1"], capsys)
     assert code == 0, stderr
     assert "\r" not in stdout + stderr
-    done = [ln for ln in stdout.splitlines() if ln.startswith("[")]
+    done = [ln for ln in stdout.splitlines() if ln.startswith("[") and "running" not in ln]
     assert [ln.split(":")[0] for ln in done] == ["[1/3] resnet20 clean seed=0", "[2/3] resnet20 fgsm[art] ε=2/255 seed=0",
                                                  "[3/3] resnet20 fgsm[art] ε=8/255 seed=0"]
+    assert "[2–3/3] running resnet20 fgsm[art] ε=2/255,8/255 seed=0 (2 cells)" in stdout  # said as the group starts
+    assert " % (" in done[0] and " · ETA " in done[0] and " · ETA " not in done[-1]  # percent, ETA until the end
     assert "1 thread" in stdout
 
 
