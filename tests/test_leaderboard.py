@@ -373,3 +373,15 @@ def test_committed_report_shows_the_current_leaderboard():
     board = leaderboard(read_tables([res / "lambda_study_depth20.parquet"]),
                         checks=read_checks(res / "lambda_study_depth20_checks.parquet"))
     assert leaderboard_html(board) in (res / "lambda_study_depth20_report" / "index.html").read_text()
+
+
+def test_autoattack_is_a_key_column_where_it_ran():
+    from robench.leaderboard import key_columns
+
+    df = _floor_table()
+    extra = [rec(m, lam, "attack", "autoattack", c, n=100, eps=E8, backend="art", scheme=s)
+             for m, lam, s, c in (("resnet20", 0.0, "euler", 1), ("inresnet20", 0.5, "damped", 0))]
+    board = leaderboard(pd.concat([df, to_frame(extra)], ignore_index=True), cards={})
+    heads = [h for _, h in key_columns(board)]
+    assert "autoattack@8/255 %" in heads and heads.index("autoattack@8/255 %") < heads.index("checks")
+    assert "| autoattack@8/255 % |" in to_markdown(board)
