@@ -19,7 +19,7 @@ import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from model_zoo.arch import check_arch, count_parameters
-from model_zoo.errors import BadInput
+from model_zoo.errors import BadInput, did_you_mean
 from model_zoo.schemes import get_scheme
 
 if TYPE_CHECKING:
@@ -178,7 +178,8 @@ def is_model(name: str) -> bool:
 
 def check_model_name(name: str) -> None:
     if not isinstance(name, str) or name not in _MODELS:
-        raise BadInput(f"unknown model {name!r}; valid choices: {', '.join(list_models())}")
+        raise BadInput(f"unknown model {name!r}{did_you_mean(name, list_models())}; "
+                       f"valid choices: {', '.join(list_models())}")
 
 
 def model_entry(name: str) -> ModelEntry:

@@ -2,6 +2,7 @@
 used by ``robench eval`` and by ``robench sweep`` / ``results merge`` alike."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -10,7 +11,7 @@ import pandas as pd
 
 from model_zoo.registry import natural_key
 from robench.plan import missing
-from robench.results import pack_flags, to_frame, unpack_flags, wilson
+from robench.results import canonical_json, pack_flags, to_frame, unpack_flags, wilson
 
 KIND_ORDER = {"clean": 0, "attack": 1, "worst_case": 2, "corruption": 3}
 SHARED = ("model", "scheme", "lam", "dataset", "n", "eps", "seed", "device", "robench_version", "torch_version",
@@ -55,12 +56,14 @@ def worst_case_records(records: Iterable[Mapping], planned: Mapping[tuple, Itera
         names = sorted({str(r["perturbation"]) for r in rows})
         want = planned.get(key, set(names))
         norms = sorted({str(r["norm"]) for r in rows if not missing(r.get("norm"))})
+        params = {str(r["perturbation"]): json.loads(r["params"]) for r in rows if not missing(r.get("params"))}
         out.append({
             **{c: rows[0].get(c) for c in SHARED}, "kind": "worst_case", "perturbation": "worst_case",
             "backend": None, "norm": "+".join(norms) if norms else None, "severity": None, "steps": None,
             "correct": correct, "accuracy": correct / n, "ci_low": lo, "ci_high": hi,
             "seconds": float(sum(float(r.get("seconds") or 0.0) for r in members)), "flags": pack_flags(flags),
             "attacks": "+".join(names), "complete": key[:-1] in clean and want <= set(names),
+            "data_label": rows[0].get("data_label"), "params": canonical_json(params) if params else None,
         })
     return out
 

@@ -24,7 +24,14 @@ flagged check's word in its ``flags`` column. The checks (the ``check`` column h
 The three table checks (single step, rising ε, black box) read only the table
 (:func:`table_checks`); the four model checks load the model (``model_zoo.load_entry`` or the
 ``models`` mapping for your own modules) and the data set the table names
-(:func:`robench.data.load_dataset`). A check that cannot run says why (``status`` ``skip``).
+(:func:`robench.data.load_dataset`).
+
+``status``: ``pass``, ``flag``, ``skip`` (the check does not apply to this table: no FGSM and PGD at
+a common ε, no Square cells, the model is the transfer source) or ``not_run`` (the check applies but
+could not run: the model or the data set it needs is missing; ``detail`` says which). A check that
+did not run is never counted as passed: the leaderboard and the report show it as "not run", and
+``robench check``, which asks for the checks explicitly, refuses with one line naming what is
+missing (``run_checks(require=True)``, :func:`preflight`) before any check runs.
 """
 from __future__ import annotations
 
@@ -40,7 +47,8 @@ from robench.results import format_eps, nan_to_none, wilson
 CHECKS = ("zero_gradient", "nondeterministic", "single_step_stronger", "accuracy_rises_with_eps",
           "large_eps_survives", "black_box_stronger", "transfer_stronger")
 TABLE_CHECKS = ("single_step_stronger", "accuracy_rises_with_eps", "black_box_stronger")
-STATUSES = ("pass", "flag", "skip")
+STATUSES = ("pass", "flag", "skip", "not_run")
+STATUS_WORDS = {"pass": "passed", "flag": "flagged", "skip": "not applicable", "not_run": "not run"}
 CHECKS_SCHEMA: dict[str, str] = {
     "model": "string",
     "lam": "float64",
@@ -48,7 +56,7 @@ CHECKS_SCHEMA: dict[str, str] = {
     "n": "int64",
     "seed": "int64",
     "check": "string",
-    "status": "string",       # pass | flag | skip
+    "status": "string",       # pass | flag | skip (does not apply) | not_run (model or data missing)
     "value": "float64",       # the measured statistic (fraction, accuracy or max |Δlogit|)
     "threshold": "float64",   # flagged above (or, for the interval checks, NaN: disjoint intervals)
     "cells": "string",        # the cells that triggered the flag, e.g. "fgsm@8/255 < pgd@8/255"
@@ -214,16 +222,53 @@ class _Models:
         return self._cache[key]
 
 
+def _model_label(name: str, lam: float | None) -> str:
+    from robench.results import lam_text
+
+    return name if lam is None else f"{name} λ={lam_text(lam)}"
+
+
+def preflight(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, device: str = "cpu",
+              data_dir: str | None = None, transfer_source: str | None = "resnet20") -> None:
+    """Load every model and data set the model checks of ``table`` need (and the transfer source);
+    :class:`BadInput` naming everything missing, before any check runs."""
+    from robench.data import load_dataset
+
+    zoo = _Models(models, device)
+    missing = []
+    for dataset, n in dict.fromkeys((k[2], k[3]) for k in _groups(table)):
+        try:
+            load_dataset(dataset, data_dir if dataset != "samples" else None, n=n)
+        except BadInput as e:
+            missing.append(f"the {dataset} data ({' '.join(str(e).split())})")
+    names = list(dict.fromkeys((k[0], k[1]) for k in _groups(table)))
+    if transfer_source is not None and any(m != transfer_source for m, _ in names):
+        names.append((transfer_source, None))
+    for name, lam in dict.fromkeys(names):
+        try:
+            zoo.get(name, lam)
+        except BadInput as e:
+            what = "the transfer source " if (name, lam) == (transfer_source, None) else "the model "
+            missing.append(f"{what}{_model_label(name, lam)} ({' '.join(str(e).split())})")
+    if missing:
+        raise BadInput("the model checks cannot run: missing " + "; ".join(missing)
+                       + (" (pass --transfer-source none to skip the transfer check)"
+                          if any("transfer source" in m for m in missing) else ""))
+
+
 def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, device: str = "cpu",
                data_dir: str | None = None, transfer_source: str | None = "resnet20", sanity_n: int = 100,
                sanity_eps: float = SANITY_EPS, sanity_max_accuracy: float = 0.01, grad_tolerance: float = 0.0,
-               batch_size: int = 250, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+               batch_size: int = 250, progress: Callable[[str], None] | None = None,
+               require: bool = False) -> pd.DataFrame:
     """Every check of this module for every (model, λ, dataset, n, seed) of ``table``; see the module doc.
 
     ``models``: your own modules by name (or by (name, λ)); anything else is loaded from the zoo.
     ``data_dir``: the folder of the CIFAR data sets the table names (``samples`` needs none).
     ``transfer_source``: model name (zoo or ``models``) whose PGD examples are transferred; None skips.
-    ``progress``: called with one line per group. Returns a table with :data:`CHECKS_SCHEMA`'s columns.
+    ``progress``: called with one line per check and model (what ran, its status and seconds).
+    ``require``: a model or data set that cannot be loaded is :class:`BadInput` (checked before any
+    check runs) instead of ``not_run`` rows. Returns a table with :data:`CHECKS_SCHEMA`'s columns.
     """
     from robench.attacks import make_attack
     from robench.data import load_dataset
@@ -232,16 +277,18 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
         raise BadInput(f"sanity_eps must be in (0, 1] in pixel units, got {sanity_eps!r}")
     if isinstance(sanity_n, bool) or not isinstance(sanity_n, int) or sanity_n < 1:
         raise BadInput(f"sanity_n must be a positive whole number, got {sanity_n!r}")
+    if require:
+        preflight(table, models=models, device=device, data_dir=data_dir, transfer_source=transfer_source)
     rows = table_checks(table).to_dict("records")
     zoo = _Models(models, device)
     data_cache: dict[tuple, Any] = {}
     transfer_cache: dict[tuple, Any] = {}
+    groups = _groups(table)
 
-    for key, g in _groups(table).items():
+    for i, (key, g) in enumerate(groups.items(), start=1):
         model_name, lam, dataset, n, seed = key
-        t0 = time.perf_counter()
-        if progress:
-            progress(f"checks: {model_name} λ={'learned/–' if lam is None else f'{lam:g}'} {dataset} n={n} seed={seed}")
+        label = f"[{i}/{len(groups)}] {_model_label(model_name, lam)} {dataset} n={n} seed={seed}"
+        say = _Say(progress, label)
         try:
             model = zoo.get(model_name, lam)
             if (dataset, n) not in data_cache:
@@ -250,38 +297,43 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
             x, y = data_cache[(dataset, n)]
         except BadInput as e:
             why = f"cannot load the model or data: {e}"
-            rows += [_row(key, c, "skip", detail=why) for c in CHECKS if c not in TABLE_CHECKS]
+            new = [_row(key, c, "not_run", detail=why) for c in CHECKS if c not in TABLE_CHECKS]
+            rows += new
+            for r in new:
+                say(r)
             continue
         s = time.perf_counter()
         frac = gradient_fraction(model, x, y, batch_size=batch_size)
-        rows.append(_row(key, "zero_gradient", "flag" if frac > grad_tolerance else "pass", value=frac,
-                         threshold=grad_tolerance, n_checked=int(y.shape[0]), seconds=time.perf_counter() - s,
-                         cells=f"clean: {round(frac * y.shape[0])}/{y.shape[0]} examples" if frac > grad_tolerance else "",
-                         detail="fraction of examples whose input gradient of the loss is zero, NaN or Inf"))
+        rows.append(say(_row(key, "zero_gradient", "flag" if frac > grad_tolerance else "pass", value=frac,
+                             threshold=grad_tolerance, n_checked=int(y.shape[0]), seconds=time.perf_counter() - s,
+                             cells=f"clean: {round(frac * y.shape[0])}/{y.shape[0]} examples"
+                             if frac > grad_tolerance else "",
+                             detail="fraction of examples whose input gradient of the loss is zero, NaN or Inf")))
 
         s = time.perf_counter()
         xs, ys = x[:sanity_n], y[:sanity_n]
         diff, changed = forward_difference(model, xs, batch_size=batch_size)
         nondet = not diff <= 1e-5
-        rows.append(_row(key, "nondeterministic", "flag" if nondet else "pass", value=diff, threshold=1e-5,
-                         n_checked=int(ys.shape[0]), seconds=time.perf_counter() - s,
-                         cells=f"clean: max |Δlogit| {diff:.3g}, {changed} predictions changed" if nondet else "",
-                         detail="two eval-mode forward passes over the first examples"))
+        rows.append(say(_row(key, "nondeterministic", "flag" if nondet else "pass", value=diff, threshold=1e-5,
+                             n_checked=int(ys.shape[0]), seconds=time.perf_counter() - s,
+                             cells=f"clean: max |Δlogit| {diff:.3g}, {changed} predictions changed" if nondet else "",
+                             detail="two eval-mode forward passes over the first examples")))
 
         s = time.perf_counter()
         atk = make_attack("pgd", eps=sanity_eps, seed=seed, step_size=None)
         robust = atk.run(model, xs, ys).robust
         acc = float(robust.float().mean()) if robust.numel() else math.nan
         flagged = acc > sanity_max_accuracy
-        rows.append(_row(key, "large_eps_survives", "flag" if flagged else "pass", value=acc,
-                         threshold=sanity_max_accuracy, n_checked=int(ys.shape[0]), seconds=time.perf_counter() - s,
-                         cells=f"pgd@{format_eps(sanity_eps)}: {int(robust.sum())}/{robust.numel()} correct" if flagged else "",
-                         detail=f"PGD-20 (step 2.5·ε/20, random start) at ε={format_eps(sanity_eps)} on the first "
-                                f"{ys.shape[0]} examples"))
+        rows.append(say(_row(key, "large_eps_survives", "flag" if flagged else "pass", value=acc,
+                             threshold=sanity_max_accuracy, n_checked=int(ys.shape[0]),
+                             seconds=time.perf_counter() - s,
+                             cells=f"pgd@{format_eps(sanity_eps)}: {int(robust.sum())}/{robust.numel()} correct"
+                             if flagged else "",
+                             detail=f"PGD-20 (step 2.5·ε/20, random start) at ε={format_eps(sanity_eps)} on the "
+                                    f"first {ys.shape[0]} examples")))
 
-        rows.append(_transfer_row(key, g, model, x, y, zoo, transfer_source, transfer_cache, batch_size, device))
-        if progress:
-            progress(f"checks: {model_name} done in {time.perf_counter() - t0:.1f}s")
+        rows.append(say(_transfer_row(key, g, model, x, y, zoo, transfer_source, transfer_cache, batch_size,
+                                      device)))
 
     out = to_checks_frame(rows)
     order = {c: i for i, c in enumerate(CHECKS)}
@@ -289,6 +341,20 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
     out["_lam"] = out["lam"].fillna(math.inf)
     out = out.sort_values(["model", "_lam", "dataset", "n", "seed", "_c"], kind="stable")
     return out.drop(columns=["_c", "_lam"]).reset_index(drop=True)
+
+
+class _Say:
+    """Progress of the model checks: one line per check and model as each finishes."""
+
+    def __init__(self, progress: Callable[[str], None] | None, label: str) -> None:
+        self.progress, self.label = progress, label
+
+    def __call__(self, row: dict) -> dict:
+        if self.progress is not None:
+            status = STATUS_WORDS.get(row["status"], row["status"])
+            why = f": {row['detail']}" if row["status"] == "not_run" else ""
+            self.progress(f"checks {self.label}: {row['check']} {status} ({row['seconds']:.1f} s){why}")
+        return row
 
 
 def _transfer_row(key, g, model, x, y, zoo: _Models, source, cache: dict, batch_size: int, device) -> dict:
@@ -314,7 +380,7 @@ def _transfer_row(key, g, model, x, y, zoo: _Models, source, cache: dict, batch_
         try:
             src = zoo.get(source, None)
         except BadInput as e:
-            return _row(key, "transfer_stronger", "skip", detail=f"cannot load the transfer source {source}: {e}")
+            return _row(key, "transfer_stronger", "not_run", detail=f"cannot load the transfer source {source}: {e}")
         with torch.enable_grad():
             cache[ck] = make_attack("pgd", eps=eps, seed=seed, step_size=None)(src, x, y)
     correct, total = _accuracy(model, cache[ck], y, batch_size)
@@ -346,8 +412,9 @@ def flag_words(checks: pd.DataFrame) -> dict[tuple, list[str]]:
 
 
 def summaries(checks: pd.DataFrame) -> dict[tuple, str]:
-    """(model, λ, dataset) → ``"5 passed, 0 flagged, 2 skipped"`` (the leaderboard's ``checks``);
-    ``; model checks not run`` is added where only the table checks ran."""
+    """(model, λ, dataset) → ``"4 passed, 0 flagged, 1 not applicable, 2 not run"`` (the leaderboard's
+    ``checks``; zero counts of "not applicable" and "not run" are left out); ``; model checks not
+    run`` is added where only the table checks ran. A check that did not run is never a pass."""
     out: dict[tuple, str] = {}
     if checks is None or checks.empty:
         return out
@@ -355,7 +422,9 @@ def summaries(checks: pd.DataFrame) -> dict[tuple, str]:
     for key, idx in pd.Series(range(len(keys))).groupby(pd.Series([str(k) for k in keys]), sort=False):
         rows = checks.iloc[idx.to_numpy()]
         st = rows["status"].value_counts()
-        text = f"{int(st.get('pass', 0))} passed, {int(st.get('flag', 0))} flagged, {int(st.get('skip', 0))} skipped"
+        parts = [f"{int(st.get('pass', 0))} passed", f"{int(st.get('flag', 0))} flagged"]
+        parts += [f"{int(st[s])} {STATUS_WORDS[s]}" for s in ("skip", "not_run") if int(st.get(s, 0))]
+        text = ", ".join(parts)
         if set(rows["check"]) <= set(TABLE_CHECKS):
             text += "; model checks not run"
         out[keys[idx.iloc[0]]] = text
@@ -378,7 +447,11 @@ def read_checks(path) -> pd.DataFrame:
     missing = [c for c in CHECKS_SCHEMA if c not in df.columns]
     if missing:
         raise BadInput(f"{p} is not a robench checks table: missing columns {', '.join(missing)}")
-    return to_checks_frame(df.to_dict("records"))
+    out = to_checks_frame(df.to_dict("records"))
+    # tables written before `not_run` existed said "skip" for a check whose model or data was missing
+    legacy = (out["status"] == "skip") & out["detail"].fillna("").str.startswith("cannot load")
+    out.loc[legacy, "status"] = "not_run"
+    return out
 
 
 def write_checks(checks: pd.DataFrame, out) -> list:

@@ -26,6 +26,10 @@ from robench.fileio import sha256_file
 from robench.safepickle import load_batch
 
 DATASETS = ("samples", "cifar10", "cifar100")
+# MD5 of the official test files, as published with the archives (torchvision's cifar.py lists the same):
+# a copy whose test file hashes otherwise (re-encoded, re-ordered, re-packed) is "another copy".
+OFFICIAL_TEST_MD5 = {"cifar10": "40351d587109b95175f43aff81a1287e", "cifar100": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
+_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar10c": "CIFAR-10-C", "samples": "CIFAR-10 samples"}
 _LAYOUT = {
     "cifar10": (FOLDERS["cifar10"], [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
     "cifar100": (FOLDERS["cifar100"], ["train"], "test", b"fine_labels"),
@@ -42,6 +46,7 @@ class Dataset:
     labels: torch.Tensor
     source: str
     sha256: str = ""
+    official: bool | None = None  # the test file's MD5 is the published one (None: no published checksum)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -125,7 +130,16 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None, split: str 
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     return Dataset(name=name, split=split, images=images, labels=labels, source=str(root),
-                   sha256=sha256_file(root / test_file))
+                   sha256=sha256_file(root / test_file),
+                   official=_md5_file(root / test_file) == OFFICIAL_TEST_MD5[name])
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_samples() -> Dataset:
@@ -171,11 +185,26 @@ def load_dataset(dataset: str | None = None, data_dir: str | os.PathLike | None 
     return ds.first(n)
 
 
-def data_label(ds: Dataset) -> str:
-    """Human label for cards and tables."""
-    if ds.name == "samples":
+def label_for(name: str, sha256: str | None, official: bool | None) -> str:
+    """The data's identity as tables, cards and reports write it (the ``data_label`` column):
+    ``CIFAR-10`` when the test split's checksum is the official one, ``CIFAR-10, other copy (sha256
+    1a2b3c4d)`` otherwise (a re-encoded or re-packed copy gives other numbers), ``CIFAR-10-C (sha256
+    …)`` for files without a published per-file checksum, ``CIFAR-10 samples (foolbox, 20 PNG
+    originals)`` for the bundled images."""
+    if name == "samples":
         return "CIFAR-10 samples (foolbox, 20 PNG originals)"
-    return f"{ds.name.upper().replace('CIFAR', 'CIFAR-')} ({ds.source})"
+    title = _NAMES.get(name, str(name))
+    short = f"sha256 {str(sha256)[:8]}" if sha256 else "no checksum"
+    if official:
+        return title
+    if official is None:
+        return f"{title} ({short})"
+    return f"{title}, other copy ({short})"
+
+
+def data_label(ds: Dataset) -> str:
+    """Human label for cards, tables and reports: see :func:`label_for`."""
+    return label_for(ds.name, ds.sha256, ds.official)
 
 
 # -- augmentation ------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from model_zoo.schemes import lam_schemes
 from robench.aggregate import table, worst_case_records
 from robench.errors import BadInput
-from robench.executors import Inputs, batch_seed, check_corruption_dir, run_attack_group, run_local
-from robench.models import ModelCache, check_module
+from robench.executors import Inputs, batch_seed, check_corruption_dir, progress_enabled, run_attack_group, run_local
+from robench.models import ModelCache, borrowed, check_module
+from robench.progress import CellProgress
 from robench.plan import Cell, fmt_eps, missing, plan_cells, planned_attacks, row_key, units
 from robench.provenance import git_sha, provenance
 from robench.spec import SEVERITIES, EvalSpec
@@ -60,15 +60,18 @@ def evaluate_spec(spec: EvalSpec, *, modules: Mapping[str, torch.nn.Module] | No
     if spec.corruption_dir is not None:
         check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"])
     cache = ModelCache(spec.device, modules)
-    described = prepare_models(cache, cells, data)
-    context = provenance(cache.device)
-    if log is not None:
-        log("checkpoints: " + "; ".join(described))
-        log(f"evaluating {len(cells)} cells on {data_label(data)}, n={len(data)}, device {context['device']}, "
-            f"{spec.threads} thread{'s' if spec.threads != 1 else ''}")
-    store = MemoryStore()
-    run_local(units(cells), cache, Inputs(data, cache.device, spec.corruption_dir), store,
-              batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log)
+    with borrowed(list((modules or {}).values())):  # the caller's modules come back exactly as they were
+        described = prepare_models(cache, cells, data)
+        context = provenance(cache.device)
+        if log is not None:
+            log("checkpoints: " + "; ".join(described))
+            log(f"evaluating {len(cells)} cells on {data_label(data)} from {data.source}, n={len(data)}, "
+                f"device {context['device']}, {spec.threads} thread{'s' if spec.threads != 1 else ''}")
+        store = MemoryStore()
+        lines = CellProgress(len(cells), 0, cells, log) if log is not None and not progress_enabled(progress) else None
+        run_local(units(cells), cache, Inputs(data, cache.device, spec.corruption_dir), store,
+                  batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log,
+                  on_unit=lines and lines.on_unit, on_cell=lines and lines.on_cell)
     return table(store.records(), planned=planned_attacks(cells), models=spec.model_columns())
 
 
@@ -86,7 +89,24 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
     (model, λ, seed, ε) when attacks ran.
 
     Without ``dataset``/``data_dir`` this uses the 20 bundled ``samples`` images (n=20). ε defaults
-    to 8/255 for attacks and severities to 1..5 for corruptions. See :class:`robench.spec.EvalSpec`."""
+    to 8/255 for attacks and severities to 1..5 for corruptions. See :class:`robench.spec.EvalSpec`.
+    The caller's ``model`` is handed back exactly as it came (mode, ``requires_grad``, device, layout).
+
+    Returns a DataFrame with these columns (:data:`robench.results.SCHEMA`), one row per cell:
+
+    - what the cell is: ``model``, ``scheme``, ``lam`` (the fixed λ; 0 for ResNet; NaN where λ is
+      learned or does not apply), ``dataset``, ``n`` (the first n test images), ``kind`` (clean,
+      attack, corruption, worst_case), ``perturbation`` (none, the attack or the corruption),
+      ``backend`` (art, foolbox), ``norm`` (linf, l2), ``eps`` (pixel units), ``severity`` (1–5),
+      ``steps``, ``seed``, ``params`` (every attack hyper-parameter, defaults included, as JSON);
+    - the result: ``correct``, ``accuracy`` (= correct / n), ``ci_low``, ``ci_high`` (Wilson 95 %),
+      ``flags`` (per-example "still correct", packed hex; :func:`robench.results.unpack_flags`),
+      ``attacks`` and ``complete`` (worst_case rows: the attacks it is the AND of, and whether every
+      planned one finished);
+    - provenance: ``seconds``, ``device``, ``robench_version``, ``torch_version``, ``art_version``,
+      ``foolbox_version``, ``git_sha``, ``timestamp``, ``data_sha256``, ``data_label`` ("CIFAR-10"
+      for the official test split, "CIFAR-10, other copy (sha256 …)" otherwise), ``weights_sha256``,
+      ``origin`` (shipped, user, file, module), ``card_sha256``."""
     modules = {}
     if model is not None or name is not None:
         if model is None or not isinstance(name, str) or not name:
@@ -103,21 +123,20 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The short human table: model, lam, kind, perturbation, eps, severity, n, accuracy, CI."""
-    def lam(row) -> str:
-        if not missing(row["lam"]):
-            return f"{row['lam']:g}"
-        return "learned" if str(row["scheme"]) in lam_schemes() else "-"
+    """The short human table: model, λ, kind, perturbation, ε, severity, n, accuracy in percent with its
+    Wilson 95 % interval (the notation of every view: :func:`robench.results.lam_text`, :func:`pct`)."""
+    from robench.results import lam_text, pct
 
     return pd.DataFrame({
         "model": df["model"].astype(str),
-        "lam": [lam(r) for _, r in df.iterrows()],
+        "lam": [lam_text(lam, scheme) for lam, scheme in zip(df["lam"], df["scheme"])],
         "kind": df["kind"].astype(str),
         "perturbation": df["perturbation"].astype(str),
         "eps": [fmt_eps(e) for e in df["eps"]],
         "severity": ["-" if missing(s) else str(int(s)) for s in df["severity"]],
         "n": df["n"].astype(int),
-        "accuracy": [f"{a:.3f}" for a in df["accuracy"]],
-        "CI95": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(df["ci_low"], df["ci_high"])],
+        "accuracy %": [pct(a) for a in df["accuracy"]],
+        "95% CI": [pct(a, lo, hi).split(" ", 1)[1] if not missing(lo) else "–"
+                   for a, lo, hi in zip(df["accuracy"], df["ci_low"], df["ci_high"])],
         "complete": ["-" if missing(c) else ("yes" if c else "NO") for c in df["complete"]],
     })

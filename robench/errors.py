@@ -5,6 +5,6 @@ The class is defined in :mod:`model_zoo.errors` (the leaf package); this is the 
 """
 from __future__ import annotations
 
-from model_zoo.errors import BadInput
+from model_zoo.errors import BadInput, did_you_mean
 
-__all__ = ["BadInput"]
+__all__ = ["BadInput", "did_you_mean"]

@@ -24,7 +24,8 @@ from robench.devices import sync
 from robench.errors import BadInput
 from robench.models import LoadedModel, ModelCache, memory_format, to_format
 from robench.plan import Cell, Unit
-from robench.results import pack_flags, wilson
+from robench.data import data_label, label_for
+from robench.results import canonical_json, pack_flags, wilson
 
 Log = Callable[[str], None]
 
@@ -124,6 +125,7 @@ class AttackResult:
     steps: int | None
     backend: str
     seconds: float
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # every hyper-parameter, defaults included
 
 
 def run_attack_group(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
@@ -157,13 +159,14 @@ def run_attack_group(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
         for e, p in zip(group, parts):
             flags = np.concatenate(p) if p else np.zeros(0, dtype=bool)
             results.append(AttackResult(eps=e, flags=flags, norm=probe.norm, steps=probe.steps,
-                                        backend=probe.backend, seconds=seconds))
+                                        backend=probe.backend, seconds=seconds, params=dict(probe.params)))
     order = {e: i for i, e in enumerate(eps)}
     return sorted(results, key=lambda r: order[r.eps])
 
 
 def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: float, context: dict, data_sha: str,
-            norm: str | None = None, steps: int | None = None, backend: str | None = None) -> dict:
+            data_label: str | None = None, norm: str | None = None, steps: int | None = None,
+            backend: str | None = None, params: Mapping[str, Any] | None = None) -> dict:
     if flags.shape != (cell.n,):
         raise RuntimeError(f"{cell.label()}: got {flags.shape[0]} flags for n={cell.n}")
     correct = int(flags.sum())
@@ -174,7 +177,8 @@ def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: floa
         "severity": cell.severity, "steps": None if steps is None else int(steps), "seed": cell.seed,
         "correct": correct, "accuracy": correct / cell.n, "ci_low": lo, "ci_high": hi, "seconds": seconds,
         **context, "data_sha256": data_sha, "weights_sha256": loaded.weights_sha256, "origin": loaded.origin,
-        "card_sha256": loaded.card_sha256, "flags": pack_flags(flags),
+        "card_sha256": loaded.card_sha256, "flags": pack_flags(flags), "data_label": data_label,
+        "params": None if params is None else canonical_json(dict(params)),
     }
 
 
@@ -194,7 +198,8 @@ def run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: int
                                        backend=first.backend, params=dict(first.params), seed=first.seed,
                                        batch_size=batch_size, on_batch=bar.update)
             return [(c, _record(c, loaded, r.flags, seconds=r.seconds, context=context, data_sha=inputs.data.sha256,
-                                norm=r.norm, steps=r.steps, backend=r.backend))
+                                data_label=data_label(inputs.data), norm=r.norm, steps=r.steps, backend=r.backend,
+                                params=r.params))
                     for c, r in zip(unit.cells, results)]
         sync(dev)
         t0 = time.perf_counter()
@@ -205,8 +210,9 @@ def run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: int
             x, y, data_sha = inputs.corrupted(first)
         flags = _correct(loaded.module, x, y, batch_size, first.label(), bar.update)
         sync(dev)
+        label = label_for("cifar10c", data_sha, None) if first.dataset == "cifar10c" else data_label(inputs.data)
         return [(first, _record(first, loaded, flags, seconds=time.perf_counter() - t0, context=context,
-                                data_sha=data_sha))]
+                                data_sha=data_sha, data_label=label))]
     finally:
         bar.close()
 
@@ -230,8 +236,13 @@ def _done_line(i: int, total: int, cell: Cell, record: dict) -> str:
 
 
 def run_local(units: list[Unit], cache: ModelCache, inputs: Inputs, store, *, batch_size: int, context: dict,
-              threads: int | None = None, progress: bool = False, log: Log | None = None) -> None:
-    """Run units in this process, in order, putting each finished cell into ``store``."""
+              threads: int | None = None, progress: bool = False, log: Log | None = None,
+              on_unit: Callable[[Unit], None] | None = None,
+              on_cell: Callable[[Cell, dict], None] | None = None) -> None:
+    """Run units in this process, in order, putting each finished cell into ``store``. Progress:
+    ``on_unit`` is called as a unit starts and ``on_cell`` after each cell is stored (e.g.
+    :class:`robench.progress.CellProgress`); without ``on_cell``, ``log`` gets a line per cell when
+    no progress bar is shown."""
     from tqdm import tqdm
 
     total = sum(len(u.cells) for u in units)
@@ -240,13 +251,17 @@ def run_local(units: list[Unit], cache: ModelCache, inputs: Inputs, store, *, ba
                                       disable=not progress_enabled(progress)) as bar:
         for unit in units:
             bar.set_description(unit.label())
+            if on_unit is not None:
+                on_unit(unit)
             first = unit.cells[0]
             for cell, record in run_unit(unit, cache.get(first.model, first.lam), inputs, batch_size=batch_size,
                                          context=context, progress=progress):
                 store.put(cell, record)
                 done += 1
                 bar.update(1)
-                if log is not None and not progress_enabled(progress):
+                if on_cell is not None:
+                    on_cell(cell, record)
+                elif log is not None and not progress_enabled(progress):
                     log(_done_line(done, total, cell, record))
 
 
@@ -288,7 +303,8 @@ def ray_connect(address: str | None):
 
 
 def run_ray(units: list[Unit], data, store, ray, *, device: str, batch_size: int, corruption_dir: str | None,
-            threads: int | None = None, log: Log | None = None) -> None:
+            threads: int | None = None, log: Log | None = None,
+            on_cell: Callable[[Cell, dict], None] | None = None) -> None:
     """Run units as Ray tasks (one CPU, or one GPU each), putting each finished cell into ``store``."""
     cuda = device.startswith("cuda")
     env = {k: os.environ[k] for k in ("ROBENCH_HOME", "ROBENCH_PROGRESS", "ROBENCH_THREADS") if k in os.environ}
@@ -314,7 +330,9 @@ def run_ray(units: list[Unit], data, store, ray, *, device: str, batch_size: int
             for cell, record in pairs:
                 store.put(cell, record)
                 done += 1
-                if log is not None:
+                if on_cell is not None:
+                    on_cell(cell, record)
+                elif log is not None:
                     log(_done_line(done, total, cell, record))
     finally:
         for f in futures:

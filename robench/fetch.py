@@ -10,8 +10,8 @@ complete: an interrupted, killed or corrupted fetch never leaves half a data fol
   starts over when the server does not offer ranges). An archive whose MD5 is wrong is deleted.
   After a successful extraction the downloaded archive is deleted; a local archive given as
   ``url`` is never touched.
-* One fetch of a data set per folder at a time: a second one is refused while the first holds the
-  lock file ``<dir>/.<archive>.lock`` (kept; the OS releases the lock when a process dies).
+* One fetch per folder at a time: a second one is refused while the first holds an exclusive lock
+  on the folder itself (no lock file; the OS releases the lock when a process dies).
 * Tar members must be regular files or folders inside the archive's one data folder: absolute
   paths, ``..``, links and special files (devices, FIFOs) are refused before anything is written.
 * The checksums are those published with the data sets and used by torchvision and RobustBench:
@@ -172,6 +172,14 @@ class _Progress:
 
 
 # -- download ---------------------------------------------------------------------------------
+def label_name(part: Path) -> str:
+    """The data set name whose archive ``part`` is being downloaded (for the next-step hint)."""
+    for name, src in SOURCES.items():
+        if part.name.startswith(src.archive):
+            return name
+    return "NAME"
+
+
 def _download(url: str, part: Path, expected_size: int | None, label: str, stream, tty: bool,
               log: Callable[[str], None]) -> None:
     """Download ``url`` into ``part``, resuming what is already there when the server allows ranges.
@@ -193,7 +201,10 @@ def _download(url: str, part: Path, expected_size: int | None, label: str, strea
         reason = getattr(e, "reason", e)
         raise FetchError(f"could not download {url}: {reason}"
                          + (f"; partial download kept at {part} ({have:,} bytes), the next fetch resumes it"
-                            if have else "")) from None
+                            if have else "")
+                         + f"; offline? copy the archive here and run `robench data fetch {label_name(part)} --url FILE` "
+                           "(add --md5 HEX for a re-packed archive), or use an existing copy with --data-dir DIR") \
+            from None
     with response:
         if have and response.status == 206:
             log(f"resuming {part.name} at {have:,} bytes")
@@ -339,29 +350,33 @@ def fetch(name: str, *, data_dir: str | os.PathLike | None = None, url: str | No
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BadInput(f"cannot create the data folder {parent}: {e.strerror or e}") from None
-    with _lock(parent / f".{src.archive}.lock", name):
+    with _lock(parent, name):
         _remove_stale(parent, src.folder)
         return _fetch_locked(src, parent, local, url, md5, expected, force, log, stream)
 
 
 @contextlib.contextmanager
-def _lock(path: Path, name: str):
-    """One fetch of a data set per folder at a time (released by the OS when the process dies)."""
+def _lock(folder: Path, name: str):
+    """One fetch per data folder at a time: an exclusive ``flock`` on the folder itself, so no lock
+    file is made or left behind (the OS releases the lock when the process dies)."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, the checksum still catches a mixed download
         yield
         return
-    with open(path, "a") as f:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise BadInput(f"another robench data fetch of {name} is running in {path.parent}; "
-                           "wait for it to finish") from None
+            raise BadInput(f"another robench data fetch is running in {folder}; wait for it to finish "
+                           f"(this one was for {name})") from None
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _fetch_locked(src: Source, parent: Path, local: Path | None, url: str | None, md5: str | None, expected: str,

@@ -1,44 +1,42 @@
-"""Leaderboard: a pure function of result tables → one row per (model, λ, dataset).
+"""Leaderboard: a pure function of result tables → one row per (model, λ, dataset), ranked.
 
-Columns, in this order (numbers stay numbers; floats are rounded to 6 decimals so the CSV is
-byte-stable):
+Every accuracy is in **percent** (0–100, rounded to 4 decimals so the CSV is byte-stable) with its
+Wilson 95 % interval beside it, and λ is written as every view writes it (:func:`robench.results.lam_text`:
+``0.5``; ``0`` for ResNet; ``learned``; ``–`` where λ does not apply). Columns, in this order:
 
-- ``rank``: 1 = best by the ranking metric (ties share a rank, rows without the metric get none),
-  counted within a data set.
-- ``model``, ``scheme``, ``lam`` (empty = learned λ or not applicable), ``dataset``.
-- ``n``: images per cell (the smallest one when the row mixes n, which is flagged), ``seeds``:
-  the seeds present, ``;``-joined.
-- ``recipe``, ``epochs``, ``label_smoothing``, ``train_device``: the training recipe on the model
-  card whose weights sha256 is the row's (shipped or user zoo); empty when no card matches, so
-  recipe differences stand next to robustness differences.
-- ``clean``, ``clean_ci_low``, ``clean_ci_high``: clean accuracy and its Wilson 95% CI.
-- ``worst_case``, ``worst_case_ci_low``, ``worst_case_ci_high``, ``worst_case_eps``: accuracy under
-  the per-example worst case over every attack (rows of kind ``worst_case``) at the LARGEST ε that
-  has worst-case rows anywhere in the table, so that every row is compared at the same ε.
-- ``worst_case_attacks``: the ``+``-joined attacks that worst case is the AND of (the table's
-  ``attacks`` column; for older tables without it, the attacks the table holds for that cell), and
-  ``worst_case_status``: ``ok``, ``incomplete`` (a worst-case row whose ``complete`` is False: not
-  every attack of the plan had finished) or ``mismatched`` (made of other attacks than the other
-  rows of the data set at that ε, e.g. ``fgsm`` against ``fgsm+pgd``). A worst case that is not
-  ``ok`` is shown but never ranked (its row gets no rank when ranking by a worst-case metric).
-- ``corruption_mean``, ``corruption_ci_low``, ``corruption_ci_high``: mean accuracy over every
-  (corruption, severity) cell (each cell weighs the same); the CI is Wilson's on the pooled counts.
-- one column per (attack, ε): ``<attack>@<ε>``, e.g. ``pgd@8/255``. ε is written as ``k/255`` when
-  it is a whole number of 255ths, else with ``%g`` (``pgd@0.03``). When the table holds one attack
-  under several backends the backend joins the name: ``pgd:art@8/255``. Sorted by attack, then ε.
-- one column per ε with worst-case rows: ``worst_case@<ε>``.
-- ``checks``: how the gradient-masking checks of :mod:`robench.checks` came out for the row, e.g.
-  ``5 passed, 0 flagged, 2 skipped`` (``; model checks not run`` without a checks table).
-- ``flags``: ``;``-joined integrity codes, empty when none:
-  ``missing_clean`` (no clean cell), ``robust_gt_clean`` (some attack or worst-case accuracy above
-  the clean one), ``worst_gt_attack`` (a worst case above an attack at the same ε), ``mixed_n``,
-  ``mixed_seeds`` (cells of the row ran on different seed sets), ``mixed_data`` (different data
-  fingerprints), ``mixed_weights`` (different weights), ``duplicate_cells`` (the same cell twice
-  in the input; the first one is used), ``incomplete_worst_case(ε…)``, ``mismatched_worst_case(ε: lacks …)``,
-  then the word of every flagged gradient-masking check (:mod:`robench.checks`) with the cells that
-  triggered it in parentheses, e.g. ``single_step_stronger(fgsm@8/255 5.0% < pgd@8/255 40.0%)``.
-  The checks that need no model (single step, rising ε, black box) always run on the table itself;
-  the model checks come from a checks table (``checks=``, ``robench leaderboard --checks``).
+- ``rank``: 1 = best by the ranking cell (ties of the point value share a rank; a row without the
+  cell, or whose worst case is not ``ok``, gets none), counted within a data set; ``tied``: the
+  ranks of the other rows whose 95 % interval on the ranking cell overlaps this row's (``;``-joined,
+  empty when the row is clear of every other): those rows cannot be told apart at this n.
+- ``model`` (with its tag: ``resnet20.s1`` is training seed s1 of resnet20, see :func:`seed_summary`),
+  ``scheme``, ``lam``, ``dataset``, ``data_label`` (which copy of the data: ``CIFAR-10`` or
+  ``CIFAR-10, other copy (sha256 …)``), ``n`` (images per cell; the smallest when mixed, flagged),
+  ``seeds`` (the attack/corruption seeds, ``;``-joined).
+- ``rank_by``: the ranking cell (the same in every row), ``rank_value``, ``rank_ci_low``,
+  ``rank_ci_high``: the row's value there. The default cell is chosen by :func:`choose_rank_cell`
+  where the models are not all at the floor.
+- ``clean`` (+ ``_ci_low``/``_ci_high``).
+- ``worst_case`` (+ CI), ``worst_case_eps``, ``worst_case_attacks``, ``worst_case_status``: the
+  per-example worst case over every attack at the LARGEST ε with worst-case rows (the same ε for
+  every row); status ``ok``, ``incomplete`` (a sweep still running) or ``mismatched`` (made of other
+  attacks than the other rows at that ε): shown, never ranked.
+- ``corruption_mean`` (+ CI on the pooled counts) and ``corruption_set``, what it averages: the
+  corruptions, the severities, and whether the images were generated by robench or read from the
+  CIFAR-10-C files (``dataset`` cifar10c), e.g. ``gaussian_noise, impulse_noise × severities 1–5
+  (generated)``. Each (corruption, severity) cell weighs the same.
+- model card (the zoo card whose weights sha256 is the row's): ``source`` (the table's ``origin``:
+  shipped, user, file or module), ``parameters``, ``recipe``, ``epochs``, ``label_smoothing``,
+  ``train_device``, ``card_test_acc`` (%, the card's own test accuracy), ``notes`` (the card's notes,
+  e.g. "below target"); empty where no card matches.
+- one column per (attack, ε), ``<attack>@<ε>`` (``pgd@8/255``; ε as ``k/255`` when whole 255ths,
+  else ``%g``; ``pgd:art@8/255`` when one attack ran under several backends), then one per ε with
+  worst-case rows, ``worst_case@<ε>``; each followed by its ``_ci_low`` and ``_ci_high``.
+- ``checks``: how the gradient-masking checks came out, e.g. ``5 passed, 0 flagged, 1 not
+  applicable, 1 not run`` (a check that did not run is never a pass); ``flags``: ``;``-joined
+  integrity codes (``missing_clean``, ``robust_gt_clean``, ``worst_gt_attack``, ``mixed_n``,
+  ``mixed_seeds``, ``mixed_data``, ``mixed_weights``, ``duplicate_cells``,
+  ``incomplete_worst_case(ε…)``, ``mismatched_worst_case(ε: lacks …)``) then the word of every
+  flagged check with its cells, e.g. ``single_step_stronger(fgsm@8/255 5.0% < pgd@8/255 40.0%)``.
 
 Cells pooled over seeds count as ``sum(correct) / sum(n)``.
 """
@@ -52,24 +50,25 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from model_zoo.registry import natural_key
+from model_zoo.registry import natural_key, split_tag
 from robench.checks import TABLE_CHECKS, flag_words, summaries, table_checks
 from robench.errors import BadInput
 from robench.fileio import atomic_write
-from robench.results import KEY, format_eps, wilson
+from robench.results import KEY, format_eps, lam_text, wilson
 from robench.results import nan_to_none as _none
 
 FIXED_METRICS = ("clean", "worst_case", "corruption_mean")
 FLAG_CODES = ("missing_clean", "robust_gt_clean", "worst_gt_attack", "mixed_n", "mixed_seeds", "mixed_data",
               "mixed_weights", "duplicate_cells")
-_DIGITS = 6
+CARD_COLUMNS = ("source", "parameters", "recipe", "epochs", "label_smoothing", "train_device", "card_test_acc", "notes")
+_DIGITS = 4  # of a percentage
 
 
-def _pool(rows: pd.DataFrame) -> tuple[float, float, float, int, int]:
+def _pool(rows: pd.DataFrame) -> tuple[float, float, float]:
     correct, total = int(rows["correct"].sum()), int(rows["n"].sum())
     acc = correct / total if total else math.nan
     lo, hi = wilson(correct, total)
-    return acc, lo, hi, correct, total
+    return acc, lo, hi
 
 
 def _attack_names(df: pd.DataFrame) -> dict[tuple, str]:
@@ -93,15 +92,63 @@ def _zoo_cards() -> dict[str, Any]:
     return {r.weights_sha256: r.card for r in model_zoo.available() if r.weights_sha256}
 
 
-def _recipe(card: Any) -> dict:
+def _card_columns(card: Any) -> dict:
+    """The model-card columns of a row (None where the card says nothing or there is no card)."""
     training = getattr(card, "training", None)
     training = training if isinstance(training, dict) else {}
     recipe = training.get("recipe") if isinstance(training.get("recipe"), dict) else {}
+    metrics = getattr(card, "metrics", None)
+    metrics = metrics if isinstance(metrics, dict) else {}
+
     def get(d: dict, k: str):
         v = d.get(k)
         return v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+
+    acc = get(metrics, "test_acc")
+    notes = getattr(card, "notes", None)
     return {"recipe": get(recipe, "name"), "epochs": get(recipe, "epochs"),
-            "label_smoothing": get(recipe, "label_smoothing"), "train_device": get(training, "device")}
+            "label_smoothing": get(recipe, "label_smoothing"), "train_device": get(training, "device"),
+            "card_test_acc": 100 * float(acc) if isinstance(acc, (int, float)) else None,
+            "notes": " ".join(notes.split()) if isinstance(notes, str) and notes.strip() else None}
+
+
+def _parameters(model: str, lam: float | None) -> int | None:
+    """Trainable parameters of the registered architecture (by formula; None for an unknown name)."""
+    from model_zoo.arch import count_parameters
+    from model_zoo.registry import model_entry, model_info
+
+    base = split_tag(str(model))[0]
+    try:
+        e = model_entry(base)
+        if e.arch is not None and e.scheme is not None:
+            return int(count_parameters(e.arch, scheme=e.scheme, lam=lam, num_classes=e.num_classes))
+        return int(model_info(base).params)
+    except (BadInput, TypeError, ValueError):
+        return None
+
+
+def _range_text(values: list[int]) -> str:
+    """[1, 2, 3, 5] → '1–3, 5'."""
+    out, vals = [], sorted(set(values))
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        out.append(str(vals[i]) if i == j else f"{vals[i]}–{vals[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def corruption_set(rows: pd.DataFrame) -> str:
+    """What a corruption mean averages: ``gaussian_noise, impulse_noise × severities 1–5 (generated)``."""
+    corr = rows[rows["kind"] == "corruption"]
+    if corr.empty:
+        return ""
+    names = sorted({str(p) for p in corr["perturbation"]})
+    sevs = sorted({int(s) for s in corr["severity"].dropna()})
+    source = sorted({"CIFAR-10-C files" if str(d) == "cifar10c" else "generated" for d in corr["dataset"]})
+    return f"{', '.join(names)} × severit{'y' if len(sevs) == 1 else 'ies'} {_range_text(sevs)} ({' + '.join(source)})"
 
 
 def worst_case_attacks(df: pd.DataFrame) -> list[str | None]:
@@ -123,16 +170,63 @@ def worst_case_attacks(df: pd.DataFrame) -> list[str | None]:
     return out
 
 
+def _ci(col: str) -> tuple[str, str]:
+    """The interval columns of a metric column."""
+    if col in ("clean", "worst_case"):
+        return f"{col}_ci_low", f"{col}_ci_high"
+    if col == "corruption_mean":
+        return "corruption_ci_low", "corruption_ci_high"
+    if col == "rank_value":
+        return "rank_ci_low", "rank_ci_high"
+    return f"{col}_ci_low", f"{col}_ci_high"
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return not (a[1] > b[2] or b[1] > a[2])
+
+
+def choose_rank_cell(rows: list[dict], candidates: list[str]) -> tuple[str | None, str]:
+    """The default ranking cell among ``candidates`` (the worst case at each ε, largest ε first), and
+    the rule that chose it, in words.
+
+    Rule: the worst case at the largest ε at which the best model's 95 % interval lies wholly above
+    the worst model's (the models are not all at the floor there, and the ranking separates at least
+    its ends); when no ε separates them, the ε with the largest spread between best and worst
+    relative to their interval widths; with fewer than two rankable rows at every ε, the largest ε
+    that has one; ``(None, "")`` when no candidate has a rankable value."""
+    scored, single = [], None
+    for col in candidates:
+        vals = [(r[col], r[_ci(col)[0]], r[_ci(col)[1]]) for r in rows
+                if col not in r["_unranked"] and r.get(col) is not None and not math.isnan(r[col])]
+        if len(vals) < 2:
+            single = single or (col if vals else None)
+            continue
+        best, worst = max(vals), min(vals)
+        if best[1] > worst[2]:
+            return col, (f"{col}: the largest ε at which the best model's 95 % interval lies above the worst "
+                         f"model's ({100 * best[0]:.1f} [{100 * best[1]:.1f}, {100 * best[2]:.1f}] vs "
+                         f"{100 * worst[0]:.1f} [{100 * worst[1]:.1f}, {100 * worst[2]:.1f}] %)"
+                         + (f"; at larger ε the intervals of best and worst overlap" if scored else ""))
+        width = np.mean([(b[2] - b[1]) for b in (best, worst)]) or 1e-12
+        scored.append(((best[0] - worst[0]) / width, col))
+    if not scored:
+        return (single, f"{single}: the largest ε with a worst case that can be ranked (fewer than two models "
+                        "have one at any ε)") if single else (None, "")
+    col = max(scored)[1]
+    return col, (f"{col}: no ε separates the best model from the worst (their 95 % intervals overlap at every "
+                 "ε); this one has the largest spread relative to the intervals")
+
+
 def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.DataFrame | None = None,
                 cards: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """One row per (model, λ, dataset) of a tidy results table; see the module docstring for the columns.
 
-    ``rank_by``: ``clean``, ``worst_case``, ``corruption_mean`` or an attack column such as
-    ``pgd@8/255``, among those the table has; default ``worst_case`` when the table has worst-case
-    rows, else ``clean``. Higher is better. Any other metric is :class:`BadInput` listing the valid ones.
-    ``checks``: a checks table (:func:`robench.checks.run_checks`) whose flagged model checks join
-    ``flags``; the table-only checks always run on ``df`` itself. ``cards``: weights sha256 → model card for the recipe columns;
-    None reads the zoo's cards.
+    ``rank_by``: ``clean``, ``worst_case``, ``corruption_mean``, an attack cell such as ``pgd@2/255``
+    or a worst-case cell such as ``worst_case@4/255``, among those the table has; default: the cell
+    :func:`choose_rank_cell` picks (else ``clean``). Higher is better. Any other metric is
+    :class:`BadInput` listing the valid ones. ``checks``: a checks table (:func:`robench.checks.run_checks`)
+    whose model checks join ``checks`` and ``flags``; the table-only checks always run on ``df``
+    itself. ``cards``: weights sha256 → model card for the card columns; None reads the zoo's cards.
     """
     missing = [c for c in (*KEY, "correct", "accuracy") if c not in df.columns]
     if missing:
@@ -140,7 +234,7 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
     if df.empty:
         raise BadInput("the results table has no rows; nothing to rank")
     df = df.copy()
-    for col in ("scheme", "data_sha256", "weights_sha256"):
+    for col in ("scheme", "data_sha256", "weights_sha256", "data_label", "origin"):
         if col not in df.columns:
             df[col] = pd.NA
     df["_key"] = [tuple(_none(v) for v in t) for t in zip(*(df[c] for c in KEY))]
@@ -164,32 +258,29 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
     wc_cols = [f"worst_case@{format_eps(e)}" for e in wc_eps]
     headline_eps = wc_eps[-1] if wc_eps else None
     # the attacks every worst case at ε must be made of: the union over the rows of that data set
-    wc_all = df[df["kind"] == "worst_case"]
     reference: dict[tuple, set] = {}
-    for d, e, a in zip(wc_all["dataset"], wc_all["eps"], wc_all["_attacks"]):
+    for d, e, a in zip(wc["dataset"], wc["eps"], wc["_attacks"]):
         reference.setdefault((d, round(float(e), 10)), set()).update(a.split("+") if a else [])
 
     present = {"clean": (df["kind"] == "clean").any(), "worst_case": headline_eps is not None,
                "corruption_mean": (df["kind"] == "corruption").any()}
     metrics = [*(m for m in FIXED_METRICS if present[m]), *attack_cols, *wc_cols]
-    if rank_by is None:
-        rank_by = "worst_case" if present["worst_case"] else ("clean" if present["clean"] else metrics[0])
-    if rank_by not in metrics:
+    if rank_by is not None and rank_by not in metrics:
         raise BadInput(f"unknown --rank-by metric {rank_by!r}; valid choices: {', '.join(metrics)}")
 
     rows = []
     for row_key, g in df.groupby("_row", sort=False):
         model, lam, dataset = row_key
-        out: dict = {"model": model, "scheme": _first(g["scheme"]), "lam": lam, "dataset": dataset}
+        scheme = _first(g["scheme"])
+        out: dict = {"model": model, "scheme": scheme, "lam": lam_text(lam, scheme), "_lam": lam,
+                     "dataset": dataset, "data_label": _join(g["data_label"]) or _unnamed_data(g)}
         flags = set()
         ns = sorted({int(v) for v in g["n"]})
         out["n"] = ns[0]
         out["seeds"] = ";".join(str(s) for s in sorted({int(v) for v in g["seed"]}))
-        shas = [v for v in g["weights_sha256"] if _none(v) is not None]
-        out.update(_recipe(cards.get(shas[0]) if shas else None))
         if len(ns) > 1:
             flags.add("mixed_n")
-        cell_seeds = {}
+        cell_seeds: dict[tuple, set] = {}
         for t, s in zip(g["_key"], g["seed"]):
             cell_seeds.setdefault(t[:KEY.index("seed")] + t[KEY.index("seed") + 1:], set()).add(int(s))
         if len({frozenset(v) for v in cell_seeds.values()}) > 1:
@@ -200,18 +291,23 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         if any(k in dup_keys for k in g["_key"]):
             flags.add("duplicate_cells")
 
+        shas = [v for v in g["weights_sha256"] if _none(v) is not None]
+        out["source"] = _join(g["origin"]) or None
+        out["parameters"] = _parameters(model, lam) if str(out["source"]) != "module" else None
+        out.update(_card_columns(cards.get(shas[0]) if shas else None))
+
         clean = g[g["kind"] == "clean"]
         if clean.empty:
             flags.add("missing_clean")
             out.update(clean=math.nan, clean_ci_low=math.nan, clean_ci_high=math.nan)
         else:
-            out["clean"], out["clean_ci_low"], out["clean_ci_high"], _, _ = _pool(clean)
+            out["clean"], out["clean_ci_low"], out["clean_ci_high"] = _pool(clean)
 
         wcg = g[g["kind"] == "worst_case"]
         unranked, incomplete, mismatched = set(), [], []
         for e, col in zip(wc_eps, wc_cols):
             at = wcg[np.isclose(wcg["eps"].astype(float), e)]
-            out[col] = _pool(at)[0] if not at.empty else math.nan
+            out[col], out[f"{col}_ci_low"], out[f"{col}_ci_high"] = _pool(at) if not at.empty else (math.nan,) * 3
             if at.empty:
                 continue
             sets = {a for a in at["_attacks"]}
@@ -227,7 +323,7 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         if at.empty:
             out.update(worst_case=math.nan, worst_case_ci_low=math.nan, worst_case_ci_high=math.nan)
         else:
-            out["worst_case"], out["worst_case_ci_low"], out["worst_case_ci_high"], _, _ = _pool(at)
+            out["worst_case"], out["worst_case_ci_low"], out["worst_case_ci_high"] = _pool(at)
         out["worst_case_eps"] = format_eps(headline_eps) if headline_eps is not None else ""
         head_col = f"worst_case@{format_eps(headline_eps)}" if headline_eps is not None else None
         out["worst_case_attacks"] = "+".join(sorted(set("+".join(at["_attacks"]).split("+")) - {""})) if not at.empty else ""
@@ -238,11 +334,12 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         out["_unranked"] = unranked
 
         corr = g[g["kind"] == "corruption"]
+        out["corruption_set"] = corruption_set(g)
         if corr.empty:
             out.update(corruption_mean=math.nan, corruption_ci_low=math.nan, corruption_ci_high=math.nan)
         else:
             per_cell = [_pool(c)[0] for _, c in corr.groupby(["perturbation", "severity"], sort=True, dropna=False)]
-            _, lo, hi, _, _ = _pool(corr)
+            _, lo, hi = _pool(corr)
             out.update(corruption_mean=float(np.mean(per_cell)), corruption_ci_low=lo, corruption_ci_high=hi)
 
         atk = g[g["kind"] == "attack"]
@@ -250,7 +347,8 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         for idx, (p, b, e) in enumerate(zip(atk["perturbation"], atk["backend"], atk["eps"])):
             by_col.setdefault(attack_names[(p, _none(b), _none(e))], []).append(idx)
         for col in attack_cols:
-            out[col] = _pool(atk.iloc[by_col[col]])[0] if col in by_col else math.nan
+            value = _pool(atk.iloc[by_col[col]]) if col in by_col else (math.nan,) * 3
+            out[col], out[f"{col}_ci_low"], out[f"{col}_ci_high"] = value
 
         clean_acc = out["clean"]
         robust = [out[c] for c in (*attack_cols, *wc_cols) if not math.isnan(out[c])]
@@ -269,21 +367,21 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         out["checks"] = check_summary.get(row_key, "")
         rows.append(out)
 
-    columns = ["rank", "model", "scheme", "lam", "dataset", "n", "seeds",
-               "recipe", "epochs", "label_smoothing", "train_device",
-               "clean", "clean_ci_low", "clean_ci_high",
-               "worst_case", "worst_case_ci_low", "worst_case_ci_high", "worst_case_eps",
-               "worst_case_attacks", "worst_case_status",
-               "corruption_mean", "corruption_ci_low", "corruption_ci_high",
-               *attack_cols, *wc_cols, "checks", "flags"]
+    if rank_by is None:
+        rank_by, _ = choose_rank_cell(rows, wc_cols[::-1])
+    if rank_by is None:
+        rank_by = "clean" if present["clean"] else metrics[0]
 
-    def metric(r: dict) -> float:
-        return math.nan if rank_by in r["_unranked"] else r[rank_by]
+    def metric(r: dict) -> tuple[float, float, float]:
+        if rank_by in r["_unranked"]:
+            return (math.nan,) * 3
+        lo, hi = _ci(rank_by)
+        return r[rank_by], r[lo], r[hi]
 
     def order(r: dict) -> tuple:
-        m = metric(r)
+        m = metric(r)[0]
         has = m is not None and not math.isnan(m)
-        lam = r["lam"]
+        lam = r["_lam"]
         return (not has, -m if has else 0.0, natural_key(r["model"]), lam is None, lam if lam is not None else 0.0)
 
     ordered = []
@@ -291,21 +389,37 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
         group = sorted((r for r in rows if r["dataset"] == dataset), key=order)
         for r in group:
             m = metric(r)
-            # rank = 1 + number of rows strictly better ("min" ranking: ties share a rank)
-            r["rank"] = (None if m is None or math.isnan(m)
-                         else 1 + sum(1 for o in group if not math.isnan(metric(o)) and metric(o) > m))
+            r["rank_by"] = rank_by
+            r["rank_value"], r["rank_ci_low"], r["rank_ci_high"] = m
+            # rank = 1 + number of rows strictly better ("min" ranking: equal values share a rank)
+            r["rank"] = (None if math.isnan(m[0])
+                         else 1 + sum(1 for o in group if not math.isnan(metric(o)[0]) and metric(o)[0] > m[0]))
+        for r in group:
+            r["tied"] = ";".join(str(k) for k in sorted({o["rank"] for o in group if o is not r and r["rank"] is not None
+                                                         and o["rank"] is not None and _overlap(metric(r), metric(o))}))
         ordered.extend(group)
+
+    per_cell = [c for col in (*attack_cols, *wc_cols) for c in (col, *_ci(col))]
+    columns = ["rank", "tied", "model", "scheme", "lam", "dataset", "data_label", "n", "seeds",
+               "rank_by", "rank_value", "rank_ci_low", "rank_ci_high",
+               "clean", "clean_ci_low", "clean_ci_high",
+               "worst_case", "worst_case_ci_low", "worst_case_ci_high", "worst_case_eps",
+               "worst_case_attacks", "worst_case_status",
+               "corruption_mean", "corruption_ci_low", "corruption_ci_high", "corruption_set",
+               *CARD_COLUMNS, *per_cell, "checks", "flags"]
     board = pd.DataFrame(ordered, columns=columns)
-    board["rank"] = board["rank"].astype("Int64")
-    board["n"] = board["n"].astype("int64")
-    board["lam"] = board["lam"].astype("float64")
-    board["epochs"] = board["epochs"].astype("Int64")
+    percent = ["rank_value", "rank_ci_low", "rank_ci_high", "clean", "clean_ci_low", "clean_ci_high", "worst_case",
+               "worst_case_ci_low", "worst_case_ci_high", "corruption_mean", "corruption_ci_low",
+               "corruption_ci_high", *per_cell]
+    for col in percent:
+        board[col] = (100 * board[col].astype("float64")).round(_DIGITS)
+    board["card_test_acc"] = board["card_test_acc"].astype("float64").round(_DIGITS)
     board["label_smoothing"] = board["label_smoothing"].astype("float64")
-    for col in columns:
-        if board[col].dtype.kind == "f":
-            board[col] = board[col].round(_DIGITS)
-    for col in ("model", "scheme", "dataset", "seeds", "recipe", "train_device", "worst_case_eps",
-                "worst_case_attacks", "worst_case_status", "checks", "flags"):
+    for col in ("rank", "n", "epochs", "parameters"):
+        board[col] = board[col].astype("Int64")
+    for col in ("tied", "model", "scheme", "lam", "dataset", "data_label", "seeds", "rank_by", "worst_case_eps",
+                "worst_case_attacks", "worst_case_status", "corruption_set", "source", "recipe", "train_device",
+                "notes", "checks", "flags"):
         board[col] = board[col].astype("string")
     return board[columns].reset_index(drop=True)
 
@@ -313,6 +427,70 @@ def leaderboard(df: pd.DataFrame, rank_by: str | None = None, *, checks: pd.Data
 def _first(s: pd.Series):
     vals = [v for v in s if _none(v) is not None]
     return vals[0] if vals else pd.NA
+
+
+def _unnamed_data(g: pd.DataFrame) -> str:
+    """An older table without ``data_label``: the data set and its fingerprint."""
+    shas = sorted({str(v)[:8] for v in g["data_sha256"] if _none(v) is not None})
+    return f"{_join(g['dataset'])} (sha256 {', '.join(shas)})" if shas else _join(g["dataset"])
+
+
+def _join(s: pd.Series) -> str:
+    return "; ".join(sorted({str(v) for v in s if _none(v) is not None}))
+
+
+def metric_columns(board: pd.DataFrame) -> list[str]:
+    """The accuracy columns of a board that have intervals (not the CI columns themselves)."""
+    out = [c for c in ("clean", "worst_case", "corruption_mean") if c in board.columns]
+    return out + [c for c in board.columns if "@" in c and not c.endswith(("_ci_low", "_ci_high"))]
+
+
+def rank_rule(board: pd.DataFrame) -> str:
+    """In words, what the board is ranked by and why (the default rule of :func:`choose_rank_cell`,
+    or "chosen with --rank-by")."""
+    if board.empty:
+        return ""
+    cell = str(board["rank_by"].iloc[0])
+    wc = [c for c in board.columns if c.startswith("worst_case@") and not c.endswith(("_ci_low", "_ci_high"))]
+    rows = [{"_unranked": set(), **{k: (v / 100 if isinstance(v, float) else v) for k, v in r.items()}}
+            for r in board.to_dict("records")]
+    for r in rows:
+        for k, v in r.items():
+            if v is pd.NA:
+                r[k] = math.nan
+    for r, status in zip(rows, board["worst_case_status"]):
+        if not pd.isna(status) and status not in ("", "ok"):
+            r["_unranked"] = {"worst_case", f"worst_case@{board['worst_case_eps'].iloc[0]}"}
+    chosen, why = choose_rank_cell(rows, wc[::-1])
+    if chosen == cell:
+        return why
+    return f"{cell} (chosen with --rank-by)"
+
+
+def seed_summary(board: pd.DataFrame) -> pd.DataFrame:
+    """Across training seeds: per (base model, λ, dataset), where ``base`` is the model name without
+    its tag (``model_zoo.split_tag``: ``resnet20.s1`` → ``resnet20``; the untagged name is the seed-0
+    checkpoint), the mean, standard deviation (ddof = 1) and number of trained models of every
+    accuracy column (``<col>_mean``, ``<col>_sd``, ``<col>_n``), plus ``members``. Sorted by the mean
+    of ``rank_value``, best first."""
+    if board.empty:
+        return pd.DataFrame()
+    cols = ["rank_value", *metric_columns(board)]
+    b = board.assign(_base=[split_tag(str(m))[0] for m in board["model"]])
+    out = []
+    for (base, lam, dataset), g in b.groupby(["_base", "lam", "dataset"], sort=False, dropna=False):
+        row = {"model": base, "lam": lam, "dataset": dataset, "rank_by": g["rank_by"].iloc[0],
+               "members": ";".join(sorted(map(str, g["model"]), key=natural_key)), "n_models": len(g)}
+        for c in cols:
+            v = g[c].astype("float64").dropna()
+            row[f"{c}_mean"] = round(float(v.mean()), _DIGITS) if len(v) else math.nan
+            row[f"{c}_sd"] = round(float(v.std(ddof=1)), _DIGITS) if len(v) > 1 else math.nan
+            row[f"{c}_n"] = int(len(v))
+        out.append(row)
+    df = pd.DataFrame(out)
+    key = df["rank_value_mean"].fillna(-math.inf)
+    df = df.iloc[sorted(range(len(df)), key=lambda i: (-key.iloc[i], natural_key(str(df["model"].iloc[i]))))]
+    return df.reset_index(drop=True)
 
 
 def read_tables(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -334,44 +512,143 @@ def write_text(text: str, out: str | os.PathLike) -> Path:
     return atomic_write(out, lambda tmp: Path(tmp).write_text(text))
 
 
-def to_markdown(board: pd.DataFrame) -> str:
-    """A readable Markdown table: accuracies in percent with one decimal, CIs folded into brackets.
+# -- Markdown -----------------------------------------------------------------------------------
+def _cell(r: pd.Series, col: str, ci: bool = True) -> str:
+    v = r[col]
+    if pd.isna(v):
+        return "–"
+    if not ci:
+        return f"{v:.1f}"
+    lo, hi = (r[c] for c in _ci(col))
+    return f"{v:.1f} [{lo:.1f}, {hi:.1f}]" if not (pd.isna(lo) or pd.isna(hi)) else f"{v:.1f}"
 
-    The headline worst case carries its ε, its attacks and its status in the header cell or beside
-    the number; its ``worst_case@ε`` column is not repeated. The recipe columns fold into one cell."""
-    head_eps = board["worst_case_eps"].iloc[0] if len(board) and not pd.isna(board["worst_case_eps"].iloc[0]) else ""
-    repeated = f"worst_case@{head_eps}" if head_eps else None
-    show = ["rank", "model", "lam", "dataset", "n", "recipe", "clean", "worst_case", "corruption_mean",
-            *[c for c in board.columns if "@" in c and c != repeated], "checks", "flags"]
-    ci = {"clean": ("clean_ci_low", "clean_ci_high"), "worst_case": ("worst_case_ci_low", "worst_case_ci_high"),
-          "corruption_mean": ("corruption_ci_low", "corruption_ci_high")}
-    header = [("worst_case" + (f" @{head_eps}" if head_eps else "")) if c == "worst_case" else c for c in show]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in show) + "|"]
+
+def rank_text(r: pd.Series) -> str:
+    """``3`` or ``3 ≈1–2, 4`` (the ranks whose intervals overlap this one's)."""
+    if pd.isna(r["rank"]):
+        return "–"
+    tied = [int(t) for t in str(r["tied"]).split(";") if t] if not pd.isna(r["tied"]) else []
+    return f"{int(r['rank'])}" + (f" ≈{_range_text(tied)}" if tied else "")
+
+
+def key_columns(board: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, header) of the view's key columns, in order: rank, model, λ, clean, the ranking
+    cell, the headline worst case, AutoAttack where it ran, the corruption mean, checks, flags."""
+    cell = str(board["rank_by"].iloc[0]) if len(board) else "clean"
+    head_eps = board["worst_case_eps"].dropna().iloc[0] if len(board) and board["worst_case_eps"].notna().any() else ""
+    keys = [("rank", "rank"), ("model", "model"), ("lam", "λ"),
+            ("clean", "clean %" + (" (ranked)" if cell == "clean" else ""))]
+    headline = cell in ("worst_case", f"worst_case@{head_eps}")
+    if cell != "clean" and not headline:
+        keys.append((cell, f"{cell} % (ranked)"))
+    if head_eps:
+        keys.append(("worst_case", f"worst case @{head_eps} %" + (" (ranked)" if headline else "")))
+    aa = [c for c in metric_columns(board) if c.startswith("autoattack@")]
+    if aa and aa[-1] != cell:
+        keys.append((aa[-1], f"{aa[-1]} %"))
+    if board["corruption_mean"].notna().any():
+        keys.append(("corruption_mean", "corruption mean %"))
+    return keys + [("checks", "checks"), ("flags", "flags")]
+
+
+def checks_short(text: Any) -> str:
+    """The key view's checks cell: ``passed``, ``2 flagged``, ``1 flagged, 3 not run``, with ``(table
+    checks only)`` where the model checks were not run."""
+    if pd.isna(text) or not str(text):
+        return "–"
+    t = str(text)
+    parts = dict((w.split(" ", 1)[1], int(w.split(" ", 1)[0])) for w in t.split(";")[0].split(", ") if w[:1].isdigit())
+    out = []
+    if parts.get("flagged"):
+        out.append(f"{parts['flagged']} flagged")
+    if parts.get("not run"):
+        out.append(f"{parts['not run']} not run")
+    if not out:
+        out.append("passed")
+    return ", ".join(out) + (" (table checks only)" if "model checks not run" in t else "")
+
+
+def flags_short(text: Any) -> str:
+    """Flag words without their cells: ``robust_gt_clean; single_step_stronger``."""
+    if pd.isna(text) or not str(text):
+        return ""
+    words, depth, cur = [], 0, ""
+    for ch in str(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == ";" and depth == 0:
+            words.append(cur)
+            cur = ""
+        elif depth == 0:
+            cur += ch
+    words.append(cur)
+    return "; ".join(w for w in words if w)
+
+
+def to_markdown(board: pd.DataFrame, *, header: str = "") -> str:
+    """A Markdown view: ``header`` (e.g. the threat model), the ranking rule, the key table (accuracies
+    in percent with one decimal, Wilson 95 % intervals in brackets, ``≈`` ranks that cannot be told
+    apart), then every cell with its interval, the model cards, and the seed summary where a model
+    has several trained seeds."""
+    def esc(v: Any) -> str:
+        return "" if pd.isna(v) else str(v).replace("|", "\\|")
+
+    lines = [header.rstrip() + "\n"] if header else []
+    if len(board):
+        lines.append(f"Ranked by {esc(rank_rule(board))}. `≈` lists the ranks whose 95 % interval overlaps the "
+                     "row's: they cannot be told apart at this n.\n")
+    keys = key_columns(board) if len(board) else []
+    lines += ["| " + " | ".join(h for _, h in keys) + " |", "|" + "|".join(" --- " for _ in keys) + "|"]
     for _, r in board.iterrows():
         cells = []
-        for c in show:
-            v = r[c]
-            if c == "lam":
-                cells.append("learned/–" if pd.isna(v) else f"{v:g}")
-            elif c in ("rank", "n"):
-                cells.append("" if pd.isna(v) else str(int(v)))
-            elif c == "recipe":
-                parts = [None if pd.isna(v) else str(v),
-                         None if pd.isna(r["epochs"]) else f"{int(r['epochs'])} ep",
-                         None if pd.isna(r["label_smoothing"]) else f"ls {r['label_smoothing']:g}",
-                         None if pd.isna(r["train_device"]) else str(r["train_device"])]
-                cells.append(", ".join(p for p in parts if p) or "–")
-            elif c in ("model", "dataset", "checks", "flags"):
-                cells.append("" if pd.isna(v) else str(v).replace("|", "\\|"))
-            elif pd.isna(v):
-                cells.append("–")
-            elif c in ci:
-                lo, hi = r[ci[c][0]], r[ci[c][1]]
-                text = f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        for c, _h in keys:
+            if c == "rank":
+                cells.append(rank_text(r))
+            elif c in ("model", "lam"):
+                cells.append(esc(r[c]))
+            elif c == "checks":
+                cells.append(esc(checks_short(r[c])))
+            elif c == "flags":
+                cells.append(esc(flags_short(r[c])))
+            else:
+                text = _cell(r, c)
                 if c == "worst_case" and not pd.isna(r["worst_case_status"]) and r["worst_case_status"] not in ("", "ok"):
                     text += f" ({r['worst_case_status']}: {r['worst_case_attacks']}, not ranked)"
                 cells.append(text)
-            else:
-                cells.append(f"{100 * v:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if not len(board):
+        return "\n".join(lines) + "\n"
+    detail = [c for c in metric_columns(board) if "@" in c]
+    if detail:
+        lines += ["", "Every cell, % [Wilson 95 %]:", "",
+                  "| model | λ | " + " | ".join(detail) + " |", "|" + "|".join(" --- " for _ in range(len(detail) + 2)) + "|"]
+        for _, r in board.iterrows():
+            lines.append(f"| {esc(r['model'])} | {esc(r['lam'])} | " + " | ".join(_cell(r, c) for c in detail) + " |")
+    lines += ["", "Data, models and checks:", "",
+              "| model | λ | data | n | corruption mean of | source | parameters | recipe | card test acc % | checks | "
+              "flags | notes |", "|" + "|".join(" --- " for _ in range(12)) + "|"]
+    for _, r in board.iterrows():
+        recipe = ", ".join(p for p in (None if pd.isna(r["recipe"]) else str(r["recipe"]),
+                                       None if pd.isna(r["epochs"]) else f"{int(r['epochs'])} ep",
+                                       None if pd.isna(r["label_smoothing"]) else f"ls {r['label_smoothing']:g}",
+                                       None if pd.isna(r["train_device"]) else str(r["train_device"])) if p) or "–"
+        lines.append(" | ".join(["", esc(r["model"]), esc(r["lam"]), esc(r["data_label"]) or esc(r["dataset"]),
+                                 str(int(r["n"])), esc(r["corruption_set"]) or "–", esc(r["source"]) or "–",
+                                 "–" if pd.isna(r["parameters"]) else f"{int(r['parameters']):,}", esc(recipe),
+                                 "–" if pd.isna(r["card_test_acc"]) else f"{r['card_test_acc']:.2f}",
+                                 esc(r["checks"]), esc(r["flags"]), esc(r["notes"]), ""]).strip())
+    seeds = seed_summary(board)
+    if len(seeds) and (seeds["n_models"] > 1).any():
+        cols = [c for c in ("rank_value", "clean", "worst_case") if f"{c}_mean" in seeds.columns]
+        lines += ["", "Across training seeds (mean ± sd over the trained models, n = models):", "",
+                  "| model | λ | n | models | " + " | ".join(board["rank_by"].iloc[0] if c == "rank_value" else c
+                                                          for c in cols) + " |",
+                  "|" + "|".join(" --- " for _ in range(len(cols) + 4)) + "|"]
+        for _, s in seeds.iterrows():
+            vals = [("–" if pd.isna(s[f"{c}_mean"]) else f"{s[f'{c}_mean']:.1f}"
+                     + ("" if pd.isna(s[f"{c}_sd"]) else f" ± {s[f'{c}_sd']:.1f}")) for c in cols]
+            lines.append(f"| {esc(s['model'])} | {esc(s['lam'])} | {int(s['n_models'])} | {esc(s['members'])} | "
+                         + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"

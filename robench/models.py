@@ -3,10 +3,11 @@ gives, in eval mode on the device, parameters frozen, in the memory format the C
 with the provenance columns of their rows (scheme, λ, origin, weights and card sha256)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -96,6 +97,36 @@ class ModelCache:
             net.to(self.device, memory_format=memory_format(self.device)).eval().requires_grad_(False)
             self._models[key] = LoadedModel(**loaded)
         return self._models[key]
+
+
+@contextlib.contextmanager
+def borrowed(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Lend the caller's modules to an evaluation and give them back exactly as found.
+
+    Evaluating puts a module in eval mode, freezes its parameters and moves it to the device in the
+    evaluation's memory format; afterwards (also after an error) every submodule's ``training`` flag,
+    every parameter's ``requires_grad``, and every parameter and buffer tensor itself (so its device,
+    dtype, memory format and storage) are restored. Values are not copied: an evaluation never
+    changes a weight, so the original tensors are put back as they were."""
+    saved = []
+    for module in modules:
+        if not isinstance(module, torch.nn.Module):
+            continue  # check_module says what is wrong with it
+        mods = list(module.modules())
+        params = [(p, p.data, p.requires_grad) for p in module.parameters()]
+        buffers = [(m, name, b) for m in mods for name, b in m._buffers.items()]
+        saved.append(([(m, m.training) for m in mods], params, buffers))
+    try:
+        yield
+    finally:
+        for mods, params, buffers in saved:
+            for m, training in mods:
+                m.training = training
+            for p, data, requires_grad in params:
+                p.data = data
+                p.requires_grad_(requires_grad)
+            for m, name, b in buffers:
+                m._buffers[name] = b
 
 
 def check_module(name: str, module: torch.nn.Module, x: torch.Tensor, num_classes: int) -> None:

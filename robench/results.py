@@ -53,6 +53,8 @@ SCHEMA: dict[str, str] = {
     "attacks": "string",  # worst_case rows: the sorted '+'-joined attacks the row is the AND of
     "complete": "boolean",  # worst_case rows: every attack the plan has for the group (and clean) finished
     "flags": "string",
+    "data_label": "string",  # "CIFAR-10" (official test split by checksum), "CIFAR-10, other copy (sha256 1a2b3c4d)", …
+    "params": "string",  # attack rows: every hyper-parameter incl. defaults as canonical JSON; worst_case: {attack: params}
 }
 ORIGINS = ("shipped", "user", "file", "module")
 # What identifies a cell (sweeps skip finished keys; regress matches on them).
@@ -75,14 +77,62 @@ def nan_to_none(v: Any) -> Any:
 
 
 def wilson(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval (95% by default) for ``correct`` successes out of ``n``."""
+    """Wilson score interval (95% by default) for ``correct`` successes out of ``n``.
+
+    Exact at the edges: 0/n gives a lower bound of exactly 0 and n/n an upper bound of exactly 1
+    (in floating point ``centre - half`` is a few 1e-18 off), and the interval always holds
+    ``correct / n``, so ``accuracy - ci_low`` and ``ci_high - accuracy`` are never negative."""
     if n <= 0:
         return (math.nan, math.nan)
     p = correct / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if correct <= 0 else min(p, max(0.0, centre - half))
+    hi = 1.0 if correct >= n else max(p, min(1.0, centre + half))
+    return (lo, hi)
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling of a JSON value: sorted keys, no spaces (the ``params`` column)."""
+    import json
+
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+# -- the notation of every view (leaderboard, report, plots, command output) ---------------------
+LEARNED = "learned"  # λ learned per block (damped and lambda-damped models without a fixed λ)
+NOT_APPLICABLE = "–"  # λ does not apply (LM-ResNet, a user's module)
+
+
+def lam_text(lam: Any, scheme: Any = None) -> str:
+    """λ as every view writes it: ``0.5``; ``0`` for ResNet (forward Euler); ``learned`` where a damped
+    model learns λ; ``–`` where λ does not apply (LM-ResNet, modules). Without ``scheme`` a missing λ
+    reads as ``learned``."""
+    from model_zoo.schemes import lam_schemes
+
+    v = nan_to_none(lam)
+    if v is not None:
+        try:
+            return f"{float(v):g}"
+        except (TypeError, ValueError):
+            return str(v)
+    s = nan_to_none(scheme)
+    if s is None or str(s) in lam_schemes():
+        return LEARNED
+    return NOT_APPLICABLE
+
+
+def pct(value: Any, lo: Any = None, hi: Any = None, digits: int = 1) -> str:
+    """An accuracy as every view writes it: percent with ``digits`` decimals, ``[lo, hi]`` when an
+    interval is given; ``–`` for a missing value."""
+    v = nan_to_none(value)
+    if v is None:
+        return NOT_APPLICABLE
+    text = f"{100 * float(v):.{digits}f}"
+    if nan_to_none(lo) is not None and nan_to_none(hi) is not None:
+        text += f" [{100 * float(lo):.{digits}f}, {100 * float(hi):.{digits}f}]"
+    return text
 
 
 def pack_flags(flags: np.ndarray) -> str:

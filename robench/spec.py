@@ -16,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from robench.errors import BadInput
+from robench.errors import BadInput, did_you_mean
 
 try:
     import tomllib
@@ -309,7 +309,7 @@ class EvalSpec:
             valid = list_attacks()
             for a in attacks:
                 if a not in valid:
-                    raise BadInput(f"unknown attack {a!r}; valid choices: {', '.join(valid)}")
+                    raise BadInput(f"unknown attack {a!r}{did_you_mean(a, valid)}; valid choices: {', '.join(valid)}")
             stray = sorted(set(params) - set(attacks))
             if stray:
                 raise BadInput(f"attack parameters (--param / attack_params) for {', '.join(stray)}, which is not "
@@ -341,7 +341,7 @@ class EvalSpec:
                 if c not in valid:
                     why = (f"corruption {c!r} cannot be generated: {MISSING[c]} (read it from CIFAR-10-C with "
                            f"--corruption-dir)") if c in MISSING and self.corruption_dir is None \
-                        else f"unknown corruption {c!r}"
+                        else f"unknown corruption {c!r}{did_you_mean(c, valid)}"
                     raise BadInput(f"{why}; valid choices: {', '.join(valid)}")
 
         seeds = list(dict.fromkeys(parse_int(s, "seed (--seed)", 0) for s in (self.seeds or (0,))))

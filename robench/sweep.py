@@ -27,13 +27,15 @@ import pandas as pd
 
 from robench.errors import BadInput
 from robench.plan import Cell, planned_attacks, plan_cells, units
+from robench.progress import CellProgress
 from robench.spec import CONFIG_KEYS, EvalSpec, load_spec
 from robench.store import DiskStore, is_sweep_store, iter_parts, planned_from_meta, read_json
 
 EXECUTORS = ("local", "ray")
 SweepConfig = EvalSpec  # a sweep's config is an evaluation spec with an ``out`` folder
 load_config = load_spec
-__all__ = ["CONFIG_KEYS", "EXECUTORS", "SweepConfig", "SweepPlan", "load_config", "merge", "plan_sweep", "run_sweep"]
+__all__ = ["CONFIG_KEYS", "EXECUTORS", "SweepConfig", "SweepPlan", "estimate", "finished", "load_config", "merge",
+           "plan_sweep", "run_sweep"]
 
 
 @dataclasses.dataclass
@@ -116,6 +118,34 @@ def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, execut
     return SweepPlan(config=spec, out=out, cells=cells, data=data, store=store)
 
 
+def estimate(plan: SweepPlan) -> tuple[float, str]:
+    """Rough seconds the plan's pending cells will take, and how that was estimated: from the seconds
+    of the cells already finished in the folder when there are any, else by timing a forward pass of
+    each model here (:mod:`robench.progress`: attacks counted in forward+backward passes)."""
+    from robench import progress
+
+    pending = plan.pending
+    if not pending:
+        return 0.0, "nothing to run"
+    done = {cid: part.get("record") or {} for cid, part in iter_parts(plan.out)} if plan.out.is_dir() else {}
+    rate = progress.rate_from_records(plan.cells, done)
+    if rate is not None:
+        work = sum(progress.costs(pending))
+        return rate * work, "fitted to the seconds of the cells already finished here"
+    from robench.models import ModelCache
+
+    cache = ModelCache(plan.config.device if plan.config.device else "cpu")
+    per_image = progress.forward_seconds(cache, [(c.model, c.lam) for c in pending], threads=plan.config.threads)
+    return (progress.estimate(pending, per_image),
+            "a forward pass of each model timed here on 64 images; attacks counted as forward+backward passes")
+
+
+def finished(plan: SweepPlan) -> int:
+    """How many of the plan's cells are stored in its folder now (after an interruption, say)."""
+    ids = {cid for cid, _ in iter_parts(plan.out)} if plan.out.is_dir() else set()
+    return sum(1 for c in plan.cells if c.cell_id() in ids)
+
+
 def merge(out: str | os.PathLike) -> pd.DataFrame:
     """Every finished cell of a sweep folder plus the derived worst-case rows → one tidy table, in
     the one row order of :func:`robench.aggregate.sort_key`; worst-case rows of groups whose planned
@@ -161,7 +191,10 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None =
     spec = plan.config
     plan.out.mkdir(parents=True, exist_ok=True)
     with plan.store.open() as store:
-        todo = units(plan.pending)
+        pending = plan.pending
+        todo = units(pending)
+        # the counter goes on from the cells already done; the ETA is fitted to this run's cells
+        lines = CellProgress(len(plan.cells), len(plan.cells) - len(pending), pending, log)
         if executor == "local":
             from robench.executors import Inputs, run_local
             from robench.models import ModelCache
@@ -170,12 +203,12 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None =
             cache = ModelCache(spec.device)
             run_local(todo, cache, Inputs(plan.data, cache.device, spec.corruption_dir), store,
                       batch_size=spec.batch_size, context=provenance(cache.device), threads=spec.threads,
-                      progress=False, log=log)
+                      progress=False, log=log, on_unit=lines.on_unit, on_cell=lines.on_cell)
         else:
             from robench.executors import run_ray
 
             run_ray(todo, plan.data, store, ray, device=spec.device, batch_size=spec.batch_size,
-                    corruption_dir=spec.corruption_dir, threads=spec.threads, log=log)
+                    corruption_dir=spec.corruption_dir, threads=spec.threads, log=log, on_cell=lines.on_cell)
         df = merge(plan.out)
         write_table(df, plan.out / "results")
     return df

@@ -152,8 +152,16 @@ def test_landscape_and_stability_cli_write_tables_and_refuse_bad_input(tmp_path)
     df = pd.read_parquet(tmp_path / "ls.parquet")
     assert set(df["direction"]) == {"grad_sign", "pgd", "random"} and set(df["n"]) == {2}
     assert df["data_sha256"].notna().all() and df["weights_sha256"].notna().all() and set(df["origin"]) == {"file"}
+    # issue 24.5: a progress line per direction of each batch, not one per model
+    lines = [ln for ln in out.output.splitlines() if ln.startswith("landscape ")]
+    assert [ln.split(": ", 1)[1].split(",")[0] for ln in lines] == ["0/2 images (grad_sign)", "1/2 images (pgd)",
+                                                                    "2/2 images (random0)"]
+    assert "ETA" in lines[0] and "ETA" not in lines[-1]
+    assert set(df["data_label"]) == {"CIFAR-10 samples (foolbox, 20 PNG originals)"}
     out = runner.invoke(cli, ["stability", "--model", ckpt, "--n", "2", "--iters", "2", "--out", str(tmp_path / "st")])
     assert out.exit_code == 0, out.output
+    lines = [ln.split(": ", 1)[1].split(",")[0] for ln in out.output.splitlines() if ln.startswith("stability ")]
+    assert lines == ["1/2 images (gradients and gains)", "2/2 images (Jacobian norm)"]
     st_df = pd.read_parquet(tmp_path / "st.parquet")
     assert (st_df["quantity"] == "gain").sum() == 2 * 9  # two perturbations × nine blocks of ResNet-20
     seen = []

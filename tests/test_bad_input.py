@@ -213,3 +213,21 @@ def test_real_process_prints_one_line_and_exits_2(env, argv):
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     assert not (env / "lb.csv").exists() and not (env / "s2").exists()
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["eval", "--model", "resnt20"], "unknown model 'resnt20' (did you mean 'resnet20'?); valid choices:"),
+    (["eval", "--model", "ResNet20"], "(did you mean 'resnet20'?)"),
+    (["eval", "--model", "resnet20", "--attack", "pdg"], "unknown attack 'pdg' (did you mean 'pgd'?); valid choices:"),
+    (["eval", "--model", "resnet20", "--corruption", "gausian_noise"],
+     "unknown corruption 'gausian_noise' (did you mean 'gaussian_noise'?); valid choices:"),
+    (["landscape", "--model", "inresnt20@0.5", "--out", "x"], "(did you mean 'inresnet20'?)"),
+])
+def test_a_mistyped_name_gets_did_you_mean(argv, hint, capsys):
+    """Issue 24.7: no "did you mean" for model, attack and corruption names."""
+    from robench.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and hint in err

@@ -30,7 +30,8 @@ class Tiny(nn.Module):
 def test_any_module_is_evaluated_with_origin_module():
     net = Tiny().train()
     df = robench.evaluate(model=net, name="mynet", attacks=["fgsm"], eps=["4/255"], n=6, progress=False)
-    assert not net.training  # put in eval mode
+    assert net.training  # evaluated in eval mode, handed back in the mode it came in
+    net.eval()
     assert df["model"].tolist() == ["mynet"] * 3 and df["kind"].tolist() == ["clean", "attack", "worst_case"]
     assert (df["origin"] == "module").all() and df["card_sha256"].isna().all()
     assert df["weights_sha256"].str.fullmatch("[0-9a-f]{64}").all()
@@ -114,3 +115,86 @@ def test_a_registered_user_model_is_found_through_its_entry_point(tmp_path, monk
     assert code == 0, out.err
     df = read_table(tmp_path / "t.parquet")
     assert df["model"].tolist() == ["plugnet8"] and df["origin"].tolist() == ["user"]
+
+
+class WithState(nn.Module):
+    """BatchNorm and dropout (train mode changes the output), one frozen layer, a buffer of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(8 * 15 * 15, 10)
+        self.register_buffer("scale", torch.tensor(4.0))
+
+    def forward(self, x):
+        return self.head(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1)) * self.scale
+
+
+def _state(net: nn.Module) -> dict:
+    return {
+        "mode": {n: m.training for n, m in net.named_modules()},
+        "requires_grad": {n: p.requires_grad for n, p in net.named_parameters()},
+        "channels_last": {n: t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+                          and not t.is_contiguous() for n, t in net.state_dict().items()},
+        "device": {n: str(t.device) for n, t in net.state_dict().items()},
+        "storage": {n: t.data_ptr() for n, t in net.state_dict().items()},
+        "values": {n: t.clone() for n, t in net.state_dict().items()},
+    }
+
+
+def test_evaluate_leaves_the_callers_module_exactly_as_found():
+    """Issues 24.4 / 25.18: evaluate(model=net) used to hand the module back in eval mode, with every
+    parameter frozen and its convolution weights in channels_last (a model evaluated mid-training
+    silently stopped learning)."""
+    net = WithState().train()
+    net.head.bias.requires_grad_(False)  # a mix, so "all True" cannot pass by accident
+    before = _state(net)
+    df = robench.evaluate(model=net, name="mynet", attacks=["fgsm"], eps=["4/255"], n=8, progress=False)
+    after = _state(net)
+    for what in ("mode", "requires_grad", "channels_last", "device", "storage"):
+        assert after[what] == before[what], what
+    assert all(torch.equal(after["values"][k], v) for k, v in before["values"].items())
+    assert net.training and net.bn.training and not net.head.bias.requires_grad and net.conv.weight.requires_grad
+    # ... and it was evaluated in eval mode (BatchNorm on its running statistics, no dropout)
+    from robench.data import load_samples
+
+    x, y = load_samples().as_float()
+    with torch.no_grad():
+        expected = int((net.eval()(x[:8]).argmax(1) == y[:8]).sum())
+    assert df["correct"].iloc[0] == expected
+
+
+def test_a_failing_evaluation_also_gives_the_module_back():
+    net = WithState().train()
+    before = _state(net)
+    with pytest.raises(BadInput):
+        robench.evaluate(model=net, name="mynet", attacks=["fgsm"], eps=["4/255"], n=8, progress=False,
+                         corruptions=["no_such_corruption"])
+    net2 = WithState().train()
+    calls = []
+
+    def boom(module, inp, out):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("the user's hook fails mid-evaluation")
+    net2.head.register_forward_hook(boom)
+    before2 = _state(net2)
+    with pytest.raises(RuntimeError):
+        robench.evaluate(model=net2, name="mynet", attacks=["fgsm"], eps=["4/255"], n=8, progress=False)
+    for b, n in ((before, net), (before2, net2)):
+        after = _state(n)
+        for what in ("mode", "requires_grad", "channels_last", "device", "storage"):
+            assert after[what] == b[what], what
+
+
+@pytest.mark.cuda
+def test_evaluate_on_cuda_leaves_a_cpu_module_on_the_cpu():
+    net = WithState().train()
+    before = _state(net)
+    robench.evaluate(model=net, name="mynet", attacks=["fgsm"], eps=["4/255"], n=8, device="cuda", progress=False)
+    after = _state(net)
+    for what in ("mode", "requires_grad", "channels_last", "device", "storage"):
+        assert after[what] == before[what], what

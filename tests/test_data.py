@@ -50,7 +50,7 @@ def test_roundtrip_in_file_order(cifar):
     digest = hashlib.sha256((data_dir / "cifar-10-batches-py" / "test_batch").read_bytes()).hexdigest()
     assert train.sha256 == test.sha256 == digest
     assert (train.name, train.split, test.split, train.num_classes) == ("cifar10", "train", "test", 10)
-    assert data_label(test).startswith("CIFAR-10 (")
+    assert data_label(test).startswith("CIFAR-10, other copy (sha256 ")
     # the folder itself may be given, as well as its parent
     inner = load_cifar("cifar10", data_dir / "cifar-10-batches-py", "test")
     assert torch.equal(inner.images, test.images)
@@ -221,3 +221,20 @@ def test_augment_seeded():
 def test_dataset_num_classes():
     ds = Dataset("cifar100", "test", torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), "x")
     assert ds.num_classes == 100 and len(ds) == 2
+
+
+def test_data_label_says_whether_the_test_split_is_the_official_one(cifar, monkeypatch):
+    """Issue 24.2: tables said `cifar10` for a JPEG-recompressed copy whose test MD5 is not the official one."""
+    from robench import data as data_mod
+    from robench.data import label_for
+
+    data_dir = cifar[0]
+    ds = load_dataset("cifar10", data_dir)
+    assert ds.official is False
+    assert data_label(ds) == f"CIFAR-10, other copy (sha256 {ds.sha256[:8]})"
+    # the same files with their test MD5 declared the published one → plain "CIFAR-10"
+    md5 = hashlib.md5((data_dir / "cifar-10-batches-py" / "test_batch").read_bytes()).hexdigest()
+    monkeypatch.setitem(data_mod.OFFICIAL_TEST_MD5, "cifar10", md5)
+    assert data_label(load_dataset("cifar10", data_dir)) == "CIFAR-10"
+    assert data_label(load_dataset("samples")) == "CIFAR-10 samples (foolbox, 20 PNG originals)"
+    assert label_for("cifar10c", "ab12cd34ef", None) == "CIFAR-10-C (sha256 ab12cd34)"

@@ -108,6 +108,19 @@ def test_columns_per_kind_and_provenance(table, home, monkeypatch):
     assert row["device"] == "cpu" and (table["seconds"] > 0).all()
 
 
+def test_rows_record_the_data_identity_and_every_attack_hyper_parameter(table):
+    """Issue 24.2/24.6: rows said `cifar10` whatever copy it was, and recorded `steps` but not
+    step_size, random_start or restarts, so no threat-model statement could be made from a table."""
+    assert (table["data_label"] == "CIFAR-10 samples (foolbox, 20 PNG originals)").all()
+    assert set(table[table["perturbation"] == "fgsm"]["params"]) == {"{}"}
+    # every hyper-parameter, the defaults included, as canonical JSON (sorted keys, no spaces)
+    pgd = table[(table["perturbation"] == "pgd")]["params"]
+    assert set(pgd) == {'{"random_start":true,"step_size":0.00392156862745098,"steps":2}'}
+    wc = table[table["kind"] == "worst_case"]["params"]
+    assert set(wc) == {'{"fgsm":{},"pgd":{"random_start":true,"step_size":0.00392156862745098,"steps":2}}'}
+    assert table[table["kind"].isin(["clean", "corruption"])]["params"].isna().all()
+
+
 def test_worst_case_is_and_of_clean_and_attack_flags(table):
     worst = table[table["kind"] == "worst_case"]
     assert len(worst) == 3
@@ -279,3 +292,10 @@ def test_a_minimal_norm_attack_searches_once_and_is_scored_at_every_eps(zoo, mon
     robench.evaluate(models=["resnet20"], attacks=["fgsm"], eps=[0.01, 0.02], n=8, batch_size=8, backend="foolbox",
                      progress=False)
     assert calls == [0.01, 0.02]
+
+
+def test_help_of_evaluate_lists_every_output_column():
+    """Issue 24.7: help(robench.evaluate) did not say what the table holds."""
+    doc = robench.evaluate.__doc__
+    missing = [c for c in SCHEMA if f"``{c}``" not in doc]
+    assert not missing, f"document these columns in robench.evaluate's docstring: {missing}"

@@ -34,7 +34,8 @@ def test_eval_samples_fgsm_writes_both_tables(zoo, tmp_path, capsys):
         assert df["eps"].iloc[1] == pytest.approx(8 / 255) and df["perturbation"].iloc[1] == "fgsm"
         assert (unpack_flags(df["flags"].iloc[0], 20) == expected_clean_flags(20)).all()
     # the printed table carries the accuracy and CI of each row
-    assert "8/255" in stdout and "0.500" in stdout and "worst_case" in stdout
+    assert "8/255" in stdout and "50.0" in stdout and "[29.9, 70.1]" in stdout and "worst_case" in stdout
+    assert "the table was not saved" not in stdout
 
 
 def test_eval_lists_and_lambda(zoo, tmp_path, capsys):
@@ -47,6 +48,8 @@ def test_eval_lists_and_lambda(zoo, tmp_path, capsys):
                                                        ("inresnet20", "learned", "corruption"),
                                                        ("inresnet20", "learned", "corruption")]
     assert "n=6" in stdout
+    # without --out the table is printed only, and the command says so and how to save it
+    assert stdout.rstrip().splitlines()[-1].startswith("the table was not saved: add --out results/NAME")
 
 
 # Bad input of `robench eval` is tested with every other command's in test_bad_input.py.
@@ -143,9 +146,11 @@ def test_line_per_cell_without_a_terminal(zoo, capsys, monkeypatch):
                                 "--n", "4", "--threads", "1"], capsys)
     assert code == 0, stderr
     assert "\r" not in stdout + stderr
-    done = [ln for ln in stdout.splitlines() if ln.startswith("[")]
+    done = [ln for ln in stdout.splitlines() if ln.startswith("[") and "running" not in ln]
     assert [ln.split(":")[0] for ln in done] == ["[1/3] resnet20 clean seed=0", "[2/3] resnet20 fgsm[art] ε=2/255 seed=0",
                                                  "[3/3] resnet20 fgsm[art] ε=8/255 seed=0"]
+    assert "[2–3/3] running resnet20 fgsm[art] ε=2/255,8/255 seed=0 (2 cells)" in stdout  # said as the group starts
+    assert " % (" in done[0] and " · ETA " in done[0] and " · ETA " not in done[-1]  # percent, ETA until the end
     assert "1 thread" in stdout
 
 
@@ -186,3 +191,18 @@ def test_eval_runs_the_checks_on_its_cells_and_writes_them_beside_the_table(zoo,
     code, stdout, stderr = run(["eval", "--model", "resnet20", "--no-checks", "--out", str(tmp_path / "Y")], capsys)
     assert code == 0, stderr
     assert not (tmp_path / "Y_checks.parquet").exists() and "checks:" not in stdout
+
+
+def test_checks_asked_for_explicitly_must_be_able_to_run(tmp_path, capsys):
+    """Issue 24.3: checks that cannot run are an error for the command that asked for them."""
+    save_fitted("inresnet20")  # no resnet20: the transfer check has no source
+    code, stdout, stderr = run(["eval", "--model", "inresnet20", "--checks", "--out", str(tmp_path / "X")], capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "--checks: the transfer check needs trained resnet20 weights" in stderr
+    assert "checkpoints:" not in stdout and not list(tmp_path.glob("X*"))  # refused before any cell ran
+    # by default (not asked for) the check that cannot run is shown as "not run", never as passed
+    code, stdout, stderr = run(["eval", "--model", "inresnet20", "--attack", "fgsm", "--out", str(tmp_path / "X")],
+                               capsys)
+    assert code == 0, stderr
+    assert "transfer_stronger not run (0.0 s): cannot load the transfer source resnet20" in stdout
+    assert "checks: inresnet20 (samples): 3 passed, 0 flagged, 3 not applicable, 1 not run" in stdout

@@ -123,8 +123,8 @@ def serve(monkeypatch):
 
 
 def _leftovers(parent: Path) -> list[str]:
-    """What a fetch left in ``parent``, besides its lock file."""
-    return sorted(p.name for p in parent.iterdir() if not p.name.endswith(".lock")) if parent.exists() else []
+    """What a fetch left in ``parent`` (a lock file would show: issue 24.7, none is ever made)."""
+    return sorted(p.name for p in parent.iterdir()) if parent.exists() else []
 
 
 # -- the happy path ----------------------------------------------------------------------------
@@ -264,9 +264,12 @@ def test_http_errors_leave_nothing(tmp_path, serve):
     with pytest.raises(FetchError, match="HTTP 404"):
         fetch("cifar10", data_dir=tmp_path / "d", url=f"{base}/missing.tgz", md5="0" * 32, log=lambda m: None)
     assert _leftovers(tmp_path / "d") == []
-    with pytest.raises(FetchError, match="could not download"):  # nothing listens on port 1
+    with pytest.raises(FetchError, match="could not download") as e:  # nothing listens on port 1
         fetch("cifar10", data_dir=tmp_path / "d", url="http://127.0.0.1:1/x.tgz", md5="0" * 32, log=lambda m: None)
     assert _leftovers(tmp_path / "d") == []
+    # issue 24.7: offline, the error names the next step
+    assert "offline? copy the archive here and run `robench data fetch cifar10 --url FILE` (add --md5 HEX" in str(e.value)
+    assert "--data-dir DIR" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_not_the_layout_refused(tmp_path):
@@ -306,13 +309,17 @@ def test_one_fetch_at_a_time(tmp_path):
     archive, md5, _ = cifar10_archive(tmp_path)
     parent = tmp_path / "d"
     parent.mkdir()
-    with open(parent / ".cifar-10-python.tar.gz.lock", "a") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(BadInput, match="another robench data fetch of cifar10 is running"):
+    held = os.open(parent, os.O_RDONLY)  # another fetch holds the folder
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(BadInput, match="another robench data fetch is running in .*d; wait for it"):
             fetch("cifar10", data_dir=parent, url=str(archive), md5=md5, log=lambda m: None)
         assert not (parent / "cifar-10-batches-py").exists()
+    finally:
+        os.close(held)
     fetch("cifar10", data_dir=parent, url=str(archive), md5=md5, log=lambda m: None)
     assert is_present("cifar10", parent)
+    assert _leftovers(parent) == ["cifar-10-batches-py"]  # no lock file left behind (issue 24.7)
 
 
 def test_incomplete_existing_folder_refused(tmp_path):

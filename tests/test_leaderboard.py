@@ -47,15 +47,18 @@ def hand_table():
     ])
 
 
-# Computed by hand: accuracies are correct/n; CIs are Wilson 95% (e.g. 14/20 → [0.481027, 0.854523]);
-# corruption_mean is the mean over (corruption, severity) cells with the CI of the pooled counts
-# (resnet20: (12+10)/40); worst_case is taken at the largest ε (8/255); ties share the rank.
+# Computed by hand: accuracies are 100·correct/n (percent, like every view); CIs are Wilson 95%
+# (e.g. 14/20 → [48.1027, 85.4523]); corruption_mean is the mean over (corruption, severity) cells with
+# the CI of the pooled counts (resnet20: (12+10)/40); worst_case is taken at the largest ε (8/255). The
+# ranking cell: no worst case separates the best row from the worst (at 8/255: 20.0 [8.1, 41.6] vs
+# 10.0 [2.8, 30.1]; at 2/255 only resnet20 has one), so the one with the largest spread (8/255);
+# ties of the point value share the rank, `tied` lists the ranks whose intervals overlap the row's.
 EXPECTED = """\
-rank,model,scheme,lam,dataset,n,seeds,recipe,epochs,label_smoothing,train_device,clean,clean_ci_low,clean_ci_high,worst_case,worst_case_ci_low,worst_case_ci_high,worst_case_eps,worst_case_attacks,worst_case_status,corruption_mean,corruption_ci_low,corruption_ci_high,fgsm@2/255,fgsm@8/255,pgd@8/255,worst_case@2/255,worst_case@8/255,checks,flags
-1,inresnet20,damped,0.5,samples,20,0,,,,,0.7,0.481027,0.854523,0.2,0.080658,0.416017,8/255,fgsm+pgd,ok,0.6,0.445959,0.736517,,0.3,0.25,,0.2,"1 passed, 0 flagged, 2 skipped; model checks not run",
-1,inresnet20,damped,,samples,20,0,,,,,0.5,0.299298,0.700702,0.2,0.080658,0.416017,8/255,fgsm+pgd,ok,,,,,0.6,0.15,,0.2,"1 passed, 0 flagged, 2 skipped; model checks not run",robust_gt_clean;worst_gt_attack
-3,resnet20,euler,0.0,samples,20,0,,,,,0.75,0.531299,0.888138,0.1,0.027866,0.301034,8/255,fgsm+pgd,ok,0.55,0.398291,0.692947,0.45,0.2,0.1,0.45,0.1,"2 passed, 0 flagged, 1 skipped; model checks not run",
-,lmresnet20,lm,,samples,10,0;1,,,,,,,,,,,8/255,,,,,,,0.25,0.1,,,"0 passed, 0 flagged, 6 skipped; model checks not run",missing_clean;mixed_n;mixed_seeds
+rank,tied,model,scheme,lam,dataset,data_label,n,seeds,rank_by,rank_value,rank_ci_low,rank_ci_high,clean,clean_ci_low,clean_ci_high,worst_case,worst_case_ci_low,worst_case_ci_high,worst_case_eps,worst_case_attacks,worst_case_status,corruption_mean,corruption_ci_low,corruption_ci_high,corruption_set,source,parameters,recipe,epochs,label_smoothing,train_device,card_test_acc,notes,fgsm@2/255,fgsm@2/255_ci_low,fgsm@2/255_ci_high,fgsm@8/255,fgsm@8/255_ci_low,fgsm@8/255_ci_high,pgd@8/255,pgd@8/255_ci_low,pgd@8/255_ci_high,worst_case@2/255,worst_case@2/255_ci_low,worst_case@2/255_ci_high,worst_case@8/255,worst_case@8/255_ci_low,worst_case@8/255_ci_high,checks,flags
+1,1;3,inresnet20,damped,0.5,samples,samples (sha256 dddddddd),20,0,worst_case@8/255,20.0,8.0658,41.6017,70.0,48.1027,85.4523,20.0,8.0658,41.6017,8/255,fgsm+pgd,ok,60.0,44.5959,73.6517,gaussian_noise × severities 1–2 (generated),,272378,,,,,,,,,,30.0,14.5477,51.8973,25.0,11.1862,46.8701,,,,20.0,8.0658,41.6017,"1 passed, 0 flagged, 2 not applicable; model checks not run",
+1,1;3,inresnet20,damped,learned,samples,samples (sha256 dddddddd),20,0,worst_case@8/255,20.0,8.0658,41.6017,50.0,29.9298,70.0702,20.0,8.0658,41.6017,8/255,fgsm+pgd,ok,,,,,,272384,,,,,,,,,,60.0,38.6582,78.1193,15.0,5.2369,36.0419,,,,20.0,8.0658,41.6017,"1 passed, 0 flagged, 2 not applicable; model checks not run",robust_gt_clean;worst_gt_attack
+3,1,resnet20,euler,0,samples,samples (sha256 dddddddd),20,0,worst_case@8/255,10.0,2.7866,30.1034,75.0,53.1299,88.8138,10.0,2.7866,30.1034,8/255,fgsm+pgd,ok,55.0,39.8291,69.2947,gaussian_noise × severities 1–2 (generated),,272378,,,,,,,45.0,25.8198,65.7915,20.0,8.0658,41.6017,10.0,2.7866,30.1034,45.0,25.8198,65.7915,10.0,2.7866,30.1034,"2 passed, 0 flagged, 1 not applicable; model checks not run",
+,,lmresnet20,lm,–,samples,samples (sha256 dddddddd),10,0;1,worst_case@8/255,,,,,,,,,,8/255,,,,,,,,272384,,,,,,,,,,25.0,11.1862,46.8701,10.0,1.7876,40.415,,,,,,,"0 passed, 0 flagged, 6 not applicable; model checks not run",missing_clean;mixed_n;mixed_seeds
 """
 
 
@@ -66,15 +69,17 @@ def test_leaderboard_equals_hand_computed_csv():
 def test_rank_by_clean_and_order_independence():
     df = hand_table()
     board = leaderboard(df.sample(frac=1.0, random_state=3), rank_by="clean", cards={})
-    assert list(zip(board["model"], board["lam"].fillna(-1), board["rank"].fillna(0))) == [
-        ("resnet20", 0.0, 1), ("inresnet20", 0.5, 2), ("inresnet20", -1, 3), ("lmresnet20", -1, 0)]
+    assert list(zip(board["model"], board["lam"], board["rank"].fillna(0))) == [
+        ("resnet20", "0", 1), ("inresnet20", "0.5", 2), ("inresnet20", "learned", 3), ("lmresnet20", "–", 0)]
+    assert set(board["rank_by"]) == {"clean"} and board["rank_value"].tolist()[:3] == [75.0, 70.0, 50.0]
     # the default ranking does not depend on the order of the input rows
     assert leaderboard(df.iloc[::-1], cards={}).to_csv(index=False) == EXPECTED
 
 
 def test_invalid_rank_by_lists_the_metrics():
     with pytest.raises(BadInput, match=r"unknown --rank-by metric 'robust'; valid choices: clean, worst_case, "
-                                       r"corruption_mean, fgsm@2/255, fgsm@8/255, pgd@8/255"):
+                                       r"corruption_mean, fgsm@2/255, fgsm@8/255, pgd@8/255, worst_case@2/255, "
+                                       r"worst_case@8/255"):
         leaderboard(hand_table(), rank_by="robust", cards={})
 
 
@@ -84,7 +89,8 @@ def test_backend_joins_the_column_name_only_when_an_attack_has_several():
                    rec("resnet20", 0.0, "attack", "pgd", 4, eps=E8, backend="foolbox", scheme="euler"),
                    rec("resnet20", 0.0, "attack", "fgsm", 5, eps=0.03, backend="art", scheme="euler")])
     board = leaderboard(df, cards={})
-    assert [c for c in board.columns if "@" in c] == ["fgsm@0.03", "pgd:art@8/255", "pgd:foolbox@8/255"]
+    assert [c for c in board.columns if "@" in c and not c.endswith("_ci_low") and not c.endswith("_ci_high")] == [
+        "fgsm@0.03", "pgd:art@8/255", "pgd:foolbox@8/255"]
     assert board["flags"].iloc[0] == "" and board["rank"].iloc[0] == 1  # ranked by clean: no worst-case rows
     assert format_eps(8 / 255) == "8/255" and format_eps(0.0) == "0/255"
 
@@ -111,7 +117,10 @@ def test_cli_writes_csv_and_markdown(tmp_path, capsys):
     assert e.value.code == 0
     assert out.read_text() == EXPECTED
     text = md.read_text()
-    assert "| 1 | inresnet20 | 0.5 | samples | 20 | – | 70.0 [48.1, 85.5] | 20.0 [8.1, 41.6] |" in text
+    assert "| 1 ≈1, 3 | inresnet20 | 0.5 | 70.0 [48.1, 85.5] | 20.0 [8.1, 41.6] | 60.0 [44.6, 73.7] | passed (table " \
+           "checks only) |  |" in text
+    assert "| rank | model | λ | clean % | worst case @8/255 % (ranked) | corruption mean % | checks | flags |" in text
+    assert "- **Threat model**: L∞, ε ∈ {2/255, 8/255}" in text  # the threat model heads the Markdown
     # the CSV copy of the same table gives the same leaderboard
     with pytest.raises(SystemExit) as e:
         main(["leaderboard", str(tmp_path / "t.csv"), "-o", str(tmp_path / "from_csv.csv")])
@@ -150,7 +159,7 @@ def test_incomplete_worst_case_is_shown_but_never_ranked():
     top = board.iloc[0]
     assert (top["model"], top["rank"], top["worst_case_status"]) == ("inresnet20", 1, "ok")
     r = board[board["model"] == "resnet20"].iloc[0]
-    assert pd.isna(r["rank"]) and r["worst_case"] == 0.35 and r["worst_case_status"] == "incomplete"
+    assert pd.isna(r["rank"]) and r["worst_case"] == 35.0 and r["worst_case_status"] == "incomplete"
     assert r["worst_case_attacks"] == "fgsm" and "incomplete_worst_case(8/255)" in r["flags"]
     md = to_markdown(board)
     assert "35.0 [18.1, 56.7] (incomplete: fgsm, not ranked)" in md
@@ -178,6 +187,7 @@ def test_recipe_columns_come_from_the_card_with_the_same_weights():
     assert (r["recipe"], r["epochs"], r["label_smoothing"], r["train_device"]) == ("fast", 60, 0.1, "cpu:AMD EPYC")
     assert pd.isna(board[board["model"] == "lmresnet20"]["recipe"].iloc[0])  # no card with its weights
     assert "| fast, 60 ep, ls 0.1, cpu:AMD EPYC |" in to_markdown(board)
+    assert r["parameters"] == 272378  # ResNet-20 (a fixed-λ In-ResNet-20 has the same parameters)
 
 
 def test_checks_join_the_flags_as_words_with_their_cells():
@@ -190,18 +200,22 @@ def test_checks_join_the_flags_as_words_with_their_cells():
                                "check": "zero_gradient", "status": "flag", "value": 1.0, "threshold": 0.0,
                                "cells": "clean: 20/20 examples", "detail": "", "n_checked": 20, "seconds": 0.1}])
     board = leaderboard(df, checks=checks, cards={})
-    flags = dict(zip(zip(board["model"], board["lam"].fillna(-1)), board["flags"]))
-    assert flags[("inresnet20", 0.5)] == "zero_gradient(clean: 20/20 examples)"
-    checks_col = dict(zip(zip(board["model"], board["lam"].fillna(-1)), board["checks"]))
-    assert checks_col[("inresnet20", 0.5)] == "1 passed, 1 flagged, 2 skipped"  # model checks ran
-    assert checks_col[("resnet20", 0.0)].endswith("; model checks not run")
-    assert "single_step_stronger(fgsm@8/255 20.0% < pgd@8/255 90.0%)" in flags[("resnet20", 0.0)]
+    flags = dict(zip(zip(board["model"], board["lam"]), board["flags"]))
+    assert flags[("inresnet20", "0.5")] == "zero_gradient(clean: 20/20 examples)"
+    checks_col = dict(zip(zip(board["model"], board["lam"]), board["checks"]))
+    assert checks_col[("inresnet20", "0.5")] == "1 passed, 1 flagged, 2 not applicable"  # model checks ran
+    assert checks_col[("resnet20", "0")].endswith("; model checks not run")
+    assert "single_step_stronger(fgsm@8/255 20.0% < pgd@8/255 90.0%)" in flags[("resnet20", "0")]
 
 
-def test_markdown_does_not_repeat_the_headline_worst_case():
+def test_markdown_key_table_then_every_cell_with_its_interval():
     md = to_markdown(leaderboard(hand_table(), cards={}))
-    header = md.splitlines()[0]
-    assert "worst_case @8/255" in header and "worst_case@8/255" not in header and "worst_case@2/255" in header
+    lines = md.splitlines()
+    key = next(ln for ln in lines if ln.startswith("| rank"))
+    assert "fgsm@" not in key  # the key table holds the key columns; the cells follow below
+    assert "| model | λ | fgsm@2/255 | fgsm@8/255 | pgd@8/255 | worst_case@2/255 | worst_case@8/255 |" in md
+    assert "| resnet20 | 0 | 45.0 [25.8, 65.8] | 20.0 [8.1, 41.6] | 10.0 [2.8, 30.1] | 45.0 [25.8, 65.8] | " \
+           "10.0 [2.8, 30.1] |" in md
 
 
 def test_cli_writes_nothing_by_default_and_never_overwrites_without_force(tmp_path, monkeypatch, capsys):
@@ -234,3 +248,140 @@ def test_recipe_columns_are_read_from_the_zoo_by_default():
     df.loc[df["model"] == "resnet20", "weights_sha256"] = card.weights_sha256
     r = leaderboard(df).set_index("model").loc["resnet20"]
     assert (r["recipe"], r["epochs"], r["label_smoothing"], r["train_device"]) == ("paper", 160, 0.0, "cpu:AMD EPYC")
+
+
+def _floor_table(n=100):
+    """Three models: at 8/255 all at the floor (0–2 %, intervals overlapping); at 2/255 60 / 40 / 20 %."""
+    rows = []
+    for model, lam, clean, at2, at8 in (("resnet20", 0.0, 90, 20, 2), ("inresnet20", 0.5, 88, 40, 0),
+                                        ("inresnet20", math.nan, 87, 60, 1)):
+        scheme = "euler" if model == "resnet20" else "damped"
+        rows.append(rec(model, lam, "clean", "none", clean, n=n, scheme=scheme))
+        for eps, c in ((E2, at2), (E8, at8)):
+            rows.append(rec(model, lam, "attack", "pgd", c, n=n, eps=eps, backend="art", scheme=scheme))
+            rows.append(rec(model, lam, "worst_case", "worst_case", c, n=n, eps=eps, scheme=scheme))
+    return to_frame(rows)
+
+
+def test_default_ranking_cell_is_where_the_models_are_not_all_at_the_floor():
+    """Issues 24.6 / 26.3: the leaderboard ranked at 8/255, where every model sat at 0–3 % with overlapping
+    intervals (at n = 100 the order there is noise). Rule: the worst case at the largest ε at which the best
+    model's 95 % interval lies above the worst model's."""
+    from robench.leaderboard import rank_rule
+
+    board = leaderboard(_floor_table(), cards={})
+    assert set(board["rank_by"]) == {"worst_case@2/255"}
+    assert list(zip(board["model"], board["lam"], board["rank"])) == [
+        ("inresnet20", "learned", 1), ("inresnet20", "0.5", 2), ("resnet20", "0", 3)]
+    assert board["rank_value"].tolist() == [60.0, 40.0, 20.0]
+    assert rank_rule(board).startswith("worst_case@2/255: the largest ε at which the best model's 95 % interval lies "
+                                       "above the worst model's (60.0 [50.2, 69.1] vs 20.0 [13.3, 28.9] %); at larger "
+                                       "ε the intervals of best and worst overlap")
+    # the headline worst case is still the largest ε, shown (not ranked) beside the ranking cell
+    assert board["worst_case_eps"].tolist() == ["8/255"] * 3
+
+
+def test_rank_by_a_chosen_cell_with_ties_marked_where_intervals_overlap(tmp_path, capsys):
+    from robench.cli import main
+
+    df = _floor_table()
+    df.loc[(df["model"] == "resnet20") & (df["kind"] == "attack") & (df["eps"] == E2), ["correct", "accuracy"]] = [35, 0.35]
+    board = leaderboard(df, rank_by="pgd@2/255", cards={})
+    assert set(board["rank_by"]) == {"pgd@2/255"} and board["rank_value"].tolist() == [60.0, 40.0, 35.0]
+    # 40 % [30.9, 49.8] and 35 % [26.4, 44.7] overlap; 60 % [50.2, 69.1] is clear of both
+    assert board["tied"].fillna("").tolist() == ["", "3", "2"]
+    write_table(df, tmp_path / "t")
+    with pytest.raises(SystemExit) as e:
+        main(["leaderboard", str(tmp_path / "t.parquet"), "--rank-by", "pgd@2/255"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "Ranked by pgd@2/255 (chosen with --rank-by)" in out
+    assert "| 1 | inresnet20 | learned |" in out and "| 2 ≈3 | inresnet20 | 0.5 |" in out and "| 3 ≈2 | resnet20 | 0 |" in out
+    assert "pgd@2/255 % (ranked)" in out
+
+
+def test_seed_summary_aggregates_trained_seeds_by_base_model_and_lambda():
+    """Trained variants `resnet20.s1` (the tag names a training seed) flow in as their own rows and are
+    aggregated per (base model, λ): mean, sd and the number of trained models of each column."""
+    from robench.leaderboard import seed_summary
+
+    rows = []
+    for model, clean, at8 in (("resnet20", 15, 2), ("resnet20.s1", 13, 4), ("resnet20.s2", 14, 6),
+                              ("inresnet20", 16, 5)):
+        scheme = "euler" if model.startswith("resnet") else "damped"
+        lam = 0.0 if scheme == "euler" else math.nan
+        rows += [rec(model, lam, "clean", "none", clean, scheme=scheme),
+                 rec(model, lam, "attack", "pgd", at8, eps=E8, backend="art", scheme=scheme),
+                 rec(model, lam, "worst_case", "worst_case", at8, eps=E8, scheme=scheme)]
+    board = leaderboard(to_frame(rows), cards={})
+    assert len(board) == 4 and set(board["model"]) == {"resnet20", "resnet20.s1", "resnet20.s2", "inresnet20"}
+    s = seed_summary(board).set_index("model")
+    r = s.loc["resnet20"]
+    assert (r["lam"], r["n_models"], r["members"]) == ("0", 3, "resnet20;resnet20.s1;resnet20.s2")
+    assert r["clean_mean"] == pytest.approx(70.0) and r["clean_sd"] == pytest.approx(5.0) and r["clean_n"] == 3
+    assert r["pgd@8/255_mean"] == pytest.approx(20.0) and r["pgd@8/255_sd"] == pytest.approx(10.0)
+    assert s.loc["inresnet20", "n_models"] == 1 and math.isnan(s.loc["inresnet20", "clean_sd"])
+    md = to_markdown(board)
+    assert "Across training seeds" in md and "| resnet20 | 0 | 3 | resnet20;resnet20.s1;resnet20.s2 |" in md
+
+
+def test_threat_model_states_norm_eps_attacks_hyper_parameters_data_and_seeds():
+    from robench.threat_model import threat_model
+
+    df = _floor_table()
+    df["norm"] = df["norm"].where(df["kind"] != "attack", "linf")
+    df["params"] = df["params"].where(df["kind"] != "attack", '{"random_start":true,"step_size":0.00392156862745098,"steps":20}')
+    df["data_label"] = "CIFAR-10, other copy (sha256 b6c1f1e1)"
+    items = dict(threat_model(df).items())
+    assert items["Threat model"].startswith("L∞, ε ∈ {2/255, 8/255} in pixel units of [0, 1] images; untargeted")
+    assert items["Attack pgd"] == "linf, backend art, untargeted; random_start=True, step_size=1/255, steps=20"
+    assert items["Data"] == "CIFAR-10, other copy (sha256 b6c1f1e1); n = 100 (the first n test images)"
+    assert items["Seeds"].startswith("attack/corruption seed 0; one trained model per architecture and λ")
+
+
+@pytest.mark.shipped_zoo
+@pytest.mark.parametrize("table,checks,view", [
+    ("lambda_study_depth20", "lambda_study_depth20_checks", "lambda_study_depth20_leaderboard"),
+    ("baseline_cifar1000", "baseline_cifar1000_checks", "leaderboard"),
+])
+def test_committed_leaderboard_views_are_fresh(table, checks, view):
+    """Issue 24.6: the committed views went stale (regenerating added a column). Regenerate with
+    `robench leaderboard results/T.parquet --checks results/T_checks.parquet -o results/V.csv
+    --markdown results/V.md --force` (ROBENCH_HOME empty: only the shipped cards)."""
+    from pathlib import Path
+
+    from robench import threat_model
+    from robench.checks import read_checks
+    from robench.leaderboard import read_tables
+
+    res = Path(__file__).parent.parent / "results"
+    df = read_tables([res / f"{table}.parquet"])
+    board = leaderboard(df, checks=read_checks(res / f"{checks}.parquet"))
+    assert board.to_csv(index=False) == (res / f"{view}.csv").read_text()
+    md = to_markdown(board, header=threat_model.to_markdown(threat_model.threat_model(df)))
+    assert md == (res / f"{view}.md").read_text()
+
+
+@pytest.mark.shipped_zoo
+def test_committed_report_shows_the_current_leaderboard():
+    from pathlib import Path
+
+    from robench.analysis.report import leaderboard_html
+    from robench.checks import read_checks
+    from robench.leaderboard import read_tables
+
+    res = Path(__file__).parent.parent / "results"
+    board = leaderboard(read_tables([res / "lambda_study_depth20.parquet"]),
+                        checks=read_checks(res / "lambda_study_depth20_checks.parquet"))
+    assert leaderboard_html(board) in (res / "lambda_study_depth20_report" / "index.html").read_text()
+
+
+def test_autoattack_is_a_key_column_where_it_ran():
+    from robench.leaderboard import key_columns
+
+    df = _floor_table()
+    extra = [rec(m, lam, "attack", "autoattack", c, n=100, eps=E8, backend="art", scheme=s)
+             for m, lam, s, c in (("resnet20", 0.0, "euler", 1), ("inresnet20", 0.5, "damped", 0))]
+    board = leaderboard(pd.concat([df, to_frame(extra)], ignore_index=True), cards={})
+    heads = [h for _, h in key_columns(board)]
+    assert "autoattack@8/255 %" in heads and heads.index("autoattack@8/255 %") < heads.index("checks")
+    assert "| autoattack@8/255 % |" in to_markdown(board)

@@ -45,7 +45,7 @@ def test_committed_tables_without_the_new_columns_still_read(path):
     raw = pd.read_parquet(path)
     df = read_table(path)
     assert list(df.columns) == list(SCHEMA) and len(df) == len(raw)
-    for col in ("origin", "card_sha256", "attacks", "complete"):
+    for col in ("origin", "card_sha256", "attacks", "complete", "data_label", "params"):
         if col not in raw.columns:
             assert df[col].isna().all()
     assert str(df["complete"].dtype) == "boolean"
@@ -69,3 +69,39 @@ def test_git_sha_marks_uncommitted_changes(tmp_path):
     git_sha.cache_clear()
     assert git_sha(tmp_path) == clean + "-dirty"
     git_sha.cache_clear()
+
+
+def test_wilson_is_exact_at_the_edges_for_every_n_up_to_5000():
+    """Issue 24.1: wilson(0, n) gave ci_low = 3.5e-18 (and n/n a ci_high below 1) for 358 values of
+    n ≤ 2000, 50, 100, 200 and 1000 among them; matplotlib then refused the negative error bar."""
+    for n in range(1, 5001):
+        lo, hi = wilson(0, n)
+        assert lo == 0.0 and 0.0 < hi < 1.0, n
+        lo, hi = wilson(n, n)
+        assert hi == 1.0 and 0.0 < lo < 1.0, n
+
+
+def test_wilson_holds_the_estimate_inside_the_unit_interval():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.integers(1, 100_000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+    def check(kn):
+        k, n = kn
+        lo, hi = wilson(k, n)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0
+        assert (k / n - lo) >= 0 and (hi - k / n) >= 0
+
+    check()
+
+
+def test_lam_and_accuracy_have_one_notation():
+    import math
+
+    from robench.results import lam_text, pct
+
+    assert [lam_text(0.0, "euler"), lam_text(0.5, "damped"), lam_text(math.nan, "damped"),
+            lam_text(math.nan, "lambda_damped"), lam_text(math.nan, "lm"), lam_text(None, "unknown"),
+            lam_text(1.0, "damped")] == ["0", "0.5", "learned", "learned", "–", "–", "1"]
+    assert pct(0.869, 0.847, 0.889) == "86.9 [84.7, 88.9]" and pct(math.nan) == "–" and pct(0.0) == "0.0"

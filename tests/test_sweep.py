@@ -4,6 +4,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,10 +152,78 @@ def test_dry_run_prints_plan_and_writes_nothing(zoo, tiny, tmp_path, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("plan: 5 cells (1 model/λ pair, 1 seed, samples n=4), 0 already done, 5 to run")
-    assert [ln.strip() for ln in out[1:]] == ["resnet20 clean seed=0", "resnet20 fgsm[art] ε=4/255 seed=0",
-                                              "resnet20 fgsm[art] ε=8/255 seed=0", "resnet20 gaussian_noise s1 seed=0",
-                                              "resnet20 gaussian_noise s2 seed=0"]
+    assert [ln.strip() for ln in out[1:-1]] == ["resnet20 clean seed=0", "resnet20 fgsm[art] ε=4/255 seed=0",
+                                                "resnet20 fgsm[art] ε=8/255 seed=0", "resnet20 gaussian_noise s1 seed=0",
+                                                "resnet20 gaussian_noise s2 seed=0"]
+    # issue 24.5: --dry-run says how long the run would take
+    assert re.fullmatch(r"estimate: about \d+ (s|min) for 5 cells on this machine \(rough, ±50 %: a forward pass of "
+                        r"each model timed here on 64 images; .*\)", out[-1])
     assert not (tmp_path / "dry").exists()
+
+
+def test_progress_counter_goes_on_after_a_resume_with_an_eta(zoo, tiny, tmp_path, capsys):
+    """Issue 24.5: the resume counter restarted at 1, sweeps reported in bursts, no ETA."""
+    from robench.cli import main
+
+    out = tmp_path / "s"
+    r = _killed_cli("after", 2, ["sweep", tiny, "--out", out, "--no-checks"])
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert "[1/5] resnet20 clean seed=0: " in r.stdout  # killed while storing the 2nd cell, before its line
+    assert "[2–3/5] running resnet20 fgsm[art] ε=4/255,8/255 seed=0 (2 cells)" in r.stdout  # a group starts
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(tiny), "--out", str(out), "--no-checks", "--dry-run"])
+    assert "fitted to the seconds of the cells already finished here" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(tiny), "--out", str(out), "--no-checks"])
+    assert e.value.code == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    assert [ln.split("]")[0] + "]" for ln in lines] == ["[3/5]", "[4/5]", "[5/5]"]
+    assert all(" · ETA " in ln for ln in lines[:-1]) and " · ETA " not in lines[-1]
+    assert re.search(r"\[3/5\] resnet20 fgsm\[art\] ε=8/255 seed=0: \d+\.\d %", lines[0])
+
+
+def test_ctrl_c_keeps_the_finished_cells_and_says_how_to_resume(zoo, tiny, tmp_path, capsys, monkeypatch):
+    """Issue 24.5: Ctrl-C printed only "interrupted"."""
+    import robench.store as store
+    from robench.cli import main
+
+    put, count = store.DiskStore.put, [0]
+
+    def put_then_interrupt(self, cell, record):
+        put(self, cell, record)
+        count[0] += 1
+        if count[0] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.DiskStore, "put", put_then_interrupt)
+    out = tmp_path / "s"
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(tiny), "--out", str(out), "--no-checks"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130
+    assert f"interrupted: 3 of 5 cells are kept in {out} (each is saved as it finishes); resume with: robench sweep " \
+           f"{tiny} --out {out}" in err
+    assert len(_parts(out)) == 3
+
+
+def test_sweep_data_dir_overrides_the_config(zoo, tmp_path, capsys):
+    """Issue 24.2: the README's config pointed at data/, and `sweep` had no --data-dir to say otherwise."""
+    import numpy as np
+
+    from robench.cli import main
+    from synthetic_cifar import write_cifar10
+
+    rng = np.random.default_rng(0)
+    parts = [(rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 2)) for _ in range(5)]
+    write_cifar10(tmp_path / "mine", parts, (rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 6)))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('models = ["resnet20"]\ndataset = "cifar10"\ndata_dir = "nowhere"\nn = 3\nout = "o"\n')
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(cfg), "--dry-run"])
+    assert e.value.code == 2 and "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(cfg), "--dry-run", "--data-dir", str(tmp_path / "mine")])
+    assert e.value.code == 0 and "cifar10 n=3" in capsys.readouterr().out
 
 
 def test_changed_config_is_detected_not_mixed(zoo, tiny, tmp_path):
@@ -284,3 +353,25 @@ def test_ray_executor_fills_the_same_store(zoo, tiny, tmp_path):
         ray.shutdown()
     assert len(_parts(out)) == 5
     pd.testing.assert_frame_equal(_stable(df), _stable(ref))
+
+
+@pytest.mark.shipped_zoo
+def test_shipped_configs_and_readme_commands_run_after_a_fetch(tmp_path, monkeypatch):
+    """Issue 24.2: the README's config and commands used `data_dir = "data"`, a folder the README never
+    creates; after `robench data fetch cifar10` they must run as written, from any working directory."""
+    import numpy as np
+
+    from robench.datahome import fetched_dir
+    from synthetic_cifar import write_cifar10
+
+    rng = np.random.default_rng(0)
+    parts = [(rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 2)) for _ in range(5)]
+    test = (rng.integers(0, 256, (1000, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 1000))
+    write_cifar10(fetched_dir("cifar10").parent, parts, test)  # where `robench data fetch cifar10` puts it
+    monkeypatch.chdir(tmp_path)  # no data/ folder here
+    for path in CONFIGS:
+        plan = plan_sweep(load_config(path), out=tmp_path / path.stem)
+        assert plan.pending and plan.data.source.startswith(str(fetched_dir("cifar10").parent)) or \
+            plan.data.name == "samples", path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "--data-dir data " not in readme and "--corruption-dir data/" not in readme and 'data_dir = "data"' not in readme

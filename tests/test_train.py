@@ -288,7 +288,7 @@ def test_train_command_n_threads_and_force(tmp_path, capsys, monkeypatch):
         assert e.value.code == 2 and err.startswith("error: run folder") and "--force" in err
         with pytest.raises(SystemExit) as e:
             main(argv + ["--threads", "two"])
-        assert e.value.code == 2 and "--threads must be a whole number" in capsys.readouterr().err
+        assert e.value.code == 2 and "Invalid value for '--threads': malformed --threads 'two'" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
 

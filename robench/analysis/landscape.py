@@ -96,9 +96,13 @@ def _evaluate(model, x, y, d: torch.Tensor, ts: np.ndarray, d2: torch.Tensor | N
 def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, directions: Sequence[str] = DIRECTIONS,
                 radius: float = 16 / 255, points: int = 41, n_random: int = 1, seed: int = 0,
                 pgd_eps: float = 8 / 255, backend: str | None = None, grid2d: bool = False, points2d: int = 21,
-                batch_size: int = 250, on_batch: Callable[[int], None] | None = None) -> dict:
+                batch_size: int = 250, on_batch: Callable[..., None] | None = None) -> dict:
     """Per-example loss/correctness along each direction: {(direction, index): (ts, loss[T, N], correct[T, N])},
-    and with ``grid2d`` the key ("grad_sign×random", 0) → (ts, ts2, loss[T, T2, N], correct[T, T2, N])."""
+    and with ``grid2d`` the key ("grad_sign×random", 0) → (ts, ts2, loss[T, T2, N], correct[T, T2, N]).
+
+    ``on_batch(images, what)`` is called after each direction of each batch with the share of the
+    batch's images that step stands for (so a progress line comes every direction, not once per
+    batch; the batches and their seeds, and so the numbers, do not depend on it)."""
     directions = check_directions(directions)
     n_random = check_positive(n_random, "number of random directions")
     batch_size = check_positive(batch_size, "batch size")
@@ -119,12 +123,15 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, dir
             dirs.append((("pgd", 0), pgd_direction(model, xb, yb, eps=pgd_eps, seed=bseed, backend=backend)))
         if "random" in directions:
             dirs += [(("random", k), r[i:i + batch_size]) for k, r in enumerate(rand)]
+        steps = len(dirs) + int(grid2d)
         for key, d in dirs:
             parts.setdefault(key, []).append(_evaluate(model, xb, yb, d, ts))
+            if on_batch is not None:
+                on_batch(len(yb) / steps, f"{key[0]}{key[1] if key[0] == 'random' else ''}")
         if grid2d:
             parts.setdefault(("grad_sign×random", 0), []).append(_evaluate(model, xb, yb, gsign, ts, rand[0][i:i + batch_size], ts2))
-        if on_batch is not None:
-            on_batch(len(yb))
+            if on_batch is not None:
+                on_batch(len(yb) / steps, "2-D grid")
     out = {}
     for key, chunks in parts.items():
         loss = np.concatenate([c[0] for c in chunks], axis=-1)

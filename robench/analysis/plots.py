@@ -33,10 +33,20 @@ def _is_nan(v) -> bool:
 
 
 def model_label(model: str, lam, scheme=None) -> str:
-    """``inresnet20 λ=0.5``; the λ of ResNet (0) and learned/λ-free models are not printed."""
-    if _is_nan(lam) or (scheme is not None and str(scheme) not in LAM_SCHEMES):
-        return str(model) + (" (learned)" if str(scheme) in LAM_SCHEMES + ("lm",) else "")
-    return f"{model} λ={float(lam):g}"
+    """A model as every view names it: ``inresnet20 λ=0.5``, ``inresnet20 λ=learned``, ``resnet20 λ=0``,
+    and the bare name where λ does not apply (LM-ResNet, a module): the notation of
+    :func:`robench.results.lam_text`."""
+    from robench.results import NOT_APPLICABLE, lam_text
+
+    text = lam_text(lam, scheme)
+    return str(model) if text == NOT_APPLICABLE else f"{model} λ={text}"
+
+
+def _yerr(y, lo, hi) -> list:
+    """Asymmetric error bars [y − lo, hi − y], never negative (an interval always holds its estimate;
+    this guards a table written by hand or rounded on the way)."""
+    y, lo, hi = (np.asarray(v, dtype=float) for v in (y, lo, hi))
+    return [np.clip(y - lo, 0.0, None), np.clip(hi - y, 0.0, None)]
 
 
 def _labels(df: pd.DataFrame) -> pd.Series:
@@ -45,12 +55,14 @@ def _labels(df: pd.DataFrame) -> pd.Series:
 
 
 def footer(df: pd.DataFrame) -> str:
-    """'n=1000 · seeds 0 · data cifar10 (sha256 b6c1f1e1…)' for the rows a figure draws."""
+    """'n=1000 · seeds 0 · data CIFAR-10, other copy (sha256 b6c1f1e1)' for the rows a figure draws
+    (the data set and its fingerprint for older tables without ``data_label``)."""
     ns = sorted({int(v) for v in df["n"].dropna()})
     seeds = sorted({int(v) for v in df["seed"].dropna()})
-    data = sorted({str(v) for v in df["dataset"].dropna()})
+    labels = sorted({str(v) for v in df["data_label"].dropna()}) if "data_label" in df.columns else []
+    data = labels or sorted({str(v) for v in df["dataset"].dropna()})
     shas = sorted({str(v)[:8] for v in df.get("data_sha256", pd.Series(dtype="string")).dropna()})
-    sha = f" (sha256 {', '.join(s + '…' for s in shas[:3])})" if shas else ""
+    sha = f" (sha256 {', '.join(s + '…' for s in shas[:3])})" if shas and not labels else ""
     return (f"n={'/'.join(map(str, ns)) or '?'} · seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds)) or '?'}"
             f" · data {', '.join(data) or '?'}{sha}")
 
@@ -62,8 +74,14 @@ def _save(fig, df: pd.DataFrame, out_dir: Path, name: str) -> Path:
     return path
 
 
-def _band(ax, x, y, lo, hi, label, **kw):
-    line, = ax.plot(x, y, marker="o", ms=3, label=label, **kw)
+def _band(ax, x, y, lo, hi, label, *, bars: bool = True, **kw):
+    """A curve with its 95 % band; ``bars``: also an error bar at every point (a lone point has no band)."""
+    x, y, lo, hi = (np.asarray(v, dtype=float) for v in (x, y, lo, hi))
+    if bars:
+        cont = ax.errorbar(x, y, yerr=_yerr(y, lo, hi), marker="o", ms=3, capsize=2, elinewidth=0.8, label=label, **kw)
+        line = cont.lines[0]
+    else:
+        line, = ax.plot(x, y, marker="o", ms=3, label=label, **kw)
     ax.fill_between(x, lo, hi, alpha=0.18, color=line.get_color(), linewidth=0)
     return line
 
@@ -104,13 +122,16 @@ def _lambda_positions(df: pd.DataFrame) -> tuple[dict, list[float], list[str]]:
     fixed = df[df["lam"].notna()]
     for lam in sorted({float(v) for v in fixed["lam"]}):
         ticks.append(lam)
-        labels.append(f"{lam:g}")
+        at = sorted({str(m) for m, v in zip(fixed["model"], fixed["lam"]) if float(v) == lam})
+        euler = lam == 0.0 and "scheme" in fixed.columns and (fixed.loc[fixed["lam"] == 0.0, "scheme"] == "euler").any()
+        labels.append(f"{lam:g}" + (f"\n({', '.join(at)})" if euler else ""))
     extra = 1.0
-    for (m, s) in sorted({(m, s) for m, s in zip(df.loc[df["lam"].isna(), "model"], df.loc[df["lam"].isna(), "scheme"])}):
+    free = df[df["lam"].isna()]
+    for (m, s) in sorted({(str(m), str(s)) for m, s in zip(free["model"], free["scheme"])}):
         extra += 0.3
-        pos[(m, None)] = extra
+        pos[(m, None)] = extra  # one tick per model (a model listed under two schemes shares it)
         ticks.append(extra)
-        labels.append(model_label(m, None, s).replace(" (", "\n("))
+        labels.append(model_label(m, None, s).replace(" λ=", "\nλ="))
     for (m, lam) in {(m, float(v)) for m, v in zip(fixed["model"], fixed["lam"])}:
         pos[(m, lam)] = lam
     return pos, ticks, labels
@@ -143,7 +164,7 @@ def accuracy_vs_lambda(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             h = _band(ax, fixed["_x"], fixed["accuracy"] * 100, fixed["ci_low"] * 100, fixed["ci_high"] * 100, str(line))
             free = r[r["lam"].isna()]
             ax.errorbar(free["_x"], free["accuracy"] * 100,
-                        yerr=[(free["accuracy"] - free["ci_low"]) * 100, (free["ci_high"] - free["accuracy"]) * 100],
+                        yerr=_yerr(free["accuracy"] * 100, free["ci_low"] * 100, free["ci_high"] * 100),
                         fmt="s", ms=4, color=h.get_color(), capsize=2)
         ax.set_xticks(ticks, labels, fontsize=7)
         ax.set(title=title, xlabel="λ (fixed; learned models on the right)", ylabel="accuracy (%)")
@@ -181,7 +202,7 @@ def landscape_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             scale = 100 if q == "accuracy" else 1
             for label, r in part.assign(_l=_labels(part)).groupby("_l", sort=True):
                 r = r.sort_values("t")
-                _band(ax, r["t"] * 255, r["mean"] * scale, r["ci_low"] * scale, r["ci_high"] * scale, label)
+                _band(ax, r["t"] * 255, r["mean"] * scale, r["ci_low"] * scale, r["ci_high"] * scale, label, bars=False)
             ax.set(xlabel="t (×1/255, L∞ step along the direction)", ylabel="mean cross-entropy" if q == "loss" else "accuracy (%)",
                    title=f"{q} along {direction}" + (f" #{index}" if direction == "random" else ""))
             ax.axvline(0, color="0.5", lw=0.5)
@@ -195,7 +216,7 @@ def landscape_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         flat = flat.assign(_l=_labels(flat) + " · " + flat["direction"].astype(str))
         flat = flat.sort_values(["direction", "_l"])
         y = np.arange(len(flat))
-        ax.errorbar(flat["mean"], y, xerr=[flat["mean"] - flat["ci_low"], flat["ci_high"] - flat["mean"]], fmt="o", capsize=3)
+        ax.errorbar(flat["mean"], y, xerr=_yerr(flat["mean"], flat["ci_low"], flat["ci_high"]), fmt="o", capsize=3)
         ax.set_yticks(y, flat["_l"], fontsize=7)
         ax.set(xlabel="loss(t=8/255) − loss(0), mean and 95 % interval (smaller: flatter)",
                title="flatness along each direction at t = 8/255")
@@ -255,7 +276,7 @@ def stability_profiles(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             r = summ[(summ["quantity"] == q) & _dir(summ, d)]
             r = r.assign(_l=_labels(r)).sort_values("_l")
             y = np.arange(len(r))
-            ax.errorbar(r["mean"], y, xerr=[r["mean"] - r["ci_low"], r["ci_high"] - r["mean"]], fmt="o", capsize=3)
+            ax.errorbar(r["mean"], y, xerr=_yerr(r["mean"], r["ci_low"], r["ci_high"]), fmt="o", capsize=3)
             ax.set_yticks(y, r["_l"] if k % cols == 0 else [""] * len(r), fontsize=7)
             ax.set(title=q + (f" ({d})" if d else ""))
             ax.grid(alpha=0.3, axis="x")
@@ -270,18 +291,21 @@ def _dir(df: pd.DataFrame, d) -> pd.Series:
 
 # -- entry points -------------------------------------------------------------------------------
 def table_kind(df: pd.DataFrame) -> str:
-    """``eval``, ``landscape``, ``stability`` or ``noise_protocol``."""
+    """``eval``, ``checks``, ``landscape``, ``stability`` or ``noise_protocol``."""
     if "analysis" in df.columns and df["analysis"].notna().any():
         kinds = set(df["analysis"].dropna())
         if len(kinds) != 1:
             raise BadInput(f"a table mixes analyses {sorted(kinds)}; plot each on its own")
         return kinds.pop()
+    if {"check", "status"} <= set(df.columns):
+        return "checks"
     return "eval"
 
 
 def read_any(path: str | os.PathLike) -> pd.DataFrame:
-    """A robench eval/sweep table, or a landscape / stability / noise-protocol table."""
+    """A robench eval/sweep table, a checks table, or a landscape / stability / noise-protocol table."""
     from robench.analysis.common import read_analysis
+    from robench.checks import read_checks
     from robench.results import read_table
 
     p = Path(path)
@@ -289,19 +313,29 @@ def read_any(path: str | os.PathLike) -> pd.DataFrame:
         raise BadInput(f"table {p}: unknown format {p.suffix!r}; valid choices: .parquet, .csv")
     if not p.is_file():
         raise BadInput(f"table {p} does not exist")
-    cols = pd.read_parquet(p).columns if p.suffix == ".parquet" else pd.read_csv(p, nrows=0).columns
-    return read_analysis(p) if "analysis" in cols else read_table(p)
+    try:
+        cols = pd.read_parquet(p).columns if p.suffix == ".parquet" else pd.read_csv(p, nrows=0).columns
+    except Exception as e:  # pyarrow/pandas raise many types for a corrupt file; all mean "unreadable"
+        raise BadInput(f"table {p} is unreadable: {type(e).__name__}") from None
+    if "analysis" in cols:
+        return read_analysis(p)
+    if "check" in cols and "status" in cols:
+        return read_checks(p)
+    return read_table(p)
 
 
 def plot_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Every figure the table supports, as PNGs in ``out_dir``; returns their paths."""
+    """Every figure the table supports, as PNGs in ``out_dir``; returns their paths (none for a
+    checks or noise-protocol table, whose numbers the report shows as tables)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"-o {out} is a file; give a folder for the PNGs")
     if df.empty:
         raise BadInput("the table has no rows; nothing to plot")
-    out.mkdir(parents=True, exist_ok=True)
     kind = table_kind(df)
+    if kind in ("checks", "noise_protocol"):
+        return []
+    out.mkdir(parents=True, exist_ok=True)
     if kind == "eval":
         return [*accuracy_vs_lambda(df, out), *accuracy_vs_eps(df, out), *accuracy_vs_severity(df, out)]
     if kind == "landscape":
@@ -311,11 +345,26 @@ def plot_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     raise BadInput(f"no plots for {kind} tables; valid choices: eval, landscape, stability tables")
 
 
-def plot_tables(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+def existing_plots(folder: Path) -> list[Path]:
+    """PNGs already under ``folder`` (what an output folder would overwrite)."""
+    return sorted(folder.rglob("*.png")) if folder.is_dir() else []
+
+
+def plot_tables(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
+    """Plot each table: into ``out_dir`` for one table, into ``out_dir/<k>_<stem>/`` for several (so
+    one table's figures never replace another's). A folder that already holds PNGs is refused unless
+    ``force``, like every other command's outputs."""
     if not paths:
         raise BadInput("give at least one table to plot")
-    frames = [read_any(p) for p in paths]  # read (and check) every table before writing anything
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"-o {out} is a file; give a folder for the PNGs")
+    frames = [(Path(p), read_any(p)) for p in paths]  # read (and check) every table before writing anything
+    old = existing_plots(out)
+    if old and not force:
+        raise BadInput(f"-o {out} already holds plots ({', '.join(str(q.relative_to(out)) for q in old[:3])}"
+                       f"{' …' if len(old) > 3 else ''}); pass --force to replace them, or choose another folder")
     written: list[Path] = []
-    for df in frames:
-        written += plot_table(df, out_dir)
+    for k, (p, df) in enumerate(frames):
+        written += plot_table(df, out if len(frames) == 1 else out / f"{k:02d}_{p.stem}")
     return written

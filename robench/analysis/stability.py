@@ -93,8 +93,11 @@ def jacobian_norm(model: torch.nn.Module, x: torch.Tensor, *, iters: int = 20, s
 
 def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 1 / 255, seed: int = 0,
                 iters: int = 20, batch_size: int = 250, taps: Sequence[torch.nn.Module] | None = None,
-                on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Per-example arrays: gain_random / gain_adversarial [N, blocks], jacobian_norm, grad_norm_l2/_l1 [N]."""
+                on_batch: Callable[..., None] | None = None) -> dict[str, np.ndarray]:
+    """Per-example arrays: gain_random / gain_adversarial [N, blocks], jacobian_norm, grad_norm_l2/_l1 [N].
+
+    ``on_batch(images, what)`` is called after the gains and after the Jacobian of each batch with the
+    share of the batch's images that step stands for (progress only; the numbers do not depend on it)."""
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise BadInput(f"stability ε must be a positive number of pixels, got {eps!r}")
     batch_size = check_positive(batch_size, "batch size")
@@ -109,9 +112,11 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
         parts["grad_norm_l1"].append(grad.flatten(1).double().abs().sum(1).cpu().numpy())
         parts["gain_random"].append(block_gains(model, xb, eps * rand[i:i + batch_size], taps))
         parts["gain_adversarial"].append(block_gains(model, xb, eps * grad.sign(), taps))
+        if on_batch is not None:
+            on_batch(len(yb) / 2, "gradients and gains")
         parts["jacobian_norm"].append(jacobian_norm(model, xb, iters=iters, seed=seed * 1000003 + b))
         if on_batch is not None:
-            on_batch(len(yb))
+            on_batch(len(yb) / 2, "Jacobian norm")
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
 

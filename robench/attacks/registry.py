@@ -11,7 +11,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from robench.errors import BadInput
+from robench.errors import BadInput, did_you_mean
 
 
 class AttackKind(enum.Enum):
@@ -136,6 +136,7 @@ class AttackSpec:
     kind: AttackKind = AttackKind.GRADIENT
     budget: str = "cheap"
     steps_of: Callable[[dict], int | None] = field(default=lambda p: p.get("steps"))
+    targeted: str = "untargeted"  # the threat model's words: untargeted, or which parts are targeted
 
     @property
     def minimal(self) -> bool:
@@ -237,6 +238,7 @@ _add(AttackSpec(
     "APGD and Square from ART, FAB-T from the authors' code (pyautoattack)",
     budget="expensive: APGD-CE 100 fwd+bwd, then APGD-T 9×100, FAB-T 9×100 and Square 5000 queries on the "
     "examples still robust; n=200 ResNet-20 at 8/255: ~4.5 min on one busy CPU thread (reference code: ~2 min)",
+    targeted="untargeted APGD-CE and Square, targeted APGD-T and FAB-T",
 ))
 _add(AttackSpec(
     "autoattack_lite", "linf", ("art",),
@@ -250,7 +252,7 @@ _add(AttackSpec(
 
 def get_spec(name: str) -> AttackSpec:
     if not isinstance(name, str) or name not in REGISTRY:
-        raise BadInput(f"unknown attack {name!r}; choose one of: {', '.join(REGISTRY)}")
+        raise BadInput(f"unknown attack {name!r}{did_you_mean(name, REGISTRY)}; choose one of: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 

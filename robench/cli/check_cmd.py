@@ -19,7 +19,10 @@ from robench.cli import cli
               help="Write the checks table here (OUT.parquet + OUT.csv); default: print only.")
 @click.option("--force", is_flag=True, help="Replace an existing checks table.")
 def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) -> int:
-    """Gradient-masking and sanity checks for every (model, λ, dataset, seed) of result TABLES."""
+    """Gradient-masking and sanity checks for every (model, λ, dataset, seed) of result TABLES.
+
+    Every model and data set the checks need must be there (the zoo weights, the data set the table
+    names, the transfer source): anything missing is one error line before any check runs."""
     from robench.checks import run_checks, write_checks
     from robench.errors import BadInput
     from robench.leaderboard import read_tables
@@ -42,15 +45,26 @@ def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) 
             raise BadInput(f"{existing[0]} exists; pass --force to replace it")
     source = None if transfer_source.lower() == "none" else transfer_source
     checks = run_checks(table, device=device, data_dir=data_dir, transfer_source=source,
-                        progress=lambda line: click.echo(line, err=True))
+                        progress=lambda line: click.echo(line, err=True), require=True)
     if out is not None:
         write_checks(checks, stem)
-    flagged = checks[checks["status"] == "flag"]
+    from robench.checks import STATUS_WORDS
+    from robench.results import lam_text
+
+    schemes = _schemes(table)
     for _, r in checks.iterrows():
-        lam = "learned/–" if r["lam"] != r["lam"] else f"{r['lam']:g}"
+        lam = lam_text(r["lam"], schemes.get(r["model"]))
         what = r["cells"] if r["status"] == "flag" else ("" if r["status"] == "pass" else r["detail"])
         click.echo(f"{r['model']} λ={lam} {r['dataset']} n={r['n']} seed={r['seed']}  {r['check']:<24} "
                    f"{r['status']:<4}  {what}")
-    click.echo(f"{len(checks)} checks, {len(flagged)} flagged, {int((checks['status'] == 'skip').sum())} skipped"
+    counts = checks["status"].value_counts()
+    click.echo(f"{len(checks)} checks: " + ", ".join(f"{int(counts.get(s, 0))} {STATUS_WORDS[s]}" for s in STATUS_WORDS)
                + (f"; wrote {stem}.parquet and .csv" if out is not None else ""))
     return 0
+
+
+def _schemes(table) -> dict:
+    """model → its scheme, where the table says (for the λ notation)."""
+    if "scheme" not in table.columns:
+        return {}
+    return {m: s for m, s in zip(table["model"], table["scheme"]) if isinstance(s, str)}

@@ -6,7 +6,7 @@ import sys
 import click
 
 from robench.cli import cli
-from robench.cli.options import parse_param, split_list
+from robench.cli.options import Int, parse_param, split_list
 
 
 def _silence(stream) -> None:
@@ -75,12 +75,12 @@ def build_spec(models, lams, attacks, eps, params, corruptions, severities, data
 @click.option("--corruption-dir", default=None,
               help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy; `robench data fetch cifar10c` puts it in "
                    "~/.cache/robench/data/CIFAR-10-C); needs the clean CIFAR-10 split.")
-@click.option("--n", "n", type=str, default=None, metavar="N", help="Evaluate the first N test images (default: all).")
-@click.option("--batch-size", type=str, default=None, metavar="N", help="Images per batch (default 256).")
+@click.option("--n", "n", type=Int(1), default=None, help="Evaluate the first N test images (default: all).")
+@click.option("--batch-size", type=Int(1), default=None, help="Images per batch (default 256).")
 @click.option("--device", default=None, help="cpu or cuda[:i] (default cpu).")
 @click.option("--seed", "seeds", multiple=True, help="Seed(s) of attacks and corruptions (comma list; default 0).")
 @click.option("--backend", default=None, help="Attack library: art or foolbox (default: each attack's own).")
-@click.option("--threads", default=None, metavar="N",
+@click.option("--threads", default=None, type=Int(1),
               help="CPU threads (default: $ROBENCH_THREADS, else min(cores, 4)).")
 @click.option("--config", "config", default=None, type=click.Path(),
               help="A TOML spec (the sweep's format); options given here replace its values.")
@@ -106,7 +106,15 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
         if run_checks:
             check_out(checks_out, force=force, what="the checks table")
     echo = _Stdout(err=to_stdout)  # with --out - stdout carries the CSV only
-    df = evaluate_spec(spec, log=echo)
+    if run_checks and checks_asked():
+        checks_preflight(spec)
+    try:
+        df = evaluate_spec(spec, log=echo)
+    except KeyboardInterrupt:
+        click.echo("interrupted: robench eval holds its cells in memory, so nothing was written; for a run that "
+                   "keeps every finished cell and resumes, put these options in a TOML config and run "
+                   "`robench sweep CONFIG`", err=True)
+        raise click.exceptions.Exit(130) from None
     if to_stdout:
         try:
             write_csv_stream(df, sys.stdout)
@@ -119,6 +127,32 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
     if run_checks:
         report_checks(df, spec.validate(check_device=False), checks_out, echo)
     echo(summary(df).to_string(index=False))
+    if out is None:
+        echo("the table was not saved: add --out results/NAME to write results/NAME.parquet and .csv "
+             "(or --out - for the CSV on stdout)")
+
+
+def checks_asked() -> bool:
+    """Whether --checks was given on the command line (not just the default)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source("run_checks") == ParameterSource.COMMANDLINE
+
+
+def checks_preflight(spec) -> None:
+    """--checks asked for explicitly: what the model checks need beyond the evaluation itself (the
+    transfer source's weights) must be there, else one line before any cell runs."""
+    from model_zoo.checkpoint import resolve
+    from robench.errors import BadInput
+
+    if resolve(TRANSFER_SOURCE, lam=None) is None and any(m != TRANSFER_SOURCE for m in spec.models):
+        raise BadInput(f"--checks: the transfer check needs trained {TRANSFER_SOURCE} weights in the zoo (its PGD "
+                       f"examples are transferred), and there are none; train them with `robench train --model "
+                       f"{TRANSFER_SOURCE}`, or leave out --checks to run the other checks only")
+
+
+TRANSFER_SOURCE = "resnet20"
 
 
 def checks_stem(out: str) -> str:
@@ -133,11 +167,14 @@ def report_checks(df, spec, out: str | None, echo) -> None:
     table stem) when given; print one line per model and every flag."""
     from robench.checks import flag_words, run_checks, summaries, write_checks
 
-    checks = run_checks(df, device=spec.device, data_dir=spec.data_dir, batch_size=spec.batch_size)
+    from robench.results import lam_text
+
+    checks = run_checks(df, device=spec.device, data_dir=spec.data_dir, batch_size=spec.batch_size,
+                        transfer_source=TRANSFER_SOURCE, progress=echo)
     if out is not None:
         echo("wrote " + ", ".join(str(p) for p in write_checks(checks, out)))
     words = flag_words(checks)
     for (model, lam, dataset), text in summaries(checks).items():
-        label = model if lam is None else f"{model} λ={lam:g}"
+        label = model if lam is None else f"{model} λ={lam_text(lam)}"
         flags = words.get((model, lam, dataset))
         echo(f"checks: {label} ({dataset}): {text}" + (f"; flags: {', '.join(flags)}" if flags else ""))

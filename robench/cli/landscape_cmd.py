@@ -4,9 +4,8 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import data_options, parse_number, split_list as _split
+from robench.cli.options import Int, Number, data_options, split_list as _split
 from robench.results import check_out
-from robench.spec import parse_int
 
 
 @cli.command("landscape")
@@ -15,14 +14,16 @@ from robench.spec import parse_int
                    "repeatable or comma list.")
 @click.option("--direction", "directions", multiple=True,
               help="grad_sign, pgd, random (comma list; default all three).")
-@click.option("--radius", default="16/255", show_default=True, help="Grid half-width in L∞ pixels.")
-@click.option("--points", default="41", show_default=True, help="Grid points in [−radius, radius] (0 and 8/255 added).")
-@click.option("--random-directions", "n_random", default="1", show_default=True, help="Number of random sign directions.")
-@click.option("--pgd-eps", default="8/255", show_default=True, help="ε of the PGD perturbation giving the pgd direction.")
+@click.option("--radius", default="16/255", type=Number(), show_default=True, help="Grid half-width in L∞ pixels.")
+@click.option("--points", default=41, type=Int(1), show_default=True, help="Grid points in [−radius, radius] (0 and 8/255 added).")
+@click.option("--random-directions", "n_random", default=1, type=Int(1), show_default=True,
+              help="Number of random sign directions.")
+@click.option("--pgd-eps", default="8/255", type=Number(), show_default=True,
+              help="ε of the PGD perturbation giving the pgd direction.")
 @click.option("--grid2d", is_flag=True, help="Also the 2-D grid grad_sign × the first random direction.")
-@click.option("--points2d", default="21", show_default=True, help="Points per axis of the 2-D grid.")
+@click.option("--points2d", default=21, type=Int(1), show_default=True, help="Points per axis of the 2-D grid.")
 @data_options
-@click.option("--seed", default="0", show_default=True, help="Seed of the random directions and of PGD.")
+@click.option("--seed", default=0, type=Int(0), show_default=True, help="Seed of the random directions and of PGD.")
 @click.option("--out", required=True, help="Write OUT.parquet and OUT.csv.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
 def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d, points2d, data_dir, dataset, n, seed,
@@ -33,11 +34,9 @@ def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d,
     from robench.results import write_table
 
     check_out(out, force=force)
-    df = landscape(models=_split(models), directions=_split(directions) or DIRECTIONS, radius=parse_number(radius, "--radius"),
-                   points=parse_int(points, "--points", 1), n_random=parse_int(n_random, "--random-directions", 1),
-                   pgd_eps=parse_number(pgd_eps, "--pgd-eps"), grid2d=grid2d, points2d=parse_int(points2d, "--points2d", 1),
-                   dataset=dataset, data_dir=data_dir, n=None if n is None else parse_int(n, "--n", 1), seed=parse_int(seed, "--seed", 0),
-                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
+    df = landscape(models=_split(models), directions=_split(directions) or DIRECTIONS, radius=radius,
+                   points=points, n_random=n_random, pgd_eps=pgd_eps, grid2d=grid2d, points2d=points2d,
+                   dataset=dataset, data_dir=data_dir, n=n, seed=seed, batch_size=batch_size, device=device, log=click.echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     flat = flatness(df)
     click.echo("loss increase at t = 8/255 (mean, 95% interval):")

@@ -16,11 +16,14 @@ from robench.cli import cli
               help="Checks table(s) from `robench check -o` whose flagged checks join the flags column "
                    "(default: only the checks that need no model).")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
-@click.option("--rank-by", default=None,
-              help="clean, worst_case, corruption_mean or an attack column such as pgd@8/255 "
-                   "(default: worst_case when present, else clean).")
+@click.option("--rank-by", default=None, metavar="CELL",
+              help="clean, worst_case, corruption_mean, an attack cell such as pgd@2/255 or a worst-case cell such "
+                   "as worst_case@4/255 (default: the worst case at the largest ε where the best model's 95% interval "
+                   "lies above the worst model's).")
 def leaderboard_cmd(tables, out, markdown, checks, force, rank_by) -> None:
-    """One row per (model, λ) of result TABLES (parquet or CSV), ranked; flags integrity problems."""
+    """One row per (model, λ) of result TABLES (parquet or CSV), ranked; flags integrity problems.
+
+    Accuracies in percent with Wilson 95% intervals; ranks whose intervals overlap are marked ≈."""
     import pandas as pd
 
     from robench.checks import read_checks
@@ -31,8 +34,11 @@ def leaderboard_cmd(tables, out, markdown, checks, force, rank_by) -> None:
         if path is not None and Path(path).exists() and not force:
             raise BadInput(f"{path} exists; pass --force to replace it")
     check_table = pd.concat([read_checks(c) for c in checks], ignore_index=True) if checks else None
-    board = leaderboard(read_tables(tables), rank_by=rank_by, checks=check_table)
-    md = to_markdown(board)
+    from robench import threat_model
+
+    table = read_tables(tables)
+    board = leaderboard(table, rank_by=rank_by, checks=check_table)
+    md = to_markdown(board, header=threat_model.to_markdown(threat_model.threat_model(table)))
     if out:
         write_csv(board, out)
     if markdown:

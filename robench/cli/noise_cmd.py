@@ -4,22 +4,23 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import split_list as _split
+from robench.cli.options import Int, split_list as _split
 from robench.results import check_out
-from robench.spec import parse_int
 
 
 @cli.command("noise-protocol")
 @click.option("--model", "models", multiple=True, required=True,
               help="NAME, NAME@LAM (fixed λ, e.g. inresnet20@0.5), with a tag NAME@LAM.TAG (inresnet20@0.5.s2); "
                    "repeatable or comma list.")
-@click.option("--corruption-dir", required=True, help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy).")
+@click.option("--corruption-dir", default=None,
+              help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy); default: the copy "
+                   "`robench data fetch cifar10c` made.")
 @click.option("--corruption", "corruptions", multiple=True,
               help="CIFAR-10-C file names without .npy (default: the reference's impulse, speckle, gaussian, shot noise).")
 @click.option("--protocol", type=click.Choice(["both", "standard", "reference"]), default="both", show_default=True,
               help="reference: per-file mean/std normalisation, severities pooled; standard: robench's per-severity.")
-@click.option("--n", "n", default=None, metavar="N", help="The first N images of each severity (default: all).")
-@click.option("--batch-size", default="500", show_default=True, metavar="N")
+@click.option("--n", "n", default=None, type=Int(1), help="The first N images of each severity (default: all).")
+@click.option("--batch-size", default=500, type=Int(1), show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default=None, help="Write OUT.parquet and OUT.csv.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
@@ -31,8 +32,8 @@ def noise_cmd(models, corruption_dir, corruptions, protocol, n, batch_size, devi
     if out is not None:
         check_out(out, force=force)
     df = noise_protocol(models=_split(models), corruption_dir=corruption_dir,
-                        corruptions=_split(corruptions) or REFERENCE_NOISE, n=None if n is None else parse_int(n, "--n", 1),
-                        batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo)
+                        corruptions=_split(corruptions) or REFERENCE_NOISE, n=n,
+                        batch_size=batch_size, device=device, log=click.echo)
     if protocol != "both":
         df = df[df["protocol"] == protocol].reset_index(drop=True)
     view = df.assign(severity=df["severity"].astype("string").fillna("pooled"))

@@ -5,7 +5,44 @@ from __future__ import annotations
 from robench.errors import BadInput
 from robench.spec import parse_eps, parse_int, parse_lam, parse_number, parse_param, parse_severity
 
-__all__ = ["parse_eps", "parse_int", "parse_lam", "parse_number", "parse_param", "parse_severity", "split_list"]
+__all__ = ["Int", "Number", "parse_eps", "parse_int", "parse_lam", "parse_number", "parse_param", "parse_severity",
+           "split_list"]
+
+
+import click  # noqa: E402
+
+
+class Int(click.ParamType):
+    """A whole number ≥ ``lo`` (``--help`` shows INTEGER; a bad value is one line naming the option)."""
+
+    name = "integer"
+
+    def __init__(self, lo: int = 0) -> None:
+        self.lo = lo
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            text = value
+        else:
+            text = str(value)
+        try:
+            return parse_int(text, _what(param), self.lo)
+        except BadInput as e:
+            self.fail(str(e), param, ctx)
+
+
+class Number(click.ParamType):
+    """A finite number or a fraction such as ``8/255`` (``--help`` shows NUMBER)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_number(value, _what(param))
+        except BadInput as e:
+            self.fail(str(e), param, ctx)
 
 
 def split_list(values: tuple[str, ...]) -> list[str]:
@@ -28,9 +65,13 @@ def data_options(fn):
                      help="Folder holding cifar-10-batches-py/ (default: the copy `robench data fetch` made for "
                           "--dataset, else the 20 bundled samples)."),
         click.option("--dataset", type=click.Choice(["samples", "cifar10", "cifar100"]), default=None),
-        click.option("--n", "n", default=None, metavar="N", help="The first N test images (default: all)."),
-        click.option("--batch-size", default="250", show_default=True, metavar="N"),
+        click.option("--n", "n", default=None, type=Int(1), help="The first N test images (default: all)."),
+        click.option("--batch-size", default=250, type=Int(1), show_default=True),
         click.option("--device", default="cpu", show_default=True),
     ]):
         fn = opt(fn)
     return fn
+
+
+def _what(param) -> str:
+    return param.opts[0] if param is not None and getattr(param, "opts", None) else "value"

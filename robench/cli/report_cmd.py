@@ -10,8 +10,10 @@ from robench.cli import cli
 @click.argument("tables", nargs=-1, required=True)
 @click.option("-o", "--out-dir", required=True, help="Folder for index.html and plots/ (created).")
 @click.option("--title", default="robench report", show_default=True)
-def report_cmd(tables, out_dir, title) -> None:
-    """Leaderboard (sorted, flags and recipe visible), plots and provenance of eval/landscape/stability tables."""
+@click.option("--force", is_flag=True, help="Replace the report (index.html and plots/) already in OUT_DIR.")
+def report_cmd(tables, out_dir, title, force) -> None:
+    """Summary, leaderboard, threat model, every cell, checks, plots and provenance of eval, checks,
+    landscape and stability TABLES, as one static page (OUT_DIR/index.html + plots/)."""
     from robench.analysis.report import write_report
 
-    click.echo(f"wrote {write_report(list(tables), out_dir, title=title)}")
+    click.echo(f"wrote {write_report(list(tables), out_dir, title=title, force=force)}")

@@ -1,25 +1,39 @@
 from __future__ import annotations
 
+import shlex
+import signal
+
 import click
 
 from robench.cli import cli
+from robench.cli.options import Int
+
+
+def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
 
 
 @cli.command("sweep")
 @click.argument("config", type=click.Path())
 @click.option("--out", default=None, type=click.Path(), help="Output folder (overrides the config's `out`).")
-@click.option("--dry-run", is_flag=True, help="Validate and print the plan, run nothing, write nothing.")
+@click.option("--data-dir", default=None, type=click.Path(),
+              help="Folder holding cifar-10-batches-py/ (overrides the config's `data_dir`; default: the config's, "
+                   "else the copy `robench data fetch` made).")
+@click.option("--dry-run", is_flag=True, help="Validate, print the plan and a rough time estimate; run nothing, write nothing.")
 @click.option("--executor", default="local", show_default=True, help="local or ray.")
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray instance).")
-@click.option("--threads", default=None, metavar="N",
+@click.option("--threads", default=None, type=Int(1), metavar="N",
               help="CPU threads per executor process (default: the config's, $ROBENCH_THREADS, else min(cores, 4)).")
 @click.option("--force", is_flag=True, help="Write into an existing folder that is not a sweep store.")
 @click.option("--checks/--no-checks", "run_checks", default=True, show_default=True,
               help="Run the gradient-masking and sanity checks on the finished table (OUT/checks.parquet/.csv).")
-def sweep_cmd(config, out, dry_run, executor, address, threads, force, run_checks) -> None:
-    """Run the grid of a TOML CONFIG resumably: finished cells are kept, a rerun does only the rest."""
+def sweep_cmd(config, out, data_dir, dry_run, executor, address, threads, force, run_checks) -> None:
+    """Run the grid of a TOML CONFIG resumably: finished cells are kept, a rerun does only the rest.
+
+    A line per finished cell with a counter over the whole plan (it goes on after a resume) and an
+    ETA; Ctrl-C keeps every finished cell and says how to resume."""
     from robench.errors import BadInput
-    from robench.sweep import EXECUTORS, load_config, plan_sweep, run_sweep
+    from robench.sweep import EXECUTORS, estimate, finished, load_config, plan_sweep, run_sweep
 
     if executor not in EXECUTORS:
         raise BadInput(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
@@ -28,6 +42,8 @@ def sweep_cmd(config, out, dry_run, executor, address, threads, force, run_check
     spec = load_config(config)
     if threads is not None:
         spec = spec.replace(threads=threads)
+    if data_dir is not None:
+        spec = spec.replace(data_dir=data_dir)
     plan = plan_sweep(spec, out=out, executor=executor, force=force)
     click.echo(plan.describe())
     if dry_run:
@@ -35,8 +51,32 @@ def sweep_cmd(config, out, dry_run, executor, address, threads, force, run_check
             click.echo(f"  {cell.label()}")
         if len(plan.pending) > 20:
             click.echo(f"  … and {len(plan.pending) - 20} more")
+        if plan.pending:
+            from robench.progress import duration
+
+            seconds, how = estimate(plan)
+            click.echo(f"estimate: about {duration(seconds)} for {len(plan.pending)} cells on this machine "
+                       f"(rough, ±50 %: {how})")
         return
-    df = run_sweep(plan, executor=executor, address=address, log=click.echo)
+    if run_checks:
+        from robench.cli.eval_cmd import checks_asked, checks_preflight
+
+        if checks_asked():
+            checks_preflight(plan.config)
+    old = signal.signal(signal.SIGTERM, _terminate)  # kill (TERM) keeps the cells and says so, like Ctrl-C
+    try:
+        df = run_sweep(plan, executor=executor, address=address, log=click.echo)
+    except KeyboardInterrupt:
+        resume = ["robench", "sweep", config, "--out", str(plan.out)]
+        if data_dir is not None:
+            resume += ["--data-dir", data_dir]
+        if executor != "local":
+            resume += ["--executor", executor] + (["--address", address] if address else [])
+        click.echo(f"interrupted: {finished(plan)} of {len(plan.cells)} cells are kept in {plan.out} (each is saved "
+                   f"as it finishes); resume with: {shlex.join(resume)}", err=True)
+        raise click.exceptions.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, old)
     click.echo(f"wrote {plan.out / 'results.parquet'} and .csv ({len(df)} rows)")
     if run_checks:
         from robench.cli.eval_cmd import report_checks

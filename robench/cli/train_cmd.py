@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from robench.cli import cli
-from robench.cli.options import split_list
+from robench.cli.options import Int, split_list
 
 
 def coefficient_text(model, lam: float | None) -> str:
@@ -52,7 +52,7 @@ _PLAN_SETTINGS = {"recipe": "--recipe", "epochs": "--epochs", "batch_size": "--b
 @click.option("--resume/--no-resume", default=False, help="Continue from the last epoch checkpoint in --run-dir.")
 @click.option("--data-label", default=None, help='Human label of the data, e.g. "CIFAR-10 (JPEG copy)".')
 @click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Train on the first N training images only.")
-@click.option("--threads", default=None,
+@click.option("--threads", default=None, type=Int(1),
               help="CPU threads (default: $ROBENCH_THREADS, else min(cores, 4)).")
 @click.option("--force/--no-force", default=False, help="Replace an existing run folder or zoo entry.")
 @click.pass_context

@@ -52,7 +52,7 @@ from robench.corruptions.image import IMAGE
 from robench.corruptions.noise import NOISE
 from robench.data import Dataset, default_corruption_dir, fetched_dir
 from robench.fileio import sha256_file
-from robench.errors import BadInput
+from robench.errors import BadInput, did_you_mean
 
 __all__ = ["corrupt", "list_corruptions", "load_cifar10c", "corruptions_markdown", "NOISE_CORRUPTIONS", "MISSING",
            "CIFAR10C_NAMES"]
@@ -101,7 +101,8 @@ def _check_name(name: object) -> str:
     if isinstance(name, str) and name in MISSING:
         raise BadInput(f"corruption {name!r} is not available: {MISSING[name]}; "
                        f"valid choices: {', '.join(list_corruptions())}")
-    raise BadInput(f"unknown corruption {name!r}; valid choices: {', '.join(list_corruptions())}; "
+    raise BadInput(f"unknown corruption {name!r}{did_you_mean(name, list_corruptions())}; "
+                   f"valid choices: {', '.join(list_corruptions())}; "
                    f"unavailable: {unavailable}")
 
 
@@ -193,7 +194,8 @@ def load_cifar10c(corruption_dir: str | os.PathLike | None, name: str, severity:
     Every one of the 19 released corruptions can be read, including those ``corrupt`` cannot make.
     """
     if not isinstance(name, str) or name not in CIFAR10C_NAMES:
-        raise BadInput(f"unknown CIFAR-10-C corruption {name!r}; valid choices: {', '.join(CIFAR10C_NAMES)}")
+        raise BadInput(f"unknown CIFAR-10-C corruption {name!r}{did_you_mean(name, CIFAR10C_NAMES)}; "
+                       f"valid choices: {', '.join(CIFAR10C_NAMES)}")
     severity = _check_severity(severity)
     if corruption_dir is None:
         corruption_dir = default_corruption_dir()
