@@ -171,6 +171,23 @@ def test_executor_ray_without_ray_says_how_to_install(tmp_path, zoo):
     assert not (tmp_path / "o").exists()
 
 
+def test_ray_options_without_the_ray_executor_or_out_of_range_are_one_line(tmp_path, zoo):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'models = ["resnet20"]\ndataset = "samples"\nn = 2\nout = "{tmp_path / "o"}"\n')
+    r = _cli(["sweep", cfg, "--retries", "2", "--ray-timeout", "5"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --retries, --ray-timeout apply to the ray executor; add --executor ray"]
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'robench[ray]')")
+    r = _cli(["sweep", cfg, "--executor", "ray", "--gpus-per-task", "0.5"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: GPUs per task apply to device cuda, but the sweep's device is 'cpu'; set device = \"cuda\" in the "
+        "config or drop --gpus-per-task"]
+    r = _cli(["sweep", cfg, "--executor", "ray", "--retries", "-1"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: retries must be a whole number in [0, 100], got -1"]
+    assert not (tmp_path / "o").exists()
+
+
 def test_only_the_first_n_images_are_shipped():
     from robench.data import load_dataset
     from robench.ray_executor import ship_data
