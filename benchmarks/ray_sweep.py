@@ -24,6 +24,7 @@ import os
 import platform
 import secrets
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med[RAY] / med[BASE]
