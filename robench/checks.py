@@ -260,7 +260,7 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
                data_dir: str | None = None, transfer_source: str | None = "resnet20", sanity_n: int = 100,
                sanity_eps: float = SANITY_EPS, sanity_max_accuracy: float = 0.01, grad_tolerance: float = 0.0,
                batch_size: int = 250, progress: Callable[[str], None] | None = None,
-               require: bool = False) -> pd.DataFrame:
+               require: bool = False, data: Mapping[tuple[str, int], Any] | None = None) -> pd.DataFrame:
     """Every check of this module for every (model, λ, dataset, n, seed) of ``table``; see the module doc.
 
     ``models``: your own modules by name (or by (name, λ)); anything else is loaded from the zoo.
@@ -268,7 +268,9 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
     ``transfer_source``: model name (zoo or ``models``) whose PGD examples are transferred; None skips.
     ``progress``: called with one line per check and model (what ran, its status and seconds).
     ``require``: a model or data set that cannot be loaded is :class:`BadInput` (checked before any
-    check runs) instead of ``not_run`` rows. Returns a table with :data:`CHECKS_SCHEMA`'s columns.
+    check runs) instead of ``not_run`` rows. ``data``: (dataset, n) → that data set's first n images
+    (a :class:`robench.data.Dataset`) already in memory, e.g. shipped to a Ray worker; other data sets
+    are read with ``load_dataset``. Returns a table with :data:`CHECKS_SCHEMA`'s columns.
     """
     from robench.attacks import make_attack
     from robench.data import load_dataset
@@ -292,7 +294,9 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
         try:
             model = zoo.get(model_name, lam)
             if (dataset, n) not in data_cache:
-                ds = load_dataset(dataset, data_dir if dataset != "samples" else None, n=n)
+                ds = (data or {}).get((dataset, n))
+                if ds is None:
+                    ds = load_dataset(dataset, data_dir if dataset != "samples" else None, n=n)
                 data_cache[(dataset, n)] = ds.as_float(device)
             x, y = data_cache[(dataset, n)]
         except BadInput as e:
@@ -335,10 +339,13 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
         rows.append(say(_transfer_row(key, g, model, x, y, zoo, transfer_source, transfer_cache, batch_size,
                                       device)))
 
-    out = to_checks_frame(rows)
+    return order_checks(to_checks_frame(rows))
+
+
+def order_checks(checks: pd.DataFrame) -> pd.DataFrame:
+    """The one row order of a checks table: model, λ (learned last), dataset, n, seed, check."""
     order = {c: i for i, c in enumerate(CHECKS)}
-    out["_c"] = out["check"].map(order)
-    out["_lam"] = out["lam"].fillna(math.inf)
+    out = checks.assign(_c=checks["check"].map(order), _lam=checks["lam"].fillna(math.inf))
     out = out.sort_values(["model", "_lam", "dataset", "n", "seed", "_c"], kind="stable")
     return out.drop(columns=["_c", "_lam"]).reset_index(drop=True)
 

@@ -1,5 +1,6 @@
 """Run cells: inputs on the device, one unit (a clean or corruption cell, or an attack at every ε) →
-records, and the executors (local; Ray) that feed a store (models come from :mod:`robench.models`).
+records, and the local executor that feeds a store (models come from :mod:`robench.models`; the Ray
+executor, :mod:`robench.ray_executor`, runs the same pieces as tasks on a cluster).
 
 A cell is evaluated in batches with the model in eval mode and its inputs moved to the device once.
 Every record keeps its per-example "still correct" flags (``flags``, packed hex). Determinism: clean
@@ -130,9 +131,12 @@ class AttackResult:
 
 def run_attack_group(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
                      eps: Sequence[float], backend: str | None, params: Mapping[str, Any], seed: int,
-                     batch_size: int, on_batch: Callable[[int], None] = lambda k: None) -> list[AttackResult]:
+                     batch_size: int, on_batch: Callable[[int], None] = lambda k: None,
+                     first_batch: int = 0) -> list[AttackResult]:
     """Run one attack (fixed backend, hyper-parameters and seed) on (x, y) at every ε → one result
-    per ε, in the order given. Batch b of every ε uses the seed ``batch_seed(seed, b)``.
+    per ε, in the order given. Batch b of every ε uses the seed ``batch_seed(seed, b)``, counting
+    from ``first_batch``: images ``first_batch * batch_size`` onwards of a larger set, run alone,
+    get exactly the flags they get in the whole run (the Ray executor splits attacks this way).
 
     A fixed-ε attack (gradient or score-based) searches once per ε. A minimal-norm or decision-based
     attack searches once per batch and is projected into and scored at every ε (Foolbox's way); its
@@ -148,7 +152,7 @@ def run_attack_group(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
         sync(device)
         t0 = time.perf_counter()
         parts: list[list[np.ndarray]] = [[] for _ in group]
-        for b, i in enumerate(range(0, len(y), batch_size)):
+        for b, i in enumerate(range(0, len(y), batch_size), start=first_batch):
             atk = make_attack(attack, eps=max(group), backend=backend, seed=batch_seed(seed, b), **dict(params))
             outs = atk.run_eps(model, x[i:i + batch_size], y[i:i + batch_size], group)
             for k, out in enumerate(outs):
@@ -265,79 +269,5 @@ def run_local(units: list[Unit], cache: ModelCache, inputs: Inputs, store, *, ba
                     log(_done_line(done, total, cell, record))
 
 
-# -- Ray ------------------------------------------------------------------------------------
-_WORKER: dict = {}  # per Ray worker process: the ModelCache and Inputs of the current sweep
-
-
-def _ray_unit(unit: Unit, data, batch_size: int, device: str, corruption_dir: str | None,
-              threads: int | None) -> list[tuple[Cell, dict]]:
-    """Body of one Ray task: evaluate one unit in a worker, reusing the worker's cached models."""
-    from robench.provenance import provenance
-
-    key = (data.sha256, len(data), device, corruption_dir)
-    if _WORKER.get("key") != key:
-        cache = ModelCache(device)
-        _WORKER.update(key=key, cache=cache, inputs=Inputs(data, cache.device, corruption_dir),
-                       context=provenance(cache.device))
-    first = unit.cells[0]
-    with torch_threads(threads):
-        return run_unit(unit, _WORKER["cache"].get(first.model, first.lam), _WORKER["inputs"], batch_size=batch_size,
-                        context=_WORKER["context"])
-
-
-def ray_connect(address: str | None):
-    """Import Ray and join the cluster at ``address`` (a new local instance for None), unless a Ray
-    session is already up in this process (e.g. one a test or a notebook started)."""
-    try:
-        import ray
-    except ImportError:
-        raise BadInput("the ray executor needs Ray: pip install 'robench[ray]' (or use --executor local)") from None
-    if not ray.is_initialized():
-        kwargs = {"log_to_driver": False} if address else {"log_to_driver": False, "include_dashboard": False}
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise BadInput(f"cannot reach a Ray cluster at {address or 'a new local instance'}: "
-                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return ray
-
-
-def run_ray(units: list[Unit], data, store, ray, *, device: str, batch_size: int, corruption_dir: str | None,
-            threads: int | None = None, log: Log | None = None,
-            on_cell: Callable[[Cell, dict], None] | None = None) -> None:
-    """Run units as Ray tasks (one CPU, or one GPU each), putting each finished cell into ``store``."""
-    cuda = device.startswith("cuda")
-    env = {k: os.environ[k] for k in ("ROBENCH_HOME", "ROBENCH_PROGRESS", "ROBENCH_THREADS") if k in os.environ}
-    task = ray.remote(_ray_unit).options(num_cpus=1, num_gpus=1 if cuda else 0, max_retries=0,
-                                         runtime_env={"env_vars": env} if env else None)
-    # each GPU task sees its one device as cuda:0
-    dev = "cuda" if cuda else device
-    data_ref = ray.put(data)
-    futures = {task.remote(u, data_ref, batch_size, dev, corruption_dir, threads): u for u in units}
-    total = sum(len(u.cells) for u in units)
-    done = 0
-    try:
-        while futures:
-            ready, _ = ray.wait(list(futures), num_returns=1)
-            futures.pop(ready[0])
-            try:
-                pairs = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
-                if isinstance(cause, BadInput):
-                    raise BadInput(str(cause).splitlines()[0]) from None
-                raise
-            for cell, record in pairs:
-                store.put(cell, record)
-                done += 1
-                if on_cell is not None:
-                    on_cell(cell, record)
-                elif log is not None:
-                    log(_done_line(done, total, cell, record))
-    finally:
-        for f in futures:
-            ray.cancel(f, force=True)
-
-
 __all__ = ["AttackResult", "Inputs", "LoadedModel", "ModelCache", "batch_seed", "memory_format", "run_attack_group",
-           "run_local", "run_ray", "run_unit"]
+           "run_local", "run_unit"]

@@ -35,7 +35,7 @@ EXECUTORS = ("local", "ray")
 SweepConfig = EvalSpec  # a sweep's config is an evaluation spec with an ``out`` folder
 load_config = load_spec
 __all__ = ["CONFIG_KEYS", "EXECUTORS", "SweepConfig", "SweepPlan", "estimate", "finished", "load_config", "merge",
-           "plan_sweep", "run_sweep"]
+           "plan_sweep", "run_sweep", "sweep_checks"]
 
 
 @dataclasses.dataclass
@@ -89,7 +89,9 @@ def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, execut
                force: bool = False) -> SweepPlan:
     """Validate the spec against the registries, the data, the zoo and the out dir; write nothing.
 
-    With the ray executor the device is checked by the workers (the driver may have no GPU)."""
+    With the ray executor the device is checked on the cluster (the driver may have no GPU), and
+    ``threads`` (the CPUs each task reserves and its torch threads) defaults to 1, not to the
+    driver's core count."""
     from robench.data import load_dataset
     from robench.executors import check_corruption_dir
 
@@ -99,6 +101,8 @@ def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, execut
     if out is None:
         raise BadInput("no output folder: set out = \"results/<name>\" in the config or pass --out")
     spec = config.replace(out=os.fspath(out)).validate(check_device=executor == "local")
+    if executor == "ray" and config.threads is None:
+        spec = spec.replace(threads=1)
     if executor == "ray" and not re.fullmatch(r"cpu|cuda(:\d+)?", spec.device):
         raise BadInput(f"device {spec.device!r} cannot be used with the ray executor; valid choices: cpu, cuda")
     out = Path(spec.out)
@@ -175,19 +179,34 @@ def _model_column(ref: str) -> str:
         return ref
 
 
-def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None = None,
-              log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run the plan's pending cells, persisting each as it finishes; → the merged table (also written
-    to ``<out>/results.parquet`` and ``.csv``)."""
-    from robench.results import write_table
-
+def _ray_options(executor: str, address: str | None, ray_options) -> Any:
     if executor not in EXECUTORS:
         raise BadInput(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
-    if address is not None and executor != "ray":
+    if (address is not None or ray_options is not None) and executor != "ray":
         raise BadInput("--address applies to the ray executor; add --executor ray")
-    from robench.executors import ray_connect
+    if executor != "ray":
+        return None
+    from robench.ray_executor import RayOptions
 
-    ray = ray_connect(address) if executor == "ray" else None  # before anything is written
+    options = ray_options if ray_options is not None else RayOptions()
+    return options if address is None else dataclasses.replace(options, address=address)
+
+
+def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None = None,
+              log: Callable[[str], None] = print, ray_options=None) -> pd.DataFrame:
+    """Run the plan's pending cells, persisting each as it finishes; → the merged table (also written
+    to ``<out>/results.parquet`` and ``.csv``). ``ray_options``: a
+    :class:`robench.ray_executor.RayOptions` (its address is replaced by ``address`` when given)."""
+    from robench.results import write_table
+
+    options = _ray_options(executor, address, ray_options)
+    ray = None
+    if options is not None:
+        from robench.ray_executor import connect
+
+        options = options.validate(plan.config.device)
+        if plan.pending:
+            ray = connect(options)  # before anything is written
     spec = plan.config
     plan.out.mkdir(parents=True, exist_ok=True)
     with plan.store.open() as store:
@@ -204,11 +223,31 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None =
             run_local(todo, cache, Inputs(plan.data, cache.device, spec.corruption_dir), store,
                       batch_size=spec.batch_size, context=provenance(cache.device), threads=spec.threads,
                       progress=False, log=log, on_unit=lines.on_unit, on_cell=lines.on_cell)
-        else:
-            from robench.executors import run_ray
+        elif todo:
+            from robench.ray_executor import run_ray
 
-            run_ray(todo, plan.data, store, ray, device=spec.device, batch_size=spec.batch_size,
-                    corruption_dir=spec.corruption_dir, threads=spec.threads, log=log, on_cell=lines.on_cell)
+            run_ray(todo, plan.data, store, ray, spec=spec, options=options, log=log, on_cell=lines.on_cell)
         df = merge(plan.out)
         write_table(df, plan.out / "results")
     return df
+
+
+def sweep_checks(df: pd.DataFrame, plan: SweepPlan, *, executor: str = "local", address: str | None = None,
+                 ray_options=None, log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """The gradient-masking and sanity checks of a sweep's table (:func:`robench.checks.run_checks`)
+    with the sweep's device, batch size and threads: in this process, or as tasks on the Ray
+    cluster (:func:`robench.ray_executor.run_checks_on_ray`; same table)."""
+    from robench.executors import torch_threads
+
+    spec = plan.config
+    options = _ray_options(executor, address, ray_options)
+    if options is None:
+        from robench.checks import run_checks
+
+        with torch_threads(spec.threads):
+            return run_checks(df, device=spec.device, data_dir=spec.data_dir, batch_size=spec.batch_size,
+                              data={(plan.data.name, len(plan.data)): plan.data})
+    from robench.ray_executor import connect, run_checks_on_ray
+
+    options = options.validate(spec.device)
+    return run_checks_on_ray(df, connect(options), spec=spec, data=plan.data, options=options, log=log)

@@ -334,8 +334,9 @@ def _ray_or_skip():
 
 
 @pytest.mark.slow
-def test_ray_executor_fills_the_same_store(zoo, tiny, tmp_path):
+def test_ray_executor_fills_the_same_store(zoo, tiny, tmp_path, monkeypatch):
     ray = _ray_or_skip()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # else a new local Ray writes a token into ~/.ray
     ref = run_sweep(plan_sweep(load_config(tiny), out=tmp_path / "ref"), log=lambda m: None)
     out = tmp_path / "ray"
     # one cell done locally first: Ray must skip it and fill in the rest

@@ -162,15 +162,17 @@ def checks_stem(out: str) -> str:
     return str(table_paths(out)[0].with_suffix("")) + "_checks"
 
 
-def report_checks(df, spec, out: str | None, echo) -> None:
-    """Run the gradient-masking and sanity checks on the cells of ``df``; write them to ``out`` (a
-    table stem) when given; print one line per model and every flag."""
+def report_checks(df, spec, out: str | None, echo, checks=None) -> None:
+    """Run the gradient-masking and sanity checks on the cells of ``df`` (unless ``checks`` holds
+    them already); write them to ``out`` (a table stem) when given; print one line per model and
+    every flag."""
     from robench.checks import flag_words, run_checks, summaries, write_checks
 
     from robench.results import lam_text
 
-    checks = run_checks(df, device=spec.device, data_dir=spec.data_dir, batch_size=spec.batch_size,
-                        transfer_source=TRANSFER_SOURCE, progress=echo)
+    if checks is None:
+        checks = run_checks(df, device=spec.device, data_dir=spec.data_dir, batch_size=spec.batch_size,
+                            transfer_source=TRANSFER_SOURCE, progress=echo)
     if out is not None:
         echo("wrote " + ", ".join(str(p) for p in write_checks(checks, out)))
     words = flag_words(checks)
