@@ -293,7 +293,8 @@ def train(
         card = dict(
             dataset=dict(name=test_set.name, label=data_label_text or data_label(test_set),
                          test_batch_sha256=test_set.sha256, n_train=len(train_set), n_test=len(test_set)),
-            training=dict(recipe=dataclasses.asdict(rec) | dict(epochs=epochs, batch_size=batch_size), seed=seed,
+            training=dict(trainer="single", recipe=dataclasses.asdict(rec) | dict(epochs=epochs, batch_size=batch_size),
+                          seed=seed,
                           device=f"{dev.type}:{where}",
                           amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                           wall_seconds=round(wall, 1), torch=torch.__version__),
