@@ -376,6 +376,21 @@ def test_bundles_split_below_the_file_limit_and_unpack_safely(tmp_path, monkeypa
     assert not (tmp_path / "evil" / "link").exists() and not (tmp_path / "evil").parent.joinpath("evil").is_file()
 
 
+def test_a_file_interrupted_while_written_never_appears_in_out(tmp_path):
+    """Whole files only: a write that breaks off leaves nothing in OUT (not even the temporary), so a command
+    killed mid-write returns only the files finished before."""
+    out = OutDir(tmp_path / "out")
+    out.write_text("campaign.json", "{}")
+
+    def half(p: Path) -> None:
+        p.write_bytes(b"x" * 1000)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        out.write("zoo-a.tar.gz", half)
+    assert [p.name for p in out.path.iterdir()] == ["campaign.json"] and out_problems(out.path) == []
+
+
 def test_out_dir_must_start_empty(tmp_path):
     (tmp_path / "old.json").write_text("{}")
     with pytest.raises(BadInput, match="is not empty"):
