@@ -45,4 +45,5 @@ def main(argv: list[str] | None = None) -> None:
 # Commands register themselves on import; keep this list in pipeline order.
 from robench.cli import (data_cmd, zoo_cmd, train_cmd, eval_cmd, sweep_cmd, results_cmd,  # noqa: E402,F401
                          check_cmd, leaderboard_cmd, regress_cmd, compare_cmd, claims_cmd, landscape_cmd,
-                         stability_cmd, noise_cmd, plot_cmd, report_cmd)
+                         stability_cmd, noise_cmd, plot_cmd, report_cmd,
+                         campaign_cmd)
