@@ -94,7 +94,7 @@ def test_report_page_has_leaderboard_summaries_plots_and_provenance(report_page)
     assert "Provenance" in text and "ab" * 32 in text
     # a summary first, then the contents, then the sections they link to
     ids = re.findall(r'<section id="([^"]+)"', text)
-    assert ids[:5] == ["summary", "leaderboard", "threat-model", "cells", "checks"] and ids[-2:] == ["plots", "provenance"]
+    assert ids[:6] == ["summary", "leaderboard", "claims", "threat-model", "cells", "checks"] and ids[-2:] == ["plots", "provenance"]
     assert text.index('<section id="summary"') < text.index("<nav>Contents:") < text.index('<section id="leaderboard"')
     assert all(f'href="#{i}"' in text for i in ids)
     # the checks: no checks table was given, so the model checks show as not run, never as passed
@@ -207,16 +207,16 @@ def test_plot_and_report_refuse_to_overwrite_without_force(tmp_path, capsys):
 
 
 def test_report_takes_extra_sections_at_the_top_with_their_files(tmp_path):
-    """The hook for the Claims section: a (id, title, html, files) section placed after the summary."""
+    """The hook for other sections: a (id, title, html, files) section placed after the summary."""
     from robench.analysis.report import Section
 
     ev = _eval_table(tmp_path / "ev")
-    claims = Section("claims", "Claims", '<p>damping helps: inconclusive</p><img src="claims/forest.png">',
-                     files=(("claims/forest.png", b"\x89PNG fake"),))
-    page = write_report([ev], tmp_path / "r", top=[claims])
+    notes = Section("notes", "Notes", '<p>trained on the JPEG copy</p><img src="notes/figure.png">',
+                    files=(("notes/figure.png", b"\x89PNG fake"),))
+    page = write_report([ev], tmp_path / "r", top=[notes])
     text = page.read_text()
     ids = re.findall(r'<section id="([^"]+)"', text)
-    assert ids[:3] == ["summary", "claims", "leaderboard"] and 'href="#claims"' in text
-    assert (tmp_path / "r" / "claims" / "forest.png").read_bytes() == b"\x89PNG fake"
+    assert ids[:3] == ["summary", "notes", "leaderboard"] and 'href="#notes"' in text
+    assert (tmp_path / "r" / "notes" / "figure.png").read_bytes() == b"\x89PNG fake"
     with pytest.raises(BadInput, match="relative path inside the report folder"):
         write_report([ev], tmp_path / "r2", top=[Section("x", "X", "", files=(("../evil.png", b""),))])

@@ -1,9 +1,10 @@
 """The report's "Claims" section: the seed papers' claims as tested verdicts, as one HTML fragment.
 
-``claims_section(rows, out_dir)`` takes the rows of :func:`robench.claims.evaluate_claims`, writes
-the forest plot ``out_dir/plots/claims_forest.png`` and returns the fragment (a heading, the rule,
-the verdict per claim, the plot and every tested row in a collapsed table). Image paths in the
-fragment are relative to ``out_dir``, so it belongs in ``out_dir/index.html``. No scripts, no
+``claims_section(rows, plots_dir, report_dir)`` takes the rows of :func:`robench.claims.evaluate_claims`,
+writes the forest plot ``plots_dir/claims_forest.png`` and returns the fragment (the rule, the
+verdict per claim, the plot and every tested row in a collapsed table; the report gives it its
+heading). Image paths in the fragment are relative to ``report_dir``, the folder of the page.
+:func:`robench.analysis.report.build_sections` puts it right after the leaderboard. No scripts, no
 network assets. A view: it draws what the rows hold.
 """
 from __future__ import annotations
@@ -68,26 +69,26 @@ def forest_plot(rows: pd.DataFrame, path: str | os.PathLike) -> Path | None:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
-def claims_section(rows: pd.DataFrame, out_dir: str | os.PathLike) -> str:
-    """The "Claims" section of a report written into ``out_dir``; writes ``out_dir/plots/claims_forest.png``."""
-    out = Path(out_dir)
+def claims_section(rows: pd.DataFrame, plots_dir: str | os.PathLike, report_dir: str | os.PathLike) -> str:
+    """The body of a report's "Claims" section; writes ``plots_dir/claims_forest.png`` (``plots_dir``
+    inside ``report_dir``, which the image link is relative to)."""
     summary = summarise(rows)
-    parts = ["<h2>Claims</h2>",
-             f'<p class="meta">The In-ResNet and LM-ResNet papers\' claims tested on the tables below '
+    parts = [f'<p class="meta">The In-ResNet and LM-ResNet papers\' claims tested on the tables below '
              f"(<code>robench claims</code>). Rule: {_e(rule())}</p>"]
     head = ("<tr><th>claim</th><th>paper</th><th>verdict</th><th>these checkpoints</th><th>rows supported / "
             "contradicted</th><th>strongest row</th><th>seeds</th><th>missing</th></tr>")
     body = []
     for _, r in summary.iterrows():
-        body.append(f'<tr><td class="txt">{_e(r["statement"])}</td><td class="txt">{_e(r["paper"])}</td>'
+        # long texts wrap (td.wrap), so the table fits the page's width
+        body.append(f'<tr><td class="wrap">{_e(r["statement"])}</td><td class="txt">{_e(r["paper"])}</td>'
                     + _verdict_cell(str(r["verdict"])) + _verdict_cell(str(r["verdict_checkpoints"]))
                     + f'<td>{int(r["supported"])} / {int(r["contradicted"])} of {int(r["rows"])}</td>'
-                    f'<td class="txt">{_e(r["headline"]) or "–"}</td><td>{_e(r["n_seeds"])}</td>'
-                    f'<td class="txt">{_e(r["missing"]) or "–"}</td></tr>')
-    parts.append(f'<table class="claims">{head}\n' + "\n".join(body) + "</table>")
-    plot = forest_plot(rows, out / "plots" / FOREST)
+                    f'<td class="wrap">{_e(r["headline"]) or "–"}</td><td>{_e(r["n_seeds"])}</td>'
+                    f'<td class="wrap">{_e(r["missing"]) or "–"}</td></tr>')
+    parts.append(f'<div class="scroll"><table class="claims">{head}\n' + "\n".join(body) + "</table></div>")
+    plot = forest_plot(rows, Path(plots_dir) / FOREST)
     if plot is not None:
-        src = plot.relative_to(out).as_posix()
+        src = plot.relative_to(Path(report_dir)).as_posix()
         parts.append(f'<figure><img src="{_e(src)}" alt="claims forest plot" onload="this.dataset.loaded=1">'
                      "<figcaption>Effect sizes with 95 % intervals, one panel per claim</figcaption></figure>")
     rhead = ("<tr><th>claim</th><th>comparison</th><th>cell</th><th>effect [interval], p_Holm</th><th>test</th>"
@@ -99,7 +100,7 @@ def claims_section(rows: pd.DataFrame, out_dir: str | os.PathLike) -> str:
                      f'<td class="txt">{_e(r["cell"])}</td><td>{_e(eff)}</td><td class="txt">{_e(r["test"])}</td>'
                      f'<td>{_e(r["n"])}</td><td>{_e(r["n_seeds"])}</td><td class="txt">{_e(r["models"])}</td>'
                      + _verdict_cell(str(r["verdict_checkpoints"])) + _verdict_cell(str(r["verdict"]))
-                     + f'<td class="txt">{_e(r["detail"] or r["missing"])}</td></tr>')
+                     + f'<td class="wrap">{_e(r["detail"] or r["missing"])}</td></tr>')
     parts.append(f"<details><summary>Every tested row ({len(rows)})</summary>"
                  f'<div style="overflow-x:auto"><table class="claims-rows">{rhead}\n' + "\n".join(rbody)
                  + "</table></div></details>")

@@ -6,9 +6,11 @@ Wilson 95 % interval; λ is written one way (:func:`robench.results.lam_text`). 
 from the network: it opens from disk.
 
 The page is a list of :class:`Section` (id, title, HTML, files it refers to): :func:`build_sections`
-makes robench's own from the tables, :func:`write_report` renders them. Another section (e.g. the
-Claims section) is added with ``write_report(..., top=[Section(...)])``: it goes right after the
-summary, into the table of contents, and its files (a forest-plot PNG) are written beside the page.
+makes robench's own from the tables — summary, leaderboard, the papers' claims as tested verdicts
+(:mod:`robench.claims`; right below the leaderboard, so the leaderboard stays on a laptop's first
+screen), threat model, cells, checks, seeds, analyses — and :func:`write_report` renders them.
+Another section is added with ``write_report(..., top=[Section(...)])``: it goes right after the
+summary, into the table of contents, and its files are written beside the page.
 """
 from __future__ import annotations
 
@@ -270,9 +272,23 @@ def seeds_html(board: pd.DataFrame) -> str:
                                                "seeds", text_cols=4))
 
 
-def summary_html(df: pd.DataFrame, board: pd.DataFrame, checks: pd.DataFrame, model_checks_given: bool) -> str:
-    """Four or five generated bullets: what was measured, the ranking and its winner (with whom it is
-    tied), the checks, the integrity flags."""
+def _claims_rows(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
+    """The papers' claims tested on the report's tables (:func:`robench.claims.evaluate_claims`); None
+    when the tables cannot be read together (e.g. the same cell from two runs), which the claims
+    section then leaves out rather than guess."""
+    from robench.claims import evaluate_claims
+
+    try:
+        return evaluate_claims(frames)
+    except BadInput:
+        return None
+
+
+def summary_html(df: pd.DataFrame, board: pd.DataFrame, checks: pd.DataFrame, model_checks_given: bool, *,
+                 claims: pd.DataFrame | None = None) -> str:
+    """Four to six generated bullets: what was measured, the ranking and its winner (with whom it is
+    tied), the papers' claims (one verdict each), the checks, the integrity flags."""
+    from robench.claims import summarise
     from robench.leaderboard import rank_rule
     from robench.threat_model import threat_model
 
@@ -297,6 +313,12 @@ def summary_html(df: pd.DataFrame, board: pd.DataFrame, checks: pd.DataFrame, mo
                      + (f"; its interval overlaps those of rank{'s' if len(tied) > 1 else ''} {', '.join(tied)}, "
                         "so the order among them is not established at this n." if tied
                         else "; its interval is clear of every other row's."))
+    if claims is not None and not claims.empty:
+        folded = summarise(claims)
+        items.append("The papers' claims (paired tests, Holm; section Claims): " + "; ".join(
+            f"{r['claim']}: {r['verdict']}" + (f" (these checkpoints: {r['verdict_checkpoints']})"
+                                               if r["verdict_checkpoints"] != r["verdict"] else "")
+            for _, r in folded.iterrows()) + ".")
     st = checks["status"].value_counts() if not checks.empty else pd.Series(dtype=int)
     items.append(f"Checks: {int(st.get('flag', 0))} flagged, {int(st.get('not_run', 0))} not run, "
                  f"{int(st.get('pass', 0))} passed, {int(st.get('skip', 0))} not applicable"
@@ -369,6 +391,7 @@ def build_sections(tables: Sequence[tuple[Path, pd.DataFrame]], plots_dir: Path,
                    cards: Mapping[str, Any] | None = None) -> list[Section]:
     """robench's sections for the tables, in page order; the plots are written to ``plots_dir``
     (inside ``report_dir``, which the image links are relative to)."""
+    from robench.analysis.claims_section import claims_section
     from robench.checks import table_checks
     from robench.leaderboard import leaderboard
 
@@ -384,8 +407,12 @@ def build_sections(tables: Sequence[tuple[Path, pd.DataFrame]], plots_dir: Path,
         if model_checks is not None:
             checks = pd.concat([checks, model_checks[~model_checks["check"].isin(set(checks["check"]))]],
                                ignore_index=True)
-        sections.append(Section("summary", "Summary", summary_html(ev, board, checks, model_checks is not None)))
+        claims = _claims_rows([df for _, df, k in kinds if k in ("eval", "landscape", "stability")])
+        sections.append(Section("summary", "Summary", summary_html(ev, board, checks, model_checks is not None,
+                                                                   claims=claims)))
         sections.append(Section("leaderboard", "Leaderboard", leaderboard_html(board)))
+        if claims is not None:
+            sections.append(Section("claims", "Claims", claims_section(claims, plots_dir, report_dir)))
         sections.append(Section("threat-model", "Threat model", threat_model_html(ev)))
         sections.append(Section("cells", "Every cell", cells_html(ev)))
         sections.append(Section("checks", "Checks", checks_html(checks, ev, model_checks is not None)))
