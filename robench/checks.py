@@ -32,6 +32,7 @@ import math
 import time
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
@@ -363,22 +364,35 @@ def summaries(checks: pd.DataFrame) -> dict[tuple, str]:
 
 
 def read_checks(path) -> pd.DataFrame:
-    """Read a checks table (parquet or CSV) written by :func:`write_checks`."""
+    """Read a checks table (parquet or CSV) written by :func:`write_checks`, every value checked
+    (known check and status words, n ≥ 1, seed ≥ 0, λ in [0, 1], numbers where numbers belong)."""
     from pathlib import Path
 
+    from robench.results import TableChecker, read_frame
+
     p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"checks table {p} does not exist")
-    try:
-        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(
-            p, dtype={c: "string" for c, t in CHECKS_SCHEMA.items() if t == "string"}, keep_default_na=False,
-            na_values={c: [""] for c, t in CHECKS_SCHEMA.items() if t != "string"})
-    except Exception as e:  # pyarrow/pandas raise many types for a corrupt file
-        raise BadInput(f"checks table {p} is unreadable: {type(e).__name__}") from None
+    df = read_frame(p, what="checks table", string_columns=[c for c, t in CHECKS_SCHEMA.items() if t == "string"],
+                    csv_na={c: [""] for c, t in CHECKS_SCHEMA.items() if t != "string"})
     missing = [c for c in CHECKS_SCHEMA if c not in df.columns]
     if missing:
         raise BadInput(f"{p} is not a robench checks table: missing columns {', '.join(missing)}")
-    return to_checks_frame(df.to_dict("records"))
+    chk = TableChecker(df, f"checks table {p}", (lambda i: f"line {i + 2}") if p.suffix == ".csv"
+                       else (lambda i: f"row {i + 1}"))
+    out = {}
+    for col, dtype in CHECKS_SCHEMA.items():
+        out[col] = (chk.text(col) if dtype == "string"
+                    else chk.number(col, integer=dtype != "float64", required=col in ("n", "seed")))
+    for col, valid in (("check", CHECKS), ("status", STATUSES)):
+        v = out[col]
+        chk.fail(~v.isin(valid).fillna(False).to_numpy(), col,
+                 lambda i, v=v, valid=valid: f"{v.iloc[i]!r} is not one of {', '.join(valid)}")
+    for col in ("model", "dataset"):
+        chk.fail(out[col].isna().to_numpy() | (out[col].fillna("") == "").to_numpy(), col, lambda i: "is missing")
+    lam = out["lam"].to_numpy()
+    chk.fail(~np.isnan(lam) & ~((lam >= 0) & (lam <= 1)), "lam", lambda i: f"{lam[i]!r} is outside [0, 1]")
+    chk.fail((out["n"] < 1).to_numpy(), "n", lambda i: f"must be ≥ 1, got {out['n'].iloc[i]}")
+    chk.fail((out["seed"] < 0).to_numpy(), "seed", lambda i: f"must be ≥ 0, got {out['seed'].iloc[i]}")
+    return to_checks_frame(pd.DataFrame(out).to_dict("records"))
 
 
 def write_checks(checks: pd.DataFrame, out) -> list:

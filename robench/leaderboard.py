@@ -58,6 +58,7 @@ from robench.errors import BadInput
 from robench.fileio import atomic_write
 from robench.results import KEY, format_eps, wilson
 from robench.results import nan_to_none as _none
+from robench.safetext import markdown_cell, neutralise_frame
 
 FIXED_METRICS = ("clean", "worst_case", "corruption_mean")
 FLAG_CODES = ("missing_clean", "robust_gt_clean", "worst_gt_attack", "mixed_n", "mixed_seeds", "mixed_data",
@@ -326,12 +327,14 @@ def read_tables(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 
 def write_csv(board: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write the leaderboard CSV atomically (temp file + os.replace)."""
-    return atomic_write(out, lambda tmp: board.to_csv(tmp, index=False))
+    """Write the leaderboard CSV atomically (temp file + os.replace); text cells a spreadsheet
+    would run as a formula are neutralised (:func:`robench.safetext.csv_cell`)."""
+    csv = neutralise_frame(board)
+    return atomic_write(out, lambda tmp: csv.to_csv(tmp, index=False), what="leaderboard CSV")
 
 
 def write_text(text: str, out: str | os.PathLike) -> Path:
-    return atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), what="file")
 
 
 def to_markdown(board: pd.DataFrame) -> str:
@@ -346,7 +349,8 @@ def to_markdown(board: pd.DataFrame) -> str:
     ci = {"clean": ("clean_ci_low", "clean_ci_high"), "worst_case": ("worst_case_ci_low", "worst_case_ci_high"),
           "corruption_mean": ("corruption_ci_low", "corruption_ci_high")}
     header = [("worst_case" + (f" @{head_eps}" if head_eps else "")) if c == "worst_case" else c for c in show]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in show) + "|"]
+    lines = ["| " + " | ".join(markdown_cell(h) if "@" in h else h for h in header) + " |",
+             "|" + "|".join(" --- " for _ in show) + "|"]
     for _, r in board.iterrows():
         cells = []
         for c in show:
@@ -356,20 +360,20 @@ def to_markdown(board: pd.DataFrame) -> str:
             elif c in ("rank", "n"):
                 cells.append("" if pd.isna(v) else str(int(v)))
             elif c == "recipe":
-                parts = [None if pd.isna(v) else str(v),
+                parts = [None if pd.isna(v) else markdown_cell(v),
                          None if pd.isna(r["epochs"]) else f"{int(r['epochs'])} ep",
                          None if pd.isna(r["label_smoothing"]) else f"ls {r['label_smoothing']:g}",
-                         None if pd.isna(r["train_device"]) else str(r["train_device"])]
+                         None if pd.isna(r["train_device"]) else markdown_cell(r["train_device"])]
                 cells.append(", ".join(p for p in parts if p) or "–")
             elif c in ("model", "dataset", "checks", "flags"):
-                cells.append("" if pd.isna(v) else str(v).replace("|", "\\|"))
+                cells.append("" if pd.isna(v) else markdown_cell(v))
             elif pd.isna(v):
                 cells.append("–")
             elif c in ci:
                 lo, hi = r[ci[c][0]], r[ci[c][1]]
                 text = f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
                 if c == "worst_case" and not pd.isna(r["worst_case_status"]) and r["worst_case_status"] not in ("", "ok"):
-                    text += f" ({r['worst_case_status']}: {r['worst_case_attacks']}, not ranked)"
+                    text += f" ({r['worst_case_status']}: {markdown_cell(r['worst_case_attacks'])}, not ranked)"
                 cells.append(text)
             else:
                 cells.append(f"{100 * v:.1f}")

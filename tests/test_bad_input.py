@@ -31,7 +31,7 @@ def env(tmp_path):
                  backend=None, eps=None, severity=None, seed=0, correct=15, accuracy=0.75,
                  ci_low=wilson(15, 20)[0], ci_high=wilson(15, 20)[1])]
     write_table(to_frame(rows), tmp_path / "table")
-    other = dict(rows[0], n=10, correct=5, accuracy=0.5)
+    other = dict(rows[0], n=10, correct=5, accuracy=0.5, ci_low=wilson(5, 10)[0], ci_high=wilson(5, 10)[1])
     write_table(to_frame([other]), tmp_path / "other")
     (tmp_path / "garbage.parquet").write_bytes(b"PAR1 this is not a parquet file")
     (tmp_path / "wrong.csv").write_text("a,b\n1,2\n")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
-from robench.fileio import atomic_write
+from robench.fileio import atomic_write, safe_component
 
 LAM_SCHEMES = ("damped", "lambda_damped")
 
@@ -56,9 +56,11 @@ def footer(df: pd.DataFrame) -> str:
 
 
 def _save(fig, df: pd.DataFrame, out_dir: Path, name: str) -> Path:
+    """Write ``out_dir/<name>.png``; ``name`` holds names read from the table, so it becomes one safe
+    file-name component (never a path: a perturbation ``/../../x`` stays inside ``out_dir``)."""
     fig.text(0.5, -0.01, footer(df), ha="center", va="top", fontsize=8, color="0.3")
-    path = out_dir / f"{name}.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    path = out_dir / f"{safe_component(name, max_len=120)}.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), what="plot")
     return path
 
 
@@ -280,21 +282,34 @@ def table_kind(df: pd.DataFrame) -> str:
 
 
 def read_any(path: str | os.PathLike) -> pd.DataFrame:
-    """A robench eval/sweep table, or a landscape / stability / noise-protocol table."""
-    from robench.analysis.common import read_analysis
-    from robench.results import read_table
+    """A robench eval/sweep table, or a landscape / stability / noise-protocol table, read once and
+    checked value by value (:func:`robench.results.validate_table`, :func:`~robench.analysis.common.validate_analysis`)."""
+    from robench.analysis.common import STRING_COLUMNS, validate_analysis
+    from robench.results import KEY, SCHEMA, read_frame, validate_table
 
     p = Path(path)
-    if p.suffix not in (".parquet", ".csv"):
-        raise BadInput(f"table {p}: unknown format {p.suffix!r}; valid choices: .parquet, .csv")
-    if not p.is_file():
-        raise BadInput(f"table {p} does not exist")
-    cols = pd.read_parquet(p).columns if p.suffix == ".parquet" else pd.read_csv(p, nrows=0).columns
-    return read_analysis(p) if "analysis" in cols else read_table(p)
+    text = {*(c for c, t in SCHEMA.items() if t == "string"), *STRING_COLUMNS, "direction", "quantity", "coef",
+            "corruption", "protocol", "file_mean", "file_std"}
+    df = read_frame(p, what="table", string_columns=sorted(text))
+    line = (lambda i: f"line {i + 2}") if p.suffix == ".csv" else (lambda i: f"row {i + 1}")
+    if "analysis" in df.columns:
+        return validate_analysis(df, f"table {p}", line)
+    missing = [c for c in (*KEY, "correct", "accuracy") if c not in df.columns]
+    if missing:
+        raise BadInput(f"table {p} is not a robench table: missing columns {', '.join(missing)}")
+    return validate_table(df, f"table {p}", row_label=line)
 
 
 def plot_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Every figure the table supports, as PNGs in ``out_dir``; returns their paths."""
+    """Every figure the table supports, as PNGs in ``out_dir``; returns their paths. Text from the
+    table is drawn literally: matplotlib's math parsing (``$...$``) is off while plotting."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _plot_table(df, out_dir)
+
+
+def _plot_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"-o {out} is a file; give a folder for the PNGs")

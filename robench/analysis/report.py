@@ -14,7 +14,8 @@ import pandas as pd
 
 from robench.analysis.plots import model_label, plot_table, read_any, table_kind
 from robench.errors import BadInput
-from robench.fileio import atomic_write_text, sha256_file
+from robench.fileio import atomic_write_text, safe_component, sha256_file
+from robench.safetext import url_path
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1400px;color:#222}
@@ -129,14 +130,14 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     sections = []
     for k, (p, df) in enumerate(tables):
         kind = table_kind(df)
-        plots = plot_table(df, out / "plots" / f"{k:02d}_{p.stem}")
+        plots = plot_table(df, out / "plots" / f"{k:02d}_{safe_component(p.stem)}")
         if kind == "eval":
             sections.append(("Leaderboard: " + p.name, leaderboard_html(df)))
         elif kind == "landscape":
             sections.append(("Loss landscape flatness: " + p.name, flatness_html(df)))
         elif kind == "stability":
             sections.append(("Stability: " + p.name, stability_html(df)))
-        figs = "".join(f'<figure><img src="{_e(q.relative_to(out).as_posix())}" alt="{_e(q.stem)}" '
+        figs = "".join(f'<figure><img src="{_e(url_path(q.relative_to(out).as_posix()))}" alt="{_e(q.stem)}" '
                        f'onload="this.dataset.loaded=1"><figcaption>{_e(q.stem)}</figcaption></figure>' for q in plots)
         sections.append(("Plots: " + p.name, figs))
     for title_, body in sections:
