@@ -26,6 +26,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from robench.errors import BadInput
+from robench.fileio import check_writable
 from robench.plan import Cell, planned_attacks, plan_cells, units
 from robench.spec import CONFIG_KEYS, EvalSpec, load_spec
 from robench.store import DiskStore, is_sweep_store, iter_parts, planned_from_meta, read_json
@@ -102,6 +103,7 @@ def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, execut
     out = Path(spec.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"out {out} exists and is not a folder")
+    check_writable(out, what="out", folder=True)
     if out.is_dir() and not is_sweep_store(out) and {p.name for p in out.iterdir()} - {".lock", "cells"} and not force:
         raise BadInput(f"out {out} is a folder that is not a sweep store (no sweep.json) and not empty; "
                        "pass --force to write the sweep into it anyway, or choose another folder")
@@ -127,12 +129,19 @@ def merge(out: str | os.PathLike) -> pd.DataFrame:
         raise BadInput(f"sweep folder {out} does not exist")
     if not is_sweep_store(out):
         raise BadInput(f"{out} is not a sweep folder (no sweep.json)")
+    from robench.results import records_of, validate_table
+
     meta = read_json(out / "sweep.json", "sweep file")
-    records = [part["record"] for _, part in iter_parts(out)]
-    if not records:
+    parts = list(iter_parts(out))
+    if not parts:
         raise BadInput(f"sweep folder {out} has no finished cells yet")
-    models = (meta.get("config") or {}).get("models") or []
-    return table(records, planned=planned_from_meta(meta), models=[str(m) for m in models])
+    # every stored number is checked against the cell's own flags before it is published
+    names = [str(out / "cells" / f"{cell_id}.json") for cell_id, _ in parts]
+    checked = validate_table(pd.DataFrame([part["record"] for _, part in parts]), "sweep folder " + str(out),
+                             row_label=lambda i: f"stored cell {names[i]}")
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    models = config.get("models") if isinstance(config.get("models"), list) else []
+    return table(records_of(checked), planned=planned_from_meta(meta), models=[str(m) for m in models])
 
 
 def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None = None,
@@ -149,7 +158,6 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None =
 
     ray = ray_connect(address) if executor == "ray" else None  # before anything is written
     spec = plan.config
-    plan.out.mkdir(parents=True, exist_ok=True)
     with plan.store.open() as store:
         todo = units(plan.pending)
         if executor == "local":

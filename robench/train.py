@@ -3,14 +3,17 @@ channels_last, optional torch.compile).
 
 Determinism: the model is initialised from ``seed``; epoch e draws its permutation and augmentation
 from a generator seeded with (seed, e), and the learning rate is a pure function of the step, so an
-epoch checkpoint (model + optimizer tensors as safetensors, the rest as JSON) is all the state there
-is: ``resume`` after a kill ends with the same weights as an uninterrupted run (same seed, CPU).
+epoch checkpoint (model + optimizer tensors as safetensors, the rest as JSON in the same file's
+header: one file, one commit point) is all the state there is: ``resume`` after a kill ends with the
+same weights as an uninterrupted run (same seed, CPU). ``state.json`` beside it is a readable copy of
+that header; resume never reads it. One run folder is trained by one process at a time (a lock).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ from tqdm import tqdm
 
 import model_zoo
 from model_zoo.checkpoint import shipped_path, user_zoo, zoo_stem
-from robench.fileio import atomic_write_text
+from robench.fileio import atomic_write, atomic_write_text, check_writable, exclusive_lock
 from robench.machine import cpu_capability, cpu_has_fast_bf16, cpu_name
 from robench.data import Dataset, augment, data_label
 from robench.errors import BadInput
@@ -55,6 +58,10 @@ RECIPES = {
     "fast": Recipe("fast", epochs=30, batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-4, nesterov=True,
                    schedule="onecycle", label_smoothing=0.1, pad=4, decay_all=False),
 }
+
+
+MAX_LR = 10.0
+MAX_SEED = 2 ** 32 - 1
 
 
 def lr_at(recipe: Recipe, step: int, steps_per_epoch: int, epochs: int) -> float:
@@ -93,23 +100,53 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     return correct / len(y)
 
 
+STATE_KEY = "robench.train_state"
+
+
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
-    """Epoch checkpoint: tensors → safetensors, everything else → JSON; written then renamed."""
+    """Epoch checkpoint: tensors → safetensors, everything else → JSON in the same file's header, so
+    the one rename of that file is the one commit point (a kill leaves the old epoch or the new one,
+    never new weights beside an old epoch count). ``state.json`` is a readable copy written after it."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"opt.{i}.momentum_buffer"] = buf.detach().cpu().contiguous()
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path / "state.safetensors")
-    atomic_write_text(path / "state.json", json.dumps(meta, indent=1))
+    text = json.dumps(meta, indent=1)
+    atomic_write(path / "state.safetensors", lambda tmp: save_file(tensors, tmp, metadata={STATE_KEY: text}),
+                 what="training checkpoint")
+    atomic_write_text(path / "state.json", text, what="training state copy")
+
+
+def _read_meta(path: Path) -> dict:
+    """The state saved with the checkpoint's tensors (its header); a run folder of an older robench
+    without it falls back to its state.json."""
+    from model_zoo.checkpoint import read_header_metadata
+
+    raw = read_header_metadata(path / "state.safetensors").get(STATE_KEY)
+    if raw is None:
+        from robench.fileio import read_json
+
+        meta = read_json(path / "state.json", what="training state")
+    else:
+        try:
+            meta = json.loads(raw)
+        except (ValueError, RecursionError):
+            meta = None
+    if not (isinstance(meta, dict) and isinstance(meta.get("config"), dict) and isinstance(meta.get("epoch"), int)
+            and isinstance(meta.get("history"), list) and isinstance(meta.get("wall_seconds"), (int, float))):
+        raise BadInput(f"the training checkpoint in {path} is not a robench training state; pass --force to start "
+                       "the run again")
+    return meta
+
+
+def _has_state(path: Path) -> bool:
+    return os.path.lexists(path / "state.safetensors")
 
 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, device) -> dict:
-    meta = json.loads((path / "state.json").read_text())
+    meta = _read_meta(path)
     tensors = load_file(str(path / "state.safetensors"), device=str(device))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -124,12 +161,24 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, device
 def _metrics_csv(path: Path, history: list[dict]) -> None:
     if not history:
         return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0].keys()))
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(history[0].keys()))
+            w.writeheader()
+            w.writerows(history)
+
+    atomic_write(path, write, what="metrics CSV")
+
+
+def check_train_args(*, lr: float | None, seed: int) -> None:
+    """A learning rate in (0, 10] (a NaN or negative one trains weights no load accepts) and a seed in
+    [0, 2**32 − 1] (the epoch generators are seeded from it)."""
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                           or not 0 < lr <= MAX_LR):
+        raise BadInput(f"learning rate (--lr) must be a number in (0, {MAX_LR:g}], got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"seed (--seed) must be a whole number in [0, {MAX_SEED}], got {seed!r}")
 
 
 def check_outputs(model_name: str, lam: float | None, run_dir: str | os.PathLike,
@@ -137,11 +186,14 @@ def check_outputs(model_name: str, lam: float | None, run_dir: str | os.PathLike
     """Refuse (BadInput) to replace an existing run folder (unless resuming it) or zoo entry without
     ``force``; returns notes for the user (the output will shadow a shipped checkpoint)."""
     run_dir = Path(run_dir)
-    if not resume and not force and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if not resume and not force and run_dir.exists() and (
+            not run_dir.is_dir() or any(p.name != ".lock" for p in run_dir.iterdir())):
         raise BadInput(f"run folder {run_dir} already exists; pass --resume to continue that run or --force "
                        "to replace it")
+    check_writable(run_dir, what="run folder", folder=True)  # before hours of training, not after
     notes = []
     if out is not None:
+        check_writable(out, what="zoo folder (--out)", folder=True)
         stem = Path(out) / zoo_stem(model_name, lam)
         existing = [p for p in (stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors"))
                     if os.path.lexists(p)]
@@ -187,23 +239,45 @@ def train(
     """
     if recipe not in RECIPES:
         raise BadInput(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
+    check_train_args(lr=lr, seed=seed)
     rec = RECIPES[recipe]
     if lr is not None:
-        rec = dataclasses.replace(rec, lr=lr)
+        rec = dataclasses.replace(rec, lr=float(lr))
     epochs = epochs or rec.epochs
     batch_size = batch_size or rec.batch_size
     if epochs < 1 or batch_size < 1:
         raise BadInput("epochs and batch size must be positive")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInput("device cuda was asked for but torch sees no CUDA device; valid choices here: cpu")
-    dev = torch.device(device)
+    from model_zoo.registry import check_model_name
+    from robench.devices import resolve_device
+
+    dev = resolve_device(device)  # 'meta' and other devices that cannot train: one line, before anything runs
+    check_model_name(model_name)
+    if len(train_set) // batch_size < 1:
+        raise BadInput(f"batch size {batch_size} is larger than the training set ({len(train_set)} images)")
     run_dir = Path(run_dir)
     for note in check_outputs(model_name, lam, run_dir, out, resume=resume, force=force):
         log(note)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
+    with exclusive_lock(run_dir / ".lock", what="run folder lock",
+                        busy=f"another robench train is using the run folder {run_dir}; wait for it or give "
+                             "another --run-dir"):
+        return _train(model_name, train_set, test_set, rec=rec, recipe=recipe, epochs=epochs, batch_size=batch_size,
+                      dev=dev, amp=amp, compile=compile, seed=seed, lam=lam, run_dir=run_dir, resume=resume,
+                      out=out, data_label_text=data_label_text, progress=progress,
+                      stop_after_epoch=stop_after_epoch, log=log)
+
+
+def _train(model_name, train_set, test_set, *, rec, recipe, epochs, batch_size, dev, amp, compile, seed, lam,
+           run_dir, resume, out, data_label_text, progress, stop_after_epoch, log) -> dict:
     config = dict(model=model_name, lam=lam, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=rec.lr,
                   seed=seed, amp=bool(amp), num_classes=train_set.num_classes, n_train=len(train_set), data_sha256=test_set.sha256)
-    if resume and (run_dir / "state.json").exists():
-        prev = json.loads((run_dir / "state.json").read_text())["config"]
+    if resume and _has_state(run_dir):
+        prev = _read_meta(run_dir)["config"]
         if prev != config:
             diff = {k: (prev.get(k), v) for k, v in config.items() if prev.get(k) != v}
             raise BadInput(f"--resume: {run_dir} holds a run with a different configuration {diff}")
@@ -223,7 +297,7 @@ def train(
 
     history: list[dict] = []
     start_epoch, wall = 0, 0.0
-    if resume and (run_dir / "state.json").exists():
+    if resume and _has_state(run_dir):
         meta = _load_state(run_dir, model, opt, dev)
         start_epoch, history, wall = meta["epoch"], meta["history"], meta["wall_seconds"]
         log(f"resuming {model_name} from epoch {start_epoch}/{epochs} ({run_dir})")

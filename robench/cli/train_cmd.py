@@ -46,11 +46,14 @@ def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr
     from model_zoo.registry import check_model_name
     from robench.data import load_cifar
     from robench.machine import resolve_threads
-    from robench.train import check_outputs, train
+    from robench.devices import resolve_device
+    from robench.train import check_outputs, check_train_args, train
 
     check_model_name(model_name)
     lam_v = parse_lam(lam)
     n_threads = resolve_threads(threads)
+    check_train_args(lr=lr, seed=seed)
+    resolve_device(device)
     # validates λ against the model before loading data
     coeffs = coefficient_text(model_zoo.create_model(model_name, lam=lam_v), lam_v)
     out = Path(out) if out else user_zoo()
