@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_zoo.arch import check_arch, check_num_classes, check_size
 from model_zoo.errors import BadInput
-from model_zoo.fileio import (atomic_write_group, read_json, read_regular, recover_group, regular_file_inside,
+from model_zoo.fileio import (atomic_write_group, read_json, recover_group, regular_file_inside,
                               robench_home, sha256_file)
 from model_zoo.registry import check_model_name, create_model, is_model, model_entry, model_info
 from model_zoo.schemes import get_scheme

@@ -370,11 +370,49 @@ def regular_file_inside(path: str | os.PathLike, root: str | os.PathLike, what: 
 
 # -- locks -----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, *, busy: str, what: str = "lock file") -> Iterator[int]:
+def exclusive_lock(path: str | os.PathLike, *, busy: str, what: str = "lock file",
+                   remove: bool = False) -> Iterator[int]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing, never truncated) for the
     duration; ``busy`` is the one-line error when another process holds it. A link, FIFO or
     device at ``path`` is refused at once (opened without following links and without blocking);
-    the OS releases the lock when the process dies."""
+    the OS releases the lock when the process dies. With ``remove`` the lock file is deleted on
+    release (a lock on a file another holder already removed is retried once, then refused)."""
+    for attempt in range(2):
+        with _locked(path, busy=busy, what=what) as fd:
+            if remove:
+                try:
+                    same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:  # its previous holder removed it after we opened it
+                    if attempt:
+                        raise BadInput(busy)
+                    continue
+            try:
+                yield fd
+            finally:
+                if remove:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+            return
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike, *, busy: str) -> Iterator[None]:
+    """A lock that one output (a table stem, a file) is being produced, held while the work runs: a
+    file ``.<name>.lock`` in the nearest existing folder above ``path`` (nothing is created where the
+    output goes before it is written), removed again on release."""
+    p = Path(os.path.abspath(path))
+    anc = p.parent
+    while not anc.is_dir() and anc != anc.parent:
+        anc = anc.parent
+    name = "." + safe_component(p.relative_to(anc).as_posix(), max_len=150) + ".lock"
+    with exclusive_lock(anc / name, busy=busy, what="output lock", remove=True):
+        yield
+
+
+@contextlib.contextmanager
+def _locked(path: str | os.PathLike, *, busy: str, what: str) -> Iterator[int]:
     import fcntl
 
     try:

@@ -201,18 +201,49 @@ class _Models:
         self._cache: dict[tuple, Any] = {}
         self._device = device
 
+    def given(self, name: str, lam: float | None) -> bool:
+        return (name, lam) in self._given or name in self._given
+
     def get(self, name: str, lam: float | None):
+        return self.get_with_sha(name, lam)[0]
+
+    def get_with_sha(self, name: str, lam: float | None):
+        """(module, sha256 of its weights): the card's for a zoo entry, the parameters' for a module."""
         for k in ((name, lam), name):
             if k in self._given:
-                return self._given[k].to(self._device).eval()
+                from robench.models import module_sha256
+
+                module = self._given[k].to(self._device).eval()
+                return module, module_sha256(module)
         key = (name, lam)
         if key not in self._cache:
             import model_zoo
 
             info = model_zoo.model_info(name)
             entry = model_zoo.load_entry(name, lam=lam if info.takes_lam else None, map_location=self._device)
-            self._cache[key] = entry.model.eval()
+            self._cache[key] = (entry.model.eval(), entry.card.weights_sha256)
         return self._cache[key]
+
+
+def _identity_problem(g: pd.DataFrame, key: tuple, zoo: "_Models", sha: str | None, data_sha: str | None) -> str | None:
+    """Why the model or data found under the table's names is not what the table's rows ran on
+    (weights or data sha256), or None. Checks of other weights or data would vouch for nothing."""
+    name = key[0]
+    origins = {str(v) for v in g["origin"] if nan_to_none(v) is not None} if "origin" in g.columns else set()
+    if "module" in origins and not zoo.given(name, key[1]):
+        return (f"the table's rows of {name} come from a module evaluated in Python (origin module); pass that "
+                "module with models= to check it (the zoo's model of that name is another model)")
+    want = {str(v) for v in g["weights_sha256"] if nan_to_none(v) is not None} if "weights_sha256" in g.columns else set()
+    if want and sha is not None and sha not in want:
+        return (f"the {name} found (weights sha256 {sha[:12]}…) is not the one the table's rows ran with "
+                f"({', '.join(sorted(w[:12] + '…' for w in want))})")
+    rows = g[g["dataset"] == key[2]]
+    data = ({str(v) for v in rows["data_sha256"] if nan_to_none(v) is not None}
+            if "data_sha256" in rows.columns else set())
+    if data and data_sha is not None and data_sha not in data:
+        return (f"the {key[2]} data found (sha256 {data_sha[:12]}…) is not the data the table's rows ran on "
+                f"({', '.join(sorted(d[:12] + '…' for d in data))}); pass --data-dir with that data")
+    return None
 
 
 def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, device: str = "cpu",
@@ -244,14 +275,20 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
         if progress:
             progress(f"checks: {model_name} λ={'learned/–' if lam is None else f'{lam:g}'} {dataset} n={n} seed={seed}")
         try:
-            model = zoo.get(model_name, lam)
+            model, sha = zoo.get_with_sha(model_name, lam)
             if (dataset, n) not in data_cache:
                 ds = load_dataset(dataset, data_dir if dataset != "samples" else None, n=n)
-                data_cache[(dataset, n)] = ds.as_float(device)
-            x, y = data_cache[(dataset, n)]
+                data_cache[(dataset, n)] = (*ds.as_float(device), ds.sha256)
+            x, y, data_sha = data_cache[(dataset, n)]
         except BadInput as e:
             why = f"cannot load the model or data: {e}"
             rows += [_row(key, c, "skip", detail=why) for c in CHECKS if c not in TABLE_CHECKS]
+            continue
+        why = _identity_problem(g, key, zoo, sha, data_sha)
+        if why is not None:
+            rows += [_row(key, c, "skip", detail=why) for c in CHECKS if c not in TABLE_CHECKS]
+            if progress:
+                progress(f"checks: {model_name}: model checks skipped: {why}")
             continue
         s = time.perf_counter()
         frac = gradient_fraction(model, x, y, batch_size=batch_size)

@@ -7,4 +7,8 @@ from __future__ import annotations
 
 from model_zoo.errors import BadInput
 
-__all__ = ["BadInput"]
+__all__ = ["BadInput", "NonFiniteLogits"]
+
+
+class NonFiniteLogits(BadInput):
+    """The model returned NaN or Inf logits during a cell (clean, corrupted or adversarial images)."""

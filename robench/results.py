@@ -182,6 +182,29 @@ def write_table(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
                                (paths[1], lambda p: csv.to_csv(p, index=False))], what="table")
 
 
+def write_table_or_rescue(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
+    """:func:`write_table`, and when that fails (a full disk after hours of evaluation) the table as
+    CSV in the first place that takes it (the temporary folder, then ``$ROBENCH_HOME/rescued``), named
+    in the one-line error, so the cells that ran are not lost."""
+    import tempfile
+    import time
+
+    from robench.fileio import atomic_write, robench_home
+
+    try:
+        return write_table(df, out)
+    except BadInput as e:
+        name = f"{table_paths(out)[1].stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.csv"
+        csv = neutralise_frame(df)
+        for folder in (Path(tempfile.gettempdir()) / "robench-rescued", robench_home() / "rescued"):
+            try:
+                where = atomic_write(folder / name, lambda tmp: csv.to_csv(tmp, index=False), what="rescued table")
+            except BadInput:
+                continue
+            raise BadInput(f"{e}; the table was saved to {where} instead (move it where it belongs)") from None
+        raise BadInput(f"{e}; no other place took the table either, so it is lost") from None
+
+
 def write_csv_stream(df: pd.DataFrame, stream) -> None:
     """The table as CSV on an open text stream (``--out -``)."""
     neutralise_frame(df).to_csv(stream, index=False)

@@ -110,7 +110,7 @@ def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, execut
     data = load_dataset(spec.dataset, spec.data_dir, n=spec.n)
     cells = plan_cells(spec, n=len(data), dataset=data.name)
     if spec.corruption_dir is not None:
-        check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"])
+        check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"], data.labels)
     weights = _weights(list(dict.fromkeys((c.model, c.lam) for c in cells)), data.num_classes)
     store = DiskStore(out=out, fingerprint={"dataset": data.name, "n": len(data), "data_sha256": data.sha256},
                       weights=weights, config=spec.to_dict(), planned=planned_attacks(cells))

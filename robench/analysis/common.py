@@ -40,6 +40,8 @@ class ModelSpec:
         """``resnet20`` or ``inresnet20@0.5`` (a fixed λ) or ``inresnet20@learned``."""
         from fractions import Fraction
 
+        from robench.spec import parse_lam
+
         name, _, lam = str(text).strip().partition("@")
         if not name:
             raise BadInput(f"empty model name in {text!r}; write NAME or NAME@LAM such as inresnet20@0.5")
@@ -47,11 +49,11 @@ class ModelSpec:
             return cls(name, None)
         try:
             v = float(Fraction(lam)) if "/" in lam else float(lam)
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             raise BadInput(f"malformed λ {lam!r} in {text!r}; write NAME@LAM with LAM in [0, 1] or 'learned'") from None
         if not 0.0 <= v <= 1.0:
             raise BadInput(f"λ in {text!r} must be in [0, 1] or 'learned'")
-        return cls(name, v)
+        return cls(name, parse_lam(v))  # −0 → 0; more digits than checkpoint names hold: refused
 
     def label(self) -> str:
         return self.name if self.lam is None else f"{self.name} λ={self.lam:g}"
@@ -249,9 +251,30 @@ def read_analysis(path: str | os.PathLike, analysis: str | None = None) -> pd.Da
 
 
 def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise BadInput(f"seed must be an integer ≥ 0, got {seed!r}")
+    from robench.spec import SEED_MAX
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise BadInput(f"seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
     return int(seed)
+
+
+def check_count(v, what: str, hi: int) -> int:
+    """A positive whole number of at most ``hi`` (grid points, iterations, directions): every loop
+    the analyses run has a bound."""
+    v = check_positive(v, what)
+    if v > hi:
+        raise BadInput(f"{what} must be a whole number in [1, {hi:,}], got {v:,}")
+    return v
+
+
+def check_pixels(v, what: str) -> float:
+    """An L∞ distance in pixel units, in (0, 1] (``16`` gets "did you mean 16/255?")."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) or v <= 0:
+        raise BadInput(f"{what} must be a number in (0, 1] in pixel units such as 8/255, got {v!r}")
+    if v > 1:
+        hint = f"; did you mean {v:g}/255?" if float(v).is_integer() and v <= 255 else ""
+        raise BadInput(f"{what} must be in (0, 1] in pixel units such as 8/255, got {v:g}{hint}")
+    return float(v)
 
 
 def run_models(analysis: str, specs: Sequence[ModelSpec], compute: Callable, *, dataset, data_dir, n, seed: int,

@@ -315,7 +315,10 @@ def _plot_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
         raise BadInput(f"-o {out} is a file; give a folder for the PNGs")
     if df.empty:
         raise BadInput("the table has no rows; nothing to plot")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create the plot folder {out}: {e.strerror or e}") from None
     kind = table_kind(df)
     if kind == "eval":
         return [*accuracy_vs_lambda(df, out), *accuracy_vs_eps(df, out), *accuracy_vs_severity(df, out)]
@@ -327,8 +330,11 @@ def _plot_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
 
 
 def plot_tables(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    from robench.fileio import check_writable
+
     if not paths:
         raise BadInput("give at least one table to plot")
+    check_writable(out_dir, what="-o", folder=True)
     frames = [read_any(p) for p in paths]  # read (and check) every table before writing anything
     written: list[Path] = []
     for df in frames:

@@ -115,14 +115,20 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     """Write ``out_dir/index.html`` and ``out_dir/plots/*.png`` from eval, landscape and stability tables."""
     if not paths:
         raise BadInput("give at least one results table")
+    from robench.fileio import check_writable
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"-o {out} is a file; give a folder for the report")
+    check_writable(out, what="-o", folder=True)
     tables = [(Path(p), read_any(p)) for p in paths]  # read and check everything before writing
     for p, df in tables:
         if df.empty:
             raise BadInput(f"table {p} has no rows")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create the report folder {out}: {e.strerror or e}") from None
     parts = [f"<h1>{_e(title)}</h1>",
              f"<p class=\"meta\">generated {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}"
              f" from {len(tables)} table(s); accuracies in %, [Wilson 95 % interval]; means with normal 95 % intervals"

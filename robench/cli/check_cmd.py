@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from robench.cli import cli
+from robench.cli.options import SafeEcho
 
 
 @cli.command("check")
@@ -20,6 +21,7 @@ from robench.cli import cli
 @click.option("--force", is_flag=True, help="Replace an existing checks table.")
 def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) -> int:
     """Gradient-masking and sanity checks for every (model, λ, dataset, seed) of result TABLES."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.checks import run_checks, write_checks
     from robench.errors import BadInput
     from robench.leaderboard import read_tables
@@ -36,21 +38,24 @@ def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) 
             raise BadInput(f"--n {n}: the table has no cells with n={n}; valid choices: {', '.join(map(str, ns))}")
         table = table[table["n"] == n]
     if out is not None:
+        from robench.results import check_out
+
+        check_out(out, force=True, what="-o", inputs=tables)  # writable, not an input
         stem = Path(out).with_suffix("") if Path(out).suffix in (".parquet", ".csv") else Path(out)
         existing = [p for p in (stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".csv")) if p.exists()]
         if existing and not force:
             raise BadInput(f"{existing[0]} exists; pass --force to replace it")
     source = None if transfer_source.lower() == "none" else transfer_source
     checks = run_checks(table, device=device, data_dir=data_dir, transfer_source=source,
-                        progress=lambda line: click.echo(line, err=True))
+                        progress=lambda line: echo(line, err=True))
     if out is not None:
         write_checks(checks, stem)
     flagged = checks[checks["status"] == "flag"]
     for _, r in checks.iterrows():
         lam = "learned/–" if r["lam"] != r["lam"] else f"{r['lam']:g}"
         what = r["cells"] if r["status"] == "flag" else ("" if r["status"] == "pass" else r["detail"])
-        click.echo(f"{r['model']} λ={lam} {r['dataset']} n={r['n']} seed={r['seed']}  {r['check']:<24} "
-                   f"{r['status']:<4}  {what}")
-    click.echo(f"{len(checks)} checks, {len(flagged)} flagged, {int((checks['status'] == 'skip').sum())} skipped"
-               + (f"; wrote {stem}.parquet and .csv" if out is not None else ""))
+        echo(f"{r['model']} λ={lam} {r['dataset']} n={r['n']} seed={r['seed']}  {r['check']:<24} "
+             f"{r['status']:<4}  {what}")
+    echo(f"{len(checks)} checks, {len(flagged)} flagged, {int((checks['status'] == 'skip').sum())} skipped"
+         + (f"; wrote {stem}.parquet and .csv" if out is not None else ""))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import data_options, parse_number, split_list as _split
+from robench.cli.options import SafeEcho, data_options, parse_number, split_list as _split
 from robench.results import check_out
 from robench.spec import parse_int
 
@@ -27,6 +27,7 @@ from robench.spec import parse_int
 def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d, points2d, data_dir, dataset, n, seed,
                   batch_size, device, out, force) -> None:
     """Loss/accuracy of clip(x + t·d) along grad-sign, PGD and random directions, mean and 95% interval."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.analysis.landscape import DIRECTIONS, flatness, landscape
     from robench.analysis.plots import model_label
     from robench.results import write_table
@@ -36,11 +37,11 @@ def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d,
                    points=parse_int(points, "--points", 1), n_random=parse_int(n_random, "--random-directions", 1),
                    pgd_eps=parse_number(pgd_eps, "--pgd-eps"), grid2d=grid2d, points2d=parse_int(points2d, "--points2d", 1),
                    dataset=dataset, data_dir=data_dir, n=None if n is None else parse_int(n, "--n", 1), seed=parse_int(seed, "--seed", 0),
-                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
+                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     flat = flatness(df)
-    click.echo("loss increase at t = 8/255 (mean, 95% interval):")
+    echo("loss increase at t = 8/255 (mean, 95% interval):")
     for r in flat.itertuples():
-        click.echo(f"  {model_label(r.model, r.lam, r.scheme)} {r.direction}[{r.index}]: {r.loss_increase:.4f} "
-                   f"[{r.ci_low:.4f}, {r.ci_high:.4f}]")
-    click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))
+        echo(f"  {model_label(r.model, r.lam, r.scheme)} {r.direction}[{r.index}]: {r.loss_increase:.4f} "
+             f"[{r.ci_low:.4f}, {r.ci_high:.4f}]")
+    echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))

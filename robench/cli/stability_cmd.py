@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import data_options, parse_number, split_list as _split
+from robench.cli.options import SafeEcho, data_options, parse_number, split_list as _split
 from robench.results import check_out
 from robench.spec import parse_int
 
@@ -20,14 +20,15 @@ from robench.spec import parse_int
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
 def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, device, out, force) -> None:
     """Per model and λ: coefficients per block, gains ‖Δx_{n+1}‖/‖Δx_n‖, Lyapunov estimate, Jacobian and gradient norms."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.analysis.stability import stability
     from robench.results import write_table
 
     check_out(out, force=force)
     df = stability(models=_split(models), eps=parse_number(eps, "--eps"), iters=parse_int(iters, "--iters", 1), dataset=dataset,
                    data_dir=data_dir, n=None if n is None else parse_int(n, "--n", 1), seed=parse_int(seed, "--seed", 0),
-                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
+                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     summary = df[df["quantity"].isin(["lyapunov", "lyapunov_damped", "jacobian_norm", "grad_norm_l2"])]
-    click.echo(summary[["model", "lam", "quantity", "direction", "mean", "ci_low", "ci_high"]].to_string(index=False))
-    click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))
+    echo(summary[["model", "lam", "quantity", "direction", "mean", "ci_low", "ci_high"]].to_string(index=False))
+    echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
+from robench.cli.options import SafeEcho
 
 
 @cli.command("sweep")
@@ -18,6 +19,7 @@ from robench.cli import cli
               help="Run the gradient-masking and sanity checks on the finished table (OUT/checks.parquet/.csv).")
 def sweep_cmd(config, out, dry_run, executor, address, threads, force, run_checks) -> None:
     """Run the grid of a TOML CONFIG resumably: finished cells are kept, a rerun does only the rest."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.errors import BadInput
     from robench.sweep import EXECUTORS, load_config, plan_sweep, run_sweep
 
@@ -29,16 +31,16 @@ def sweep_cmd(config, out, dry_run, executor, address, threads, force, run_check
     if threads is not None:
         spec = spec.replace(threads=threads)
     plan = plan_sweep(spec, out=out, executor=executor, force=force)
-    click.echo(plan.describe())
+    echo(plan.describe())
     if dry_run:
         for cell in plan.pending[:20]:
-            click.echo(f"  {cell.label()}")
+            echo(f"  {cell.label()}")
         if len(plan.pending) > 20:
-            click.echo(f"  … and {len(plan.pending) - 20} more")
+            echo(f"  … and {len(plan.pending) - 20} more")
         return
-    df = run_sweep(plan, executor=executor, address=address, log=click.echo)
-    click.echo(f"wrote {plan.out / 'results.parquet'} and .csv ({len(df)} rows)")
+    df = run_sweep(plan, executor=executor, address=address, log=echo)
+    echo(f"wrote {plan.out / 'results.parquet'} and .csv ({len(df)} rows)")
     if run_checks:
         from robench.cli.eval_cmd import report_checks
 
-        report_checks(df, spec.validate(check_device=False), str(plan.out / "checks"), click.echo)
+        report_checks(df, spec.validate(check_device=False), str(plan.out / "checks"), echo)

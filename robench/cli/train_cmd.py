@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from robench.cli import cli
-from robench.cli.options import parse_lam
+from robench.cli.options import SafeEcho, parse_lam
 
 
 def coefficient_text(model, lam: float | None) -> str:
@@ -41,6 +41,7 @@ def coefficient_text(model, lam: float | None) -> str:
 def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr, device, amp, compile_, seed, out,
               run_dir, resume, data_label, n, threads, force) -> None:
     """Train a zoo model on CIFAR and put the final checkpoint, with its card, into a zoo."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     import model_zoo
     from model_zoo.checkpoint import user_zoo, zoo_stem
     from model_zoo.registry import check_model_name
@@ -65,10 +66,10 @@ def train_cmd(model_name, lam, data_dir, dataset, recipe, epochs, batch_size, lr
     import torch
 
     torch.set_num_threads(n_threads)
-    click.echo(f"training {model_name} ({coeffs}) on {dataset}: "
-               f"{len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {device}, {n_threads} threads; "
-               f"run dir {run_dir}")
+    echo(f"training {model_name} ({coeffs}) on {dataset}: "
+         f"{len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {device}, {n_threads} threads; "
+         f"run dir {run_dir}")
     train(model_name, train_set, test_set, lam=lam_v, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
           device=device, amp=amp, compile=compile_, seed=seed, run_dir=run_dir, resume=resume, out=out,
           data_label_text=data_label, progress=os.environ.get("ROBENCH_PROGRESS", "1") != "0", force=force,
-          log=lambda m: click.echo(m, err=False))
+          log=echo)
