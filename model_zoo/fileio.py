@@ -465,21 +465,20 @@ def check_writable(path: str | os.PathLike, *, what: str, folder: bool = False) 
     p = Path(text)
     if not text or "\x00" in text:
         raise BadInput(f"{what} {text!r} is not a path")
-    if folder:
-        if p.exists() and not p.is_dir():
-            raise BadInput(f"{what} {text} exists and is not a folder")
-    elif p.is_dir():
-        raise BadInput(f"{what} {text} is a directory; give a file name")
-    parent = p if folder else p.parent
-    while not os.path.lexists(parent) and parent != parent.parent:
-        parent = parent.parent
+    too_long = [part for part in p.parts if len(part.encode("utf-8")) > 255]
+    if too_long:  # checked first: stat() of such a name fails with ENAMETOOLONG
+        raise BadInput(f"{what}: the name {too_long[0][:40]}… is longer than the 255 bytes a file name may have")
     try:
-        limit = os.pathconf(parent if parent.is_dir() else ".", "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    too_long = [part for part in p.parts if len(part.encode("utf-8")) > limit]
-    if too_long:
-        raise BadInput(f"{what}: the name {too_long[0][:40]}… is longer than the {limit} bytes a file name may have here")
+        if folder:
+            if p.exists() and not p.is_dir():
+                raise BadInput(f"{what} {text} exists and is not a folder")
+        elif p.is_dir():
+            raise BadInput(f"{what} {text} is a directory; give a file name")
+        parent = p if folder else p.parent
+        while not os.path.lexists(parent) and parent != parent.parent:
+            parent = parent.parent
+    except OSError as e:
+        raise BadInput(f"{what} {text}: {_why(e)}") from None
     if not parent.is_dir():
         raise BadInput(f"{what} {text}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -189,7 +189,10 @@ def import_reference(path: str | os.PathLike, name: str, *, source: str | None =
     from model_zoo.checkpoint import save, zoo_stem
     from model_zoo.fileio import sha256_file
 
+    from model_zoo.fileio import check_writable
+
     source = check_importable(name, source)
+    check_writable(out, what="zoo folder (--out)", folder=True)  # before reading anything
     stem = Path(out) / zoo_stem(name, lam)
     if not force and any(os.path.lexists(stem.with_name(stem.name + s)) for s in (".json", ".safetensors")):
         raise BadInput(f"{stem}.json already exists; pass --force to replace that zoo entry")

@@ -405,7 +405,7 @@ def read_checks(path) -> pd.DataFrame:
     (known check and status words, n ≥ 1, seed ≥ 0, λ in [0, 1], numbers where numbers belong)."""
     from pathlib import Path
 
-    from robench.results import TableChecker, read_frame
+    from robench.results import TableChecker, number_text, read_frame
 
     p = Path(path)
     df = read_frame(p, what="checks table", string_columns=[c for c, t in CHECKS_SCHEMA.items() if t == "string"],
@@ -426,7 +426,8 @@ def read_checks(path) -> pd.DataFrame:
     for col in ("model", "dataset"):
         chk.fail(out[col].isna().to_numpy() | (out[col].fillna("") == "").to_numpy(), col, lambda i: "is missing")
     lam = out["lam"].to_numpy()
-    chk.fail(~np.isnan(lam) & ~((lam >= 0) & (lam <= 1)), "lam", lambda i: f"{lam[i]!r} is outside [0, 1]")
+    chk.fail(~np.isnan(lam) & ~((lam >= 0) & (lam <= 1)), "lam",
+             lambda i: f"{number_text(lam[i])} is outside [0, 1]")
     chk.fail((out["n"] < 1).to_numpy(), "n", lambda i: f"must be ≥ 1, got {out['n'].iloc[i]}")
     chk.fail((out["seed"] < 0).to_numpy(), "seed", lambda i: f"must be ≥ 0, got {out['seed'].iloc[i]}")
     return to_checks_frame(pd.DataFrame(out).to_dict("records"))

@@ -254,6 +254,11 @@ def _missing_mask(s: pd.Series) -> np.ndarray:
         if s.dtype == object else s.isna().to_numpy()
 
 
+def number_text(v: Any) -> str:
+    """A number as Python writes it (0.95, nan), whatever numpy scalar type holds it."""
+    return repr(float(v))
+
+
 def _show(v: Any) -> str:
     return terminal_text(repr(v) if isinstance(v, str) else v)[:80]
 
@@ -375,30 +380,34 @@ def validate_table(df: pd.DataFrame, where: str, *, row_label: Callable[[int], s
              lambda i: f"{int(correct[i])} is outside [0, n] with n = {int(n[i])}")
     acc = t["accuracy"].to_numpy()
     chk.fail(np.isnan(acc) | (np.abs(acc - correct / n) > 1e-9), "accuracy",
-             lambda i: f"{acc[i]!r} is not correct/n = {int(correct[i])}/{int(n[i])}")
+             lambda i: f"{number_text(acc[i])} is not correct/n = {int(correct[i])}/{int(n[i])}")
     lo, hi = t["ci_low"].to_numpy(), t["ci_high"].to_numpy()
     for col, arr, side in (("ci_low", lo, 0), ("ci_high", hi, 1)):
         present = ~np.isnan(arr)
         if present.any():
             want = np.array([wilson(int(c), int(k))[side] if p else np.nan for c, k, p in zip(correct, n, present)])
             chk.fail(present & (np.abs(arr - want) > 1e-6), col,
-                     lambda i, a=arr, w=want: f"{a[i]!r} is not the Wilson 95 % interval's {w[i]:.6g} for "
-                                              f"{int(correct[i])}/{int(n[i])}")
+                     lambda i, a=arr, w=want: f"{number_text(a[i])} is not the Wilson 95 % interval's "
+                                              f"{w[i]:.6g} for {int(correct[i])}/{int(n[i])}")
     lam = t["lam"].to_numpy()
-    chk.fail(~np.isnan(lam) & ~((lam >= 0) & (lam <= 1)), "lam", lambda i: f"{lam[i]!r} is outside [0, 1]")
+    chk.fail(~np.isnan(lam) & ~((lam >= 0) & (lam <= 1)), "lam",
+             lambda i: f"{number_text(lam[i])} is outside [0, 1]")
     eps = t["eps"].to_numpy()
     chk.fail(~np.isnan(eps) & ~(np.isfinite(eps) & (eps >= 0)), "eps",
-             lambda i: f"{eps[i]!r} is not a finite number ≥ 0")
+             lambda i: f"{number_text(eps[i])} is not a finite number ≥ 0")
     attacked = kind.isin(["attack", "worst_case"]).to_numpy()
-    chk.fail(attacked & ~(eps > 0), "eps", lambda i: f"{eps[i]!r} on a {kind.iloc[i]} row must be a number > 0")
+    chk.fail(attacked & ~(eps > 0), "eps",
+             lambda i: f"{number_text(eps[i])} on a {kind.iloc[i]} row must be a number > 0")
     sev = t["severity"].astype("float64").to_numpy()
-    chk.fail(~np.isnan(sev) & ~np.isin(sev, [1, 2, 3, 4, 5]), "severity", lambda i: f"{sev[i]!r} is not one of 1–5")
+    chk.fail(~np.isnan(sev) & ~np.isin(sev, [1, 2, 3, 4, 5]), "severity",
+             lambda i: f"{number_text(sev[i])} is not one of 1–5")
     chk.fail((kind == "corruption").to_numpy() & np.isnan(sev), "severity", lambda i: "is missing on a corruption row")
     for col in ("seed", "steps"):
         v = t[col].astype("float64").to_numpy()
-        chk.fail(v < 0, col, lambda i, v=v: f"{v[i]!r} is negative")
+        chk.fail(v < 0, col, lambda i, v=v: f"{number_text(v[i])} is negative")
     sec = t["seconds"].to_numpy()
-    chk.fail(~np.isnan(sec) & ~(np.isfinite(sec) & (sec >= 0)), "seconds", lambda i: f"{sec[i]!r} is not a time ≥ 0")
+    chk.fail(~np.isnan(sec) & ~(np.isfinite(sec) & (sec >= 0)), "seconds",
+             lambda i: f"{number_text(sec[i])} is not a time ≥ 0")
     flags = t["flags"]
     for i, f in enumerate(flags):
         if f is pd.NA or f == "":

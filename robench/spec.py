@@ -66,6 +66,8 @@ def parse_lam(value: Any) -> float | None:
     if not 0.0 <= v <= 1.0:
         raise BadInput(f"λ (--lam) must be in [0, 1] or 'learned', got {value}")
     v = v + 0.0  # -0.0 → 0.0
+    if 0.0 < v < 1e-6:
+        raise BadInput(f"λ (--lam) {value} is a denormal-sized value no checkpoint is trained at; write 0 or a λ ≥ 1e-6")
     if float(f"{v:g}") != v:
         raise BadInput(f"λ (--lam) {value} has more digits than checkpoints are named with (6 significant digits, "
                        f"e.g. {v:g}); write λ with at most 6 significant digits")

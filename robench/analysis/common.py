@@ -165,7 +165,7 @@ def validate_analysis(df: pd.DataFrame, where: str, row_label: Callable[[int], s
     """Check a landscape / stability / noise-protocol table value by value (types, known names,
     n ≥ 1, λ in [0, 1], finite grid points, ci_low ≤ mean ≤ ci_high, accuracies in [0, 1],
     correct ≤ total and accuracy = correct/total) and return it typed; one-line BadInput otherwise."""
-    from robench.results import TableChecker
+    from robench.results import TableChecker, number_text
 
     if "analysis" not in df.columns:
         raise BadInput(f"{where} is not a landscape or stability table (no 'analysis' column)")
@@ -187,7 +187,7 @@ def validate_analysis(df: pd.DataFrame, where: str, row_label: Callable[[int], s
         chk.fail(out[c].isna().to_numpy() | (out[c].fillna("") == "").to_numpy(), c, lambda i: "is missing")
     out["lam"] = lam = chk.number("lam")
     chk.fail(~np.isnan(lam.to_numpy()) & ~((lam >= 0) & (lam <= 1)).to_numpy(), "lam",
-             lambda i: f"{lam.iloc[i]!r} is outside [0, 1]")
+             lambda i: f"{number_text(lam.iloc[i])} is outside [0, 1]")
     out["n"] = chk.number("n", integer=True, required=True).astype("int64")
     out["seed"] = chk.number("seed", integer=True, required=True).astype("int64")
     chk.fail((out["n"] < 1).to_numpy(), "n", lambda i: f"must be ≥ 1, got {out['n'].iloc[i]}")
@@ -214,22 +214,24 @@ def validate_analysis(df: pd.DataFrame, where: str, row_label: Callable[[int], s
         if c in out.columns:
             v = out[c].to_numpy()
             chk.fail(~np.isnan(v) & ~np.isfinite(v) if c == "t2" else ~np.isfinite(v), c,
-                     lambda i, v=v: f"{v[i]!r} is not a finite number")
+                     lambda i, v=v: f"{number_text(v[i])} is not a finite number")
     if {"mean", "ci_low", "ci_high"} <= set(out.columns):
         m, lo, hi = (out[c].to_numpy() for c in ("mean", "ci_low", "ci_high"))
         chk.fail(np.isinf(m) | np.isinf(lo) | np.isinf(hi), "mean", lambda i: "or its interval is infinite")
         both = ~np.isnan(m) & ~np.isnan(lo) & ~np.isnan(hi)
         chk.fail(both & ~((lo <= m + 1e-9) & (m <= hi + 1e-9)), "ci_low/ci_high",
-                 lambda i: f"[{lo[i]!r}, {hi[i]!r}] does not contain the mean {m[i]!r}")
+                 lambda i: f"[{number_text(lo[i])}, {number_text(hi[i])}] does not contain the mean {number_text(m[i])}")
         if "quantity" in out.columns:
             is_acc = (out["quantity"] == "accuracy").fillna(False).to_numpy()
             chk.fail(is_acc & ~np.isnan(m) & ~((m >= 0) & (m <= 1)), "mean",
-                     lambda i: f"{m[i]!r} is an accuracy outside [0, 1]")
+                     lambda i: f"{number_text(m[i])} is an accuracy outside [0, 1]")
     if analysis == "noise_protocol":
         out["correct"], out["total"] = out["correct"].astype("int64"), out["total"].astype("int64")
         c, t, a = (out[k].astype("float64").to_numpy() for k in ("correct", "total", "accuracy"))
-        chk.fail(np.isnan(c) | np.isnan(t) | (c > t), "correct", lambda i: f"{c[i]!r} is outside [0, total={t[i]!r}]")
-        chk.fail(np.isnan(a) | (np.abs(a - c / t) > 1e-9), "accuracy", lambda i: f"{a[i]!r} is not correct/total")
+        chk.fail(np.isnan(c) | np.isnan(t) | (c > t), "correct",
+                 lambda i: f"{number_text(c[i])} is outside [0, total={number_text(t[i])}]")
+        chk.fail(np.isnan(a) | (np.abs(a - c / t) > 1e-9), "accuracy",
+                 lambda i: f"{number_text(a[i])} is not correct/total")
     return out
 
 
