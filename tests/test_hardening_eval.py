@@ -313,3 +313,21 @@ def test_checks_and_analysis_tables_are_checked_value_by_value(tmp_path):
     land.to_parquet(tmp_path / "l.parquet")
     with pytest.raises(BadInput, match="does not contain the mean"):
         read_analysis(tmp_path / "l.parquet")
+
+
+def test_a_large_analysis_seed_is_used_not_overflowed():
+    save_fitted("resnet20")
+    df = robench.stability(models=["resnet20"], n=2, iters=1, seed=2 ** 62, batch_size=2)
+    assert set(df["seed"]) == {2 ** 62}
+
+
+def test_a_planted_plots_link_in_a_report_folder_is_refused(tmp_path):
+    from robench.analysis.report import write_report
+
+    write_table(to_frame([row()]), tmp_path / "t")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "plots").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BadInput, match="symbolic link"):
+        write_report([tmp_path / "t.csv"], tmp_path / "rep")
+    assert list((tmp_path / "elsewhere").iterdir()) == []

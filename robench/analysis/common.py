@@ -157,7 +157,8 @@ _OWN = {  # per analysis: column → ("text", allowed values or None) | ("int", 
                        "ci_low": ("float", None), "ci_high": ("float", None), "file_mean": ("text", None),
                        "file_std": ("text", None)},
 }
-_REQUIRED = {"landscape": ("direction", "index", "t", "quantity", "mean"), "stability": ("quantity", "mean"),
+# columns that may not hold a missing value (every column of _OWN must exist)
+_REQUIRED = {"landscape": ("direction", "index", "t", "quantity"), "stability": ("quantity",),
              "noise_protocol": ("corruption", "protocol", "correct", "total", "accuracy")}
 
 
@@ -176,7 +177,7 @@ def validate_analysis(df: pd.DataFrame, where: str, row_label: Callable[[int], s
     analysis = str(kinds.iloc[0]) if len(kinds) else "landscape"
     chk.fail((kinds != analysis).to_numpy(), "analysis", lambda i: f"{kinds.iloc[i]!r} differs from row 1's "
                                                                    f"{analysis!r}; one table holds one analysis")
-    missing = [c for c in (*ID_COLUMNS, *_REQUIRED[analysis]) if c not in df.columns]
+    missing = [c for c in (*ID_COLUMNS, *_OWN[analysis]) if c not in df.columns]
     if missing:
         raise BadInput(f"{where} is not a {analysis} table: missing columns {', '.join(missing)}")
     out = df.reset_index(drop=True).copy()
@@ -199,6 +200,8 @@ def validate_analysis(df: pd.DataFrame, where: str, row_label: Callable[[int], s
             continue
         if kind == "text":
             v = out[c] = chk.text(c)
+            if c in _REQUIRED[analysis]:
+                chk.fail(v.isna().to_numpy(), c, lambda i: "is missing")
             if spec is not None:
                 chk.fail(v.notna().to_numpy() & ~v.isin(spec).fillna(False).to_numpy(), c,
                          lambda i, v=v, spec=spec: f"{v.iloc[i]!r} is not one of {', '.join(spec)}")

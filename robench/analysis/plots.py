@@ -206,6 +206,8 @@ def landscape_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     two_d = df[df["t2"].notna() & (df["quantity"] == "loss")]
     for label, r in two_d.assign(_l=_labels(two_d)).groupby("_l", sort=True):
         grid = r.pivot_table(index="t2", columns="t", values="mean")
+        if min(grid.shape) < 2:  # a surface needs two points along each axis
+            continue
         fig = _figure(5.2, 4.4)
         ax = fig.add_subplot()
         cs = ax.contourf(grid.columns * 255, grid.index * 255, grid.values, levels=20)
@@ -218,7 +220,7 @@ def landscape_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
 # -- stability ----------------------------------------------------------------------------------
 def stability_profiles(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     paths = []
-    coef = df[df["quantity"] == "coef"]
+    coef = df[(df["quantity"] == "coef") & df["block"].notna()]
     if not coef.empty:
         fig = _figure(6.4, 4.2)
         ax = fig.add_subplot()
@@ -229,7 +231,7 @@ def stability_profiles(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
         paths.append(_save(fig, coef, out_dir, "stability_coefficients"))
-    gain = df[df["quantity"] == "log_gain"]
+    gain = df[(df["quantity"] == "log_gain") & df["block"].notna() & df["direction"].notna()]
     if not gain.empty:
         dirs = sorted(gain["direction"].dropna().unique())
         fig = _figure(5.5 * len(dirs), 4.2)
@@ -245,10 +247,10 @@ def stability_profiles(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.legend(fontsize=6)
         paths.append(_save(fig, gain, out_dir, "stability_gain"))
     summ = df[df["quantity"].isin(["lyapunov", "lyapunov_damped", "jacobian_norm", "grad_norm_l2"])]
-    if not summ.empty:
-        keys = [("lyapunov", "random"), ("lyapunov", "adversarial"), ("lyapunov_damped", "adversarial"),
-                ("jacobian_norm", None), ("grad_norm_l2", None)]
-        keys = [k for k in keys if not summ[(summ["quantity"] == k[0]) & _dir(summ, k[1])].empty]
+    keys = [("lyapunov", "random"), ("lyapunov", "adversarial"), ("lyapunov_damped", "adversarial"),
+            ("jacobian_norm", None), ("grad_norm_l2", None)]
+    keys = [k for k in keys if not summ[(summ["quantity"] == k[0]) & _dir(summ, k[1])].empty]
+    if keys:
         cols = min(3, len(keys))
         nrows = math.ceil(len(keys) / cols)
         fig = _figure(4.4 * cols, nrows * (1.2 + 0.3 * summ["model"].nunique()))

@@ -121,6 +121,9 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     if out.exists() and not out.is_dir():
         raise BadInput(f"-o {out} is a file; give a folder for the report")
     check_writable(out, what="-o", folder=True)
+    if (out / "plots").is_symlink() or ((out / "plots").exists() and not (out / "plots").is_dir()):
+        raise BadInput(f"{out / 'plots'} is a symbolic link or a file; robench does not write through links it did "
+                       "not make: remove it")
     tables = [(Path(p), read_any(p)) for p in paths]  # read and check everything before writing
     for p, df in tables:
         if df.empty:

@@ -25,6 +25,7 @@ def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) 
     from robench.checks import run_checks, write_checks
     from robench.errors import BadInput
     from robench.leaderboard import read_tables
+    from robench.safetext import terminal_text
 
     table = read_tables(tables)
     if models:
@@ -54,8 +55,8 @@ def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) 
     for _, r in checks.iterrows():
         lam = "learned/–" if r["lam"] != r["lam"] else f"{r['lam']:g}"
         what = r["cells"] if r["status"] == "flag" else ("" if r["status"] == "pass" else r["detail"])
-        echo(f"{r['model']} λ={lam} {r['dataset']} n={r['n']} seed={r['seed']}  {r['check']:<24} "
-             f"{r['status']:<4}  {what}")
+        echo(terminal_text(f"{r['model']} λ={lam} {r['dataset']} n={r['n']} seed={r['seed']}  {r['check']:<24} "
+                           f"{r['status']:<4}  {what}"))  # names from the table never rewrite the terminal
     echo(f"{len(checks)} checks, {len(flagged)} flagged, {int((checks['status'] == 'skip').sum())} skipped"
          + (f"; wrote {stem}.parquet and .csv" if out is not None else ""))
     return 0
