@@ -417,6 +417,8 @@ def validate_table(df: pd.DataFrame, where: str, *, row_label: Callable[[int], s
             chk.fail(np.arange(len(flags)) == i, "flags", lambda _i, w=why: w)
     frame = pd.DataFrame(out)
     for col, dtype in SCHEMA.items():
+        if dtype == "int64":  # a non-nullable column (added to the schema later, absent from older tables)
+            chk.fail(frame[col].isna().to_numpy(), col, lambda i: "is missing")
         frame[col] = frame[col].astype(dtype)
     return frame
 

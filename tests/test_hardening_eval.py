@@ -4,7 +4,6 @@ every batch, `robench check` checks what the table ran on, and a full disk loses
 test is named after its finding and fails on the code before the fix."""
 from __future__ import annotations
 
-import json
 import pickle
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 import robench
 from engine_helpers import save_fitted
 from robench.errors import BadInput
-from robench.results import pack_flags, read_table, to_frame, wilson, write_table
+from robench.results import read_table, to_frame, wilson, write_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_cifar import colour_images, write_cifar10  # noqa: E402
