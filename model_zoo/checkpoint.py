@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from model_zoo.arch import check_arch, check_num_classes, check_size
 from model_zoo.errors import BadInput
-from model_zoo.fileio import atomic_write_text, regular_file_inside, robench_home, sha256_file
+from model_zoo.fileio import (atomic_write_group, read_json, recover_group, regular_file_inside,
+                              robench_home, sha256_file)
 from model_zoo.registry import (check_model_name, check_tag, create_model, is_model, join_tag, model_entry, model_info,
                                 natural_key, parse_model_name, split_tag, tag_seed)
 from model_zoo.schemes import get_scheme
@@ -50,6 +51,7 @@ ARCH_FIELDS = ("name", "scheme", "lam", "num_classes", "kwargs", "normalisation"
 _SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_HEADER = 100 << 20
+MAX_CARD_BYTES = 16 << 20
 
 
 def _number(v: Any) -> bool:
@@ -141,10 +143,7 @@ class ModelCard:
 
     @classmethod
     def from_file(cls, path: Path) -> "ModelCard":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BadInput(f"model card {path} is unreadable: {e}") from None
+        data = read_json(path, what="model card", limit=MAX_CARD_BYTES)  # bounded; deep nesting is BadInput
         if not isinstance(data, dict):
             raise BadInput(f"model card {path} is not a JSON object")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -247,14 +246,17 @@ def _locate(name_or_path: str | os.PathLike, *, lam: float | None = None) -> _Lo
             raise BadInput(f"no model card {stem}.json next to the weights")
         root = stem.parent
         origin = next((o for o, r in _zoo_roots() if root.resolve() == r.resolve()), "file")
+        recover_group(stem.parent / (stem.name + ".json"))
         return _Location(stem, root, origin)
     name, tag = parse_model_name(str(name_or_path))
     file_stem = zoo_stem(name, lam, tag)
     if not _SAFE_STEM.match(file_stem):
         raise BadInput(f"invalid checkpoint name {file_stem!r}")
     for origin, root in _zoo_roots():
-        if os.path.lexists(root / (file_stem + ".json")):
-            return _Location(root / file_stem, root, origin)
+        if os.path.lexists(root / (file_stem + ".json")) or os.path.lexists(root / f".{file_stem}.commit"):
+            recover_group(root / (file_stem + ".json"))  # finish a save or upgrade a kill interrupted
+            if os.path.lexists(root / (file_stem + ".json")):
+                return _Location(root / file_stem, root, origin)
     return None
 
 
@@ -288,9 +290,11 @@ def read_header_metadata(path: Path) -> dict[str, str]:
             if not 0 < n <= _MAX_HEADER:
                 raise ValueError("bad header length")
             header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path} is not a readable safetensors file: {e}") from None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BadInput(f"{path} is not a readable safetensors file: {type(e).__name__}") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if isinstance(meta, dict) and not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise BadInput(f"{path} is not a readable safetensors file: its __metadata__ must map text to text")
     return meta if isinstance(meta, dict) else {}
 
 
@@ -301,7 +305,7 @@ def _check_header(weights: Path, card: ModelCard) -> None:
                        f"older robench); if you trust its card, run `robench zoo upgrade {weights}`")
     try:
         stored = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadInput(f"{weights}: its {ARCH_HEADER_KEY} header is not JSON") from None
     if not isinstance(stored, dict):
         raise BadInput(f"{weights}: its {ARCH_HEADER_KEY} header is not a JSON object")
@@ -401,16 +405,17 @@ def save(model: "nn.Module", path: str | os.PathLike, card: ModelCard | dict | N
     _check_card_against_registry(dataclasses.replace(card, weights_sha256="0" * 64).validate(f"card for {name}"), name)
     card.robench_version = robench_version()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _check_finite(tensors, None, name=name)  # an entry every load would refuse must not be written
     weights = stem.parent / (stem.name + ".safetensors")
 
     def write(tmp: str) -> None:
         save_file(tensors, tmp, metadata={"format": "pt", ARCH_HEADER_KEY: _canonical(card.arch())})
         card.weights_sha256 = sha256_file(tmp)
 
-    from model_zoo.fileio import atomic_write
-
-    atomic_write(weights, write)
-    atomic_write_text(stem.parent / (stem.name + ".json"), card.to_json())
+    # weights and card change together (one commit point): a kill never leaves a card of other weights
+    atomic_write_group([(weights, write), (stem.parent / (stem.name + ".json"),
+                                           lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))],
+                       what="checkpoint")
     return card
 
 
@@ -442,16 +447,17 @@ def upgrade(path: str | os.PathLike) -> ModelCard:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise BadInput(f"{weights} is not a readable safetensors file: {e}") from None
-    raw = json.loads(card_path.read_text())
+    raw = read_json(card_path, what="model card", limit=MAX_CARD_BYTES)
 
     def write(tmp: str) -> None:
         save_file(tensors, tmp, metadata={**meta, ARCH_HEADER_KEY: _canonical(card.arch())})
         raw["weights_sha256"] = card.weights_sha256 = sha256_file(tmp)
 
-    from model_zoo.fileio import atomic_write
-
-    atomic_write(weights, write)
-    atomic_write_text(card_path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
+    # one commit point: a kill leaves the old pair (upgradable again) or the new one, never a mix
+    atomic_write_group([(stem.parent / (stem.name + ".safetensors"), write),
+                        (stem.parent / (stem.name + ".json"),
+                         lambda tmp: Path(tmp).write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n",
+                                                          encoding="utf-8"))], what="checkpoint")
     return card
 
 
@@ -468,14 +474,17 @@ class ZooEntry:
     card_sha256: str
 
 
-def _check_finite(state: dict, weights: Path) -> None:
+def _check_finite(state: dict, weights: Path | None, *, name: str | None = None) -> None:
     import torch
 
-    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [k for k, t in state.items() if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
     bad += [k for k, t in state.items() if k.endswith("running_var") and bool((t < 0).any()) and k not in bad]
     if bad:
-        raise BadInput(f"{weights} holds non-finite weights or negative BatchNorm variances in "
-                       f"{', '.join(bad[:3])}{'…' if len(bad) > 3 else ''}; refused")
+        where = f"{weights} holds" if weights is not None else f"the {name} to save has"
+        raise BadInput(f"{where} non-finite weights or negative BatchNorm variances in "
+                       f"{', '.join(bad[:3])}{'…' if len(bad) > 3 else ''}; refused"
+                       + ("" if weights is not None else " (nothing written: a diverged training run or a NaN in the "
+                          "source file)"))
 
 
 def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> ZooEntry:
@@ -592,6 +601,11 @@ def scan_zoo(pattern: str = "*", *, origin: str | None = None) -> tuple[list[Zoo
     for where, root in _zoo_roots():
         if origin not in (None, where) or not root.is_dir():
             continue
+        for journal in sorted(root.glob(".*.commit")):  # saves or upgrades a kill interrupted
+            try:
+                recover_group(root / (journal.name[1:-len(".commit")] + ".json"))
+            except BadInput as e:
+                problems.append(ZooProblem(where, journal, str(e)))
         for card_link in sorted(root.glob("*.json")):
             stem = card_link.with_suffix("")
             try:

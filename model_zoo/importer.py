@@ -41,13 +41,43 @@ SOURCES = ("inresnet", "lmresnet")
 _UNUSED = re.compile(r"^(bn1\.|downsample22\.|downsample32\.)")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
-    """A state dict (name → tensor) from a file written by ``torch.save``, never unpickling code."""
+def state_dict_limit(name: str) -> int:
+    """The most bytes a state dict of ``name`` can take: every parameter in float64 twice over (a
+    CIFAR-100 head, BatchNorm buffers) plus 64 MiB; a file that unpacks to more is refused unread."""
+    return 16 * model_info(name).params + (64 << 20)
+
+
+def _check_size(path: Path, limit: int) -> None:
+    """The file, and what a zip-format torch file unpacks to, must fit in ``limit`` bytes (a 2 MB zip
+    of compressed zeros must not become gigabytes in memory)."""
+    import zipfile
+
+    from model_zoo.fileio import check_regular
+
+    size = check_regular(path, limit=limit, what="state dict file")
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise BadInput(f"{path} is not a readable torch file: {e}") from None
+    unpacked = sum(i.file_size for i in infos)
+    if unpacked > limit or unpacked > 50 * max(size, 1 << 20):
+        raise BadInput(f"{path} unpacks to {unpacked:,} bytes, more than a state dict of this architecture can "
+                       f"hold ({limit:,}); refused before reading (a decompression bomb?)")
+
+
+def read_state_dict(path: str | os.PathLike, *, limit: int | None = None) -> dict[str, "torch.Tensor"]:
+    """A state dict (name → tensor) from a file written by ``torch.save``, never unpickling code;
+    with ``limit``, a file (or zip content) larger than that many bytes is refused before loading."""
     import pickle
 
     import torch
 
     path = Path(path)
+    if limit is not None:
+        _check_size(path, limit)
     if not path.is_file():
         raise BadInput(f"{path} is not a regular file")
     try:
@@ -159,11 +189,14 @@ def import_reference(path: str | os.PathLike, name: str, *, source: str | None =
     from model_zoo.checkpoint import save, zoo_stem
     from model_zoo.fileio import sha256_file
 
+    from model_zoo.fileio import check_writable
+
     source = check_importable(name, source)
+    check_writable(out, what="zoo folder (--out)", folder=True)  # before reading anything
     stem = Path(out) / zoo_stem(name, lam)
     if not force and any(os.path.lexists(stem.with_name(stem.name + s)) for s in (".json", ".safetensors")):
         raise BadInput(f"{stem}.json already exists; pass --force to replace that zoo entry")
-    state = read_state_dict(path)
+    state = read_state_dict(path, limit=state_dict_limit(name))
     converted, num_classes = convert_reference_state(state, name, source=source, lam=lam)
     model = model_entry(name).build(num_classes=num_classes, lam=lam)
     model.load_state_dict(converted)

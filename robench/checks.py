@@ -39,6 +39,7 @@ import math
 import time
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
@@ -208,17 +209,30 @@ class _Models:
         self._cache: dict[tuple, Any] = {}
         self._device = device
 
+    def given(self, name: str, lam: float | None) -> bool:
+        return (name, lam) in self._given or name in self._given
+
     def get(self, name: str, lam: float | None):
+        return self.get_with_sha(name, lam)[0]
+
+    def get_with_sha(self, name: str, lam: float | None):
+        """(module, sha256 of its weights): the card's for a zoo entry, the parameters' for a module, the
+        given one for a (module, weights sha256) pair (zoo weights loaded elsewhere, e.g. on a Ray worker)."""
         for k in ((name, lam), name):
             if k in self._given:
-                return self._given[k].to(self._device).eval()
+                from robench.models import module_sha256
+
+                given = self._given[k]
+                module, sha = given if isinstance(given, tuple) else (given, None)
+                module = module.to(self._device).eval()
+                return module, sha or module_sha256(module)
         key = (name, lam)
         if key not in self._cache:
             import model_zoo
 
             info = model_zoo.model_info(name)
             entry = model_zoo.load_entry(name, lam=lam if info.takes_lam else None, map_location=self._device)
-            self._cache[key] = entry.model.eval()
+            self._cache[key] = (entry.model.eval(), entry.card.weights_sha256)
         return self._cache[key]
 
 
@@ -256,6 +270,27 @@ def preflight(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, d
                           if any("transfer source" in m for m in missing) else ""))
 
 
+def _identity_problem(g: pd.DataFrame, key: tuple, zoo: "_Models", sha: str | None, data_sha: str | None) -> str | None:
+    """Why the model or data found under the table's names is not what the table's rows ran on
+    (weights or data sha256), or None. Checks of other weights or data would vouch for nothing."""
+    name = key[0]
+    origins = {str(v) for v in g["origin"] if nan_to_none(v) is not None} if "origin" in g.columns else set()
+    if "module" in origins and not zoo.given(name, key[1]):
+        return (f"the table's rows of {name} come from a module evaluated in Python (origin module); pass that "
+                "module with models= to check it (the zoo's model of that name is another model)")
+    want = {str(v) for v in g["weights_sha256"] if nan_to_none(v) is not None} if "weights_sha256" in g.columns else set()
+    if want and sha is not None and sha not in want:
+        return (f"the {name} found (weights sha256 {sha[:12]}…) is not the one the table's rows ran with "
+                f"({', '.join(sorted(w[:12] + '…' for w in want))})")
+    rows = g[g["dataset"] == key[2]]
+    data = ({str(v) for v in rows["data_sha256"] if nan_to_none(v) is not None}
+            if "data_sha256" in rows.columns else set())
+    if data and data_sha is not None and data_sha not in data:
+        return (f"the {key[2]} data found (sha256 {data_sha[:12]}…) is not the data the table's rows ran on "
+                f"({', '.join(sorted(d[:12] + '…' for d in data))}); pass --data-dir with that data")
+    return None
+
+
 def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, device: str = "cpu",
                data_dir: str | None = None, transfer_source: str | None = "resnet20", sanity_n: int = 100,
                sanity_eps: float = SANITY_EPS, sanity_max_accuracy: float = 0.01, grad_tolerance: float = 0.0,
@@ -263,7 +298,9 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
                require: bool = False, data: Mapping[tuple[str, int], Any] | None = None) -> pd.DataFrame:
     """Every check of this module for every (model, λ, dataset, n, seed) of ``table``; see the module doc.
 
-    ``models``: your own modules by name (or by (name, λ)); anything else is loaded from the zoo.
+    ``models``: your own modules by name (or by (name, λ)), each a module (its identity is its
+    parameters' fingerprint, as ``robench.evaluate(model=...)`` records it) or a (module, weights
+    sha256) pair for zoo weights loaded elsewhere; anything else is loaded from the zoo.
     ``data_dir``: the folder of the CIFAR data sets the table names (``samples`` needs none).
     ``transfer_source``: model name (zoo or ``models``) whose PGD examples are transferred; None skips.
     ``progress``: called with one line per check and model (what ran, its status and seconds).
@@ -292,15 +329,22 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
         label = f"[{i}/{len(groups)}] {_model_label(model_name, lam)} {dataset} n={n} seed={seed}"
         say = _Say(progress, label)
         try:
-            model = zoo.get(model_name, lam)
+            model, sha = zoo.get_with_sha(model_name, lam)
             if (dataset, n) not in data_cache:
                 ds = (data or {}).get((dataset, n))
                 if ds is None:
                     ds = load_dataset(dataset, data_dir if dataset != "samples" else None, n=n)
-                data_cache[(dataset, n)] = ds.as_float(device)
-            x, y = data_cache[(dataset, n)]
+                data_cache[(dataset, n)] = (*ds.as_float(device), ds.sha256)
+            x, y, data_sha = data_cache[(dataset, n)]
         except BadInput as e:
             why = f"cannot load the model or data: {e}"
+            new = [_row(key, c, "not_run", detail=why) for c in CHECKS if c not in TABLE_CHECKS]
+            rows += new
+            for r in new:
+                say(r)
+            continue
+        why = _identity_problem(g, key, zoo, sha, data_sha)
+        if why is not None:  # other weights or data: the checks could not run on what the table measured
             new = [_row(key, c, "not_run", detail=why) for c in CHECKS if c not in TABLE_CHECKS]
             rows += new
             for r in new:
@@ -439,26 +483,40 @@ def summaries(checks: pd.DataFrame) -> dict[tuple, str]:
 
 
 def read_checks(path) -> pd.DataFrame:
-    """Read a checks table (parquet or CSV) written by :func:`write_checks`."""
+    """Read a checks table (parquet or CSV) written by :func:`write_checks`, every value checked
+    (known check and status words, n ≥ 1, seed ≥ 0, λ in [0, 1], numbers where numbers belong)."""
     from pathlib import Path
 
+    from robench.results import TableChecker, number_text, read_frame
+
     p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"checks table {p} does not exist")
-    try:
-        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(
-            p, dtype={c: "string" for c, t in CHECKS_SCHEMA.items() if t == "string"}, keep_default_na=False,
-            na_values={c: [""] for c, t in CHECKS_SCHEMA.items() if t != "string"})
-    except Exception as e:  # pyarrow/pandas raise many types for a corrupt file
-        raise BadInput(f"checks table {p} is unreadable: {type(e).__name__}") from None
+    df = read_frame(p, what="checks table", string_columns=[c for c, t in CHECKS_SCHEMA.items() if t == "string"],
+                    csv_na={c: [""] for c, t in CHECKS_SCHEMA.items() if t != "string"})
     missing = [c for c in CHECKS_SCHEMA if c not in df.columns]
     if missing:
         raise BadInput(f"{p} is not a robench checks table: missing columns {', '.join(missing)}")
-    out = to_checks_frame(df.to_dict("records"))
+    chk = TableChecker(df, f"checks table {p}", (lambda i: f"line {i + 2}") if p.suffix == ".csv"
+                       else (lambda i: f"row {i + 1}"))
+    out = {}
+    for col, dtype in CHECKS_SCHEMA.items():
+        out[col] = (chk.text(col) if dtype == "string"
+                    else chk.number(col, integer=dtype != "float64", required=col in ("n", "seed")))
+    for col, valid in (("check", CHECKS), ("status", STATUSES)):
+        v = out[col]
+        chk.fail(~v.isin(valid).fillna(False).to_numpy(), col,
+                 lambda i, v=v, valid=valid: f"{v.iloc[i]!r} is not one of {', '.join(valid)}")
+    for col in ("model", "dataset"):
+        chk.fail(out[col].isna().to_numpy() | (out[col].fillna("") == "").to_numpy(), col, lambda i: "is missing")
+    lam = out["lam"].to_numpy()
+    chk.fail(~np.isnan(lam) & ~((lam >= 0) & (lam <= 1)), "lam",
+             lambda i: f"{number_text(lam[i])} is outside [0, 1]")
+    chk.fail((out["n"] < 1).to_numpy(), "n", lambda i: f"must be ≥ 1, got {out['n'].iloc[i]}")
+    chk.fail((out["seed"] < 0).to_numpy(), "seed", lambda i: f"must be ≥ 0, got {out['seed'].iloc[i]}")
+    checks = to_checks_frame(pd.DataFrame(out).to_dict("records"))
     # tables written before `not_run` existed said "skip" for a check whose model or data was missing
-    legacy = (out["status"] == "skip") & out["detail"].fillna("").str.startswith("cannot load")
-    out.loc[legacy, "status"] = "not_run"
-    return out
+    legacy = (checks["status"] == "skip") & checks["detail"].fillna("").str.startswith("cannot load")
+    checks.loc[legacy, "status"] = "not_run"
+    return checks
 
 
 def write_checks(checks: pd.DataFrame, out) -> list:

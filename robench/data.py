@@ -70,10 +70,31 @@ class Dataset:
         return self.images.to(device).float().div_(255.0), self.labels.to(device)
 
 
-def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _integers(value, what: str, path: Path, lo: int, hi: int) -> np.ndarray:
+    """``value`` as int64 once every entry is an integer (not a bool, not a float, not text) in
+    [lo, hi]: pixels outside 0–255 are not wrapped, float labels not truncated."""
+    arr = np.asarray(value)
+    if arr.dtype == object:  # a list of Python ints (the originals' labels): check each entry
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in arr.reshape(-1)):
+            raise BadInput(f"{path} is not a CIFAR batch file: its {what} are not all whole numbers")
+        try:
+            arr = arr.astype(np.int64)
+        except OverflowError:
+            raise BadInput(f"{path} is not a CIFAR batch file: its {what} are outside {lo}–{hi}") from None
+    if arr.dtype.kind not in "iu":
+        raise BadInput(f"{path} is not a CIFAR batch file: its {what} are {arr.dtype} values, not whole numbers "
+                       f"in {lo}–{hi}")
+    if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
+        raise BadInput(f"{path} is not a CIFAR batch file: its {what} hold values outside {lo}–{hi} "
+                       f"({int(arr.min())}…{int(arr.max())})")
+    return arr
+
+
+def _read_batch(path: Path, label_key: bytes, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """One official batch file, read with the allow-list unpickler (no code from the file ever runs).
 
-    Keys may be bytes (the Python 2 originals read as bytes) or str (a copy written by Python 3)."""
+    Keys may be bytes (the Python 2 originals read as bytes) or str (a copy written by Python 3).
+    Every pixel must be a whole number in 0–255 and every label one in 0…classes−1."""
     try:
         d = load_batch(path)
     except BadInput:  # a refused global: says which
@@ -87,9 +108,9 @@ def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(d, dict) or b"data" not in d or label_key not in d:
         raise BadInput(f"{path} is not a CIFAR batch file (missing 'data' or labels)")
     try:
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[label_key], dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
+        data = _integers(d[b"data"], "pixels", path, 0, 255).astype(np.uint8)
+        labels = _integers(d[label_key], "labels", path, 0, num_classes - 1)
+    except (TypeError, ValueError):
         raise BadInput(f"{path} is not a CIFAR batch file (data or labels are not numbers)") from None
     if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
         raise BadInput(f"{path} has data of shape {data.shape} for {labels.shape} labels; expected N×3072")
@@ -126,7 +147,7 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None, split: str 
     # the test batch is needed for either split: its sha256 is the data set's fingerprint
     if not all((root / f).is_file() for f in files + [test_file]):
         raise BadInput(_layout_hint(name, data_dir))
-    parts = [_read_batch(root / f, label_key) for f in files]
+    parts = [_read_batch(root / f, label_key, 100 if name == "cifar100" else 10) for f in files]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     return Dataset(name=name, split=split, images=images, labels=labels, source=str(root),

@@ -28,7 +28,7 @@ __all__ = ["Cell", "EvalSpec", "evaluate", "evaluate_spec", "summary", "plan_cel
            "batch_seed", "run_attack_group", "git_sha", "provenance", "SEVERITIES"]
 
 
-def prepare_models(cache: ModelCache, cells: list[Cell], data) -> list[str]:
+def prepare_models(cache: ModelCache, cells: list[Cell], data, batch_size: int = 256) -> list[str]:
     """Load (and so verify) every (model, λ) of the plan before the first cell runs and check it fits
     the data; → one description per model: "name (origin, weights path)"."""
     pairs = list(dict.fromkeys((c.model, c.lam) for c in cells))
@@ -37,7 +37,7 @@ def prepare_models(cache: ModelCache, cells: list[Cell], data) -> list[str]:
     for model, lam in pairs:
         loaded = cache.get(model, lam)
         if model in cache.modules:
-            x, _ = data.first(min(2, len(data))).as_float(cache.device)
+            x, _ = data.first(min(batch_size, len(data))).as_float(cache.device)  # a full batch, not 2 images
             check_module(model, loaded.module, x, data.num_classes)
         elif loaded.num_classes is not None and loaded.num_classes != data.num_classes:
             raise BadInput(f"{model} has {loaded.num_classes} classes but {data.name} has {data.num_classes}; "
@@ -58,10 +58,10 @@ def evaluate_spec(spec: EvalSpec, *, modules: Mapping[str, torch.nn.Module] | No
     data = load_dataset(spec.dataset, spec.data_dir, n=spec.n)
     cells = plan_cells(spec, n=len(data), dataset=data.name)
     if spec.corruption_dir is not None:
-        check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"])
+        check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"], data.labels)
     cache = ModelCache(spec.device, modules)
     with borrowed(list((modules or {}).values())):  # the caller's modules come back exactly as they were
-        described = prepare_models(cache, cells, data)
+        described = prepare_models(cache, cells, data, spec.batch_size)
         context = provenance(cache.device)
         if log is not None:
             log("checkpoints: " + "; ".join(described))

@@ -7,4 +7,8 @@ from __future__ import annotations
 
 from model_zoo.errors import BadInput, did_you_mean
 
-__all__ = ["BadInput", "did_you_mean"]
+__all__ = ["BadInput", "NonFiniteLogits", "did_you_mean"]
+
+
+class NonFiniteLogits(BadInput):
+    """The model returned NaN or Inf logits during a cell (clean, corrupted or adversarial images)."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from robench.devices import sync
-from robench.errors import BadInput
+from robench.errors import BadInput, NonFiniteLogits
 from robench.models import LoadedModel, ModelCache, memory_format, to_format
 from robench.plan import Cell, Unit
 from robench.data import data_label, label_for
@@ -64,7 +64,7 @@ class Inputs:
 
             if self.corruption_dir is None:
                 raise BadInput("a cifar10c cell needs corruption_dir (--corruption-dir) holding CIFAR-10-C")
-            ds = load_cifar10c(self.corruption_dir, cell.perturbation, cell.severity, n=cell.n)
+            ds = load_cifar10c(self.corruption_dir, cell.perturbation, cell.severity, n=cell.n, labels=self.data.labels)
             x, y = ds.as_float(self.device)
             value = (to_format(x), y, ds.sha256)
         else:
@@ -77,13 +77,16 @@ class Inputs:
         return value
 
 
-def check_corruption_dir(corruption_dir: str | os.PathLike, cells: list[Cell]) -> None:
-    """Fail before any cell runs when CIFAR-10-C is missing or too small for n."""
-    from robench.corruptions import load_cifar10c
+def check_corruption_dir(corruption_dir: str | os.PathLike, cells: list[Cell], labels=None) -> None:
+    """Fail before any cell runs when CIFAR-10-C is missing, too small for n, or (given the clean test
+    ``labels``) labelled otherwise than the clean test split at any planned severity."""
+    from robench.corruptions import check_cifar10c_labels, load_cifar10c
 
     for name in dict.fromkeys(c.perturbation for c in cells):
         # every severity is a fifth of the same file, so one read per corruption checks them all
-        load_cifar10c(corruption_dir, name, 1, n=cells[0].n)
+        load_cifar10c(corruption_dir, name, 1, n=cells[0].n, labels=labels)
+    if labels is not None and cells:
+        check_cifar10c_labels(corruption_dir, labels, sorted({c.severity for c in cells}), cells[0].n)
 
 
 # -- running --------------------------------------------------------------------------------
@@ -98,16 +101,15 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(batch_index)]).generate_state(1)[0])
 
 
-class NonFiniteLogits(BadInput):
-    """The model returned NaN or Inf logits during a cell."""
-
-
 @torch.inference_mode()
 def _correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, what: str,
-             on_batch: Callable[[int], None]) -> np.ndarray:
+             on_batch: Callable[[int], None], num_classes: int = 0) -> np.ndarray:
+    from robench.attacks.base import _check_logits
+
     out = torch.empty(len(y), dtype=torch.bool, device=y.device)
     for i in range(0, len(y), batch_size):
         logits = model(x[i:i + batch_size])
+        _check_logits(logits, len(y[i:i + batch_size]), num_classes, what)  # every batch, not only the first
         if not torch.isfinite(logits).all():
             raise NonFiniteLogits(f"{what}: the model returned non-finite logits (NaN or Inf) on images "
                                   f"{i}..{i + len(logits) - 1}; the cell is stopped (check the weights)")
@@ -188,7 +190,21 @@ def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: floa
 
 def run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: int, context: dict,
              progress: bool = False) -> list[tuple[Cell, dict]]:
-    """Evaluate one unit → (cell, record with :data:`robench.results.SCHEMA`'s columns) per cell."""
+    """Evaluate one unit → (cell, record with :data:`robench.results.SCHEMA`'s columns) per cell.
+    A module the caller gave (origin ``module``) that raises is one-line BadInput naming the cell."""
+    if loaded.origin != "module":
+        return _run_unit(unit, loaded, inputs, batch_size=batch_size, context=context, progress=progress)
+    try:
+        return _run_unit(unit, loaded, inputs, batch_size=batch_size, context=context, progress=progress)
+    except BadInput:
+        raise
+    except Exception as e:  # arbitrary user code: any failure means "this module cannot be evaluated here"
+        raise BadInput(f"model {unit.cells[0].model!r} failed during {unit.label()}: {type(e).__name__}: "
+                       f"{' '.join(str(e).split())[:200]}") from None
+
+
+def _run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: int, context: dict,
+              progress: bool = False) -> list[tuple[Cell, dict]]:
     from tqdm import tqdm
 
     first = unit.cells[0]
@@ -212,7 +228,7 @@ def run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: int
             data_sha = inputs.data.sha256
         else:
             x, y, data_sha = inputs.corrupted(first)
-        flags = _correct(loaded.module, x, y, batch_size, first.label(), bar.update)
+        flags = _correct(loaded.module, x, y, batch_size, first.label(), bar.update, inputs.data.num_classes)
         sync(dev)
         label = label_for("cifar10c", data_sha, None) if first.dataset == "cifar10c" else data_label(inputs.data)
         return [(first, _record(first, loaded, flags, seconds=time.perf_counter() - t0, context=context,

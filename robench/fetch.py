@@ -29,6 +29,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
@@ -47,6 +48,7 @@ __all__ = ["SOURCES", "Source", "fetch", "FetchError", "is_present"]
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
+_MAX_MEMBERS = 100_000
 
 
 class FetchError(BadInput):
@@ -63,6 +65,12 @@ class Source:
     archive: str
     folder: str
     size: int
+
+    @property
+    def max_extracted(self) -> int:
+        """The most bytes an archive of this data set may unpack to: its official archive unpacks to
+        about 1.1× its size (the CIFAR tarballs are gzip'd pickles, CIFAR-10-C an uncompressed tar)."""
+        return 2 * self.size
 
     def required(self) -> tuple[str, ...]:
         """Files the data folder must hold after extraction."""
@@ -180,12 +188,35 @@ def label_name(part: Path) -> str:
     return "NAME"
 
 
+def _part_size(part: Path) -> int:
+    """Bytes of an earlier partial download, or 0; a link, FIFO or device there is refused (robench
+    never writes through a file it did not make)."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        raise FetchError(f"{part} is not a regular file (a link, FIFO or device); robench does not write through "
+                         "files it did not make: remove it")
+    return st.st_size
+
+
+def _open_part(part: Path, *, append: bool):
+    """The partial download opened for writing without following a link (O_NOFOLLOW)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(part, flags, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FetchError(f"{part} is not a regular file; remove it")
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
 def _download(url: str, part: Path, expected_size: int | None, label: str, stream, tty: bool,
               log: Callable[[str], None]) -> None:
     """Download ``url`` into ``part``, resuming what is already there when the server allows ranges.
 
     The partial file is kept on any failure or interruption and named in the error."""
-    have = part.stat().st_size if part.is_file() else 0
+    have = _part_size(part)
     request = urllib.request.Request(url, headers={"User-Agent": "robench-data-fetch"})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -218,7 +249,7 @@ def _download(url: str, part: Path, expected_size: int | None, label: str, strea
         progress = _Progress(label, total, have, stream, tty)
         got = have
         try:
-            with open(part, mode) as f:
+            with _open_part(part, append=mode == "ab") as f:
                 while True:
                     chunk = response.read(_CHUNK)
                     if not chunk:
@@ -242,11 +273,18 @@ def _download(url: str, part: Path, expected_size: int | None, label: str, strea
 
 
 # -- extraction -------------------------------------------------------------------------------
-def _check_members(tar: tarfile.TarFile, folder: str, archive: str) -> list[tarfile.TarInfo]:
+def _check_members(tar: tarfile.TarFile, folder: str, archive: str, limit: int | None = None) -> list[tarfile.TarInfo]:
     """The members under ``folder/``, once every member is known to be a regular file or folder with a
-    relative path that stays inside the archive; anything else is refused by name."""
-    keep = []
-    for m in tar.getmembers():
+    relative path that stays inside the archive; anything else is refused by name. The members are
+    read one by one and their declared sizes added up: past ``limit`` bytes (a decompression bomb)
+    reading stops at once, before anything is extracted."""
+    keep, total, count = [], 0, 0
+    for m in tar:
+        total += m.size
+        count += 1
+        if limit is not None and (total > limit or count > _MAX_MEMBERS):
+            raise FetchError(f"{archive} unpacks to more than {limit / 1e9:.2f} GB or {_MAX_MEMBERS:,} members, far "
+                             "more than the data set it claims to be (a decompression bomb?); nothing was extracted")
         name = m.name
         if name.startswith(("/", "\\")) or os.path.isabs(name) or re.match(r"^[A-Za-z]:", name):
             raise FetchError(f"{archive} member {name!r} has an absolute path; refusing to extract anything")
@@ -275,11 +313,16 @@ def _extract(archive: Path, src: Source, target_parent: Path, force: bool, log: 
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:
-                members = _check_members(tar, src.folder, archive.name)
+                members = _check_members(tar, src.folder, archive.name, limit=src.max_extracted)
                 skipped = len(tar.getmembers()) - len(members)
+                size = sum(m.size for m in members)
+                free = shutil.disk_usage(target_parent).free
+                if free < size:
+                    raise FetchError(f"{target_parent} has {free / 1e9:.2f} GB free; {archive.name} unpacks to "
+                                     f"{size / 1e9:.2f} GB; nothing was extracted")
                 log(f"extracting {archive.name}: {len(members)} members"
                     + (f" ({skipped} outside {src.folder}/ skipped)" if skipped else ""))
-                progress = _Progress("extracting", sum(m.size for m in members) or None, 0, stream, tty)
+                progress = _Progress("extracting", size or None, 0, stream, tty)
                 safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # else: the check above only
                 for m in members:
                     tar.extract(m, tmp, **safe)
@@ -397,7 +440,7 @@ def _fetch_locked(src: Source, parent: Path, local: Path | None, url: str | None
         source_url = url or src.url
         archive, downloaded = parent / f"{src.archive}.part", True
         if url is None or md5 is None:
-            need = src.size - (archive.stat().st_size if archive.is_file() else 0)
+            need = src.size - _part_size(archive)
             free = shutil.disk_usage(parent).free
             if free < need + src.size:  # the archive and its extracted copy
                 raise BadInput(f"{parent} has {free / 1e9:.1f} GB free; {name} needs about "
@@ -413,7 +456,13 @@ def _fetch_locked(src: Source, parent: Path, local: Path | None, url: str | None
                          + ("; the download was deleted, run the fetch again" if downloaded else "")
                          + ("; a re-packed copy needs --md5 with its own checksum" if url is not None and md5 is None else ""))
     log(f"MD5 {actual} verified")
-    folder = _extract(archive, src, parent, force, log, stream, tty)
+    try:
+        folder = _extract(archive, src, parent, force, log, stream, tty)
+    except FetchError as e:
+        if downloaded:  # a resumed download of the same archive would be refused the same way
+            archive.unlink(missing_ok=True)
+            raise FetchError(f"{e}; the download was deleted") from None
+        raise
     if downloaded:
         archive.unlink(missing_ok=True)
     log(f"{name} is ready at {folder}")

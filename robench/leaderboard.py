@@ -56,6 +56,7 @@ from robench.errors import BadInput
 from robench.fileio import atomic_write
 from robench.results import KEY, format_eps, lam_text, wilson
 from robench.results import nan_to_none as _none
+from robench.safetext import markdown_cell, neutralise_frame
 
 FIXED_METRICS = ("clean", "worst_case", "corruption_mean")
 FLAG_CODES = ("missing_clean", "robust_gt_clean", "worst_gt_attack", "mixed_n", "mixed_seeds", "mixed_data",
@@ -504,12 +505,14 @@ def read_tables(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 
 def write_csv(board: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write the leaderboard CSV atomically (temp file + os.replace)."""
-    return atomic_write(out, lambda tmp: board.to_csv(tmp, index=False))
+    """Write the leaderboard CSV atomically (temp file + os.replace); text cells a spreadsheet
+    would run as a formula are neutralised (:func:`robench.safetext.csv_cell`)."""
+    csv = neutralise_frame(board)
+    return atomic_write(out, lambda tmp: csv.to_csv(tmp, index=False), what="leaderboard CSV")
 
 
 def write_text(text: str, out: str | os.PathLike) -> Path:
-    return atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), what="file")
 
 
 # -- Markdown -----------------------------------------------------------------------------------
@@ -592,8 +595,8 @@ def to_markdown(board: pd.DataFrame, *, header: str = "") -> str:
     in percent with one decimal, Wilson 95 % intervals in brackets, ``≈`` ranks that cannot be told
     apart), then every cell with its interval, the model cards, and the seed summary where a model
     has several trained seeds."""
-    def esc(v: Any) -> str:
-        return "" if pd.isna(v) else str(v).replace("|", "\\|")
+    def esc(v: Any) -> str:  # names from a table are data: never markup, links or a table break
+        return "" if pd.isna(v) else markdown_cell(v)
 
     lines = [header.rstrip() + "\n"] if header else []
     if len(board):
@@ -615,7 +618,7 @@ def to_markdown(board: pd.DataFrame, *, header: str = "") -> str:
             else:
                 text = _cell(r, c)
                 if c == "worst_case" and not pd.isna(r["worst_case_status"]) and r["worst_case_status"] not in ("", "ok"):
-                    text += f" ({r['worst_case_status']}: {r['worst_case_attacks']}, not ranked)"
+                    text += f" ({r['worst_case_status']}: {markdown_cell(r['worst_case_attacks'])}, not ranked)"
                 cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     if not len(board):

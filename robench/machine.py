@@ -57,16 +57,20 @@ def resolve_threads(value: int | str | None = None) -> int:
     source = "--threads"
     if value is None or value == "":
         value, source = os.environ.get(THREADS_ENV) or None, THREADS_ENV
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
     if value is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
         return max(1, min(cores, DEFAULT_MAX_THREADS))
     try:
         n = int(str(value).strip()) if not isinstance(value, bool) else None
     except ValueError:
         n = None
+    top = max(64, 4 * cores)  # far more threads than cores only slows work; 100000 crashes the thread pool
     if n is None or n < 1 or str(value).strip() not in (str(n), f"+{n}"):
         raise BadInput(f"{source} must be a whole number of threads ≥ 1, got {value!r}")
+    if n > top:
+        raise BadInput(f"{source} must be a whole number of threads in [1, {top}] ({cores} usable cores here), "
+                       f"got {value!r}")
     return n

@@ -130,19 +130,24 @@ def borrowed(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
 
 
 def check_module(name: str, module: torch.nn.Module, x: torch.Tensor, num_classes: int) -> None:
-    """A user's module must be an nn.Module mapping [0,1] images (N, 3, H, W) to finite logits of
-    shape (N, classes of the data)."""
+    """A user's module must be an nn.Module mapping [0,1] images (N, 3, H, W) to finite real float
+    logits of shape (N, classes of the data), for a batch of one image and for the whole batch ``x``
+    given (a module that answers larger batches otherwise is also caught on every batch later)."""
     if not isinstance(module, torch.nn.Module):
         raise BadInput(f"model {name!r} must be a torch nn.Module mapping [0,1] images to logits, "
                        f"got {type(module).__name__}")
-    with torch.inference_mode():
-        try:
-            out = module(x[:2])
-        except Exception as e:  # arbitrary user code: any failure means "this module cannot classify the data"
-            raise BadInput(f"model {name!r} fails on a batch of {tuple(x[:2].shape)} [0,1] images: "
-                           f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape != (len(x[:2]), num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise BadInput(f"model {name!r} must return logits of shape (N, {num_classes}) for this data, got {shape}")
-    if not torch.isfinite(out).all():
-        raise BadInput(f"model {name!r} returns non-finite logits (NaN or Inf) on clean images")
+    for batch in dict.fromkeys((1, len(x))):
+        xb = x[:batch]
+        with torch.inference_mode():
+            try:
+                out = module(xb)
+            except Exception as e:  # arbitrary user code: any failure means "this module cannot classify the data"
+                raise BadInput(f"model {name!r} fails on a batch of {tuple(xb.shape)} [0,1] images: "
+                               f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+        if (not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape != (len(xb), num_classes)
+                or not out.dtype.is_floating_point):
+            shape = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise BadInput(f"model {name!r} must return real float logits of shape (N, {num_classes}) for this data; "
+                           f"for N={len(xb)} it returned {shape}")
+        if not torch.isfinite(out).all():
+            raise BadInput(f"model {name!r} returns non-finite logits (NaN or Inf) on clean images")

@@ -717,7 +717,9 @@ def _checks_task(table, models: dict, data, *, device: str, batch_size: int, thr
     try:
         check_this_node(expected)
         with torch_threads(threads):
-            modules = {k: _load_shipped(ray.get(ref), device, for_eval=False) for k, ref in models.items()}
+            payloads = {k: ray.get(ref) for k, ref in models.items()}
+            # with the file's sha256, which the table's rows record (the checks compare them)
+            modules = {k: (_load_shipped(p, device, for_eval=False), p["weights_sha256"]) for k, p in payloads.items()}
             given = {(data.name, len(data)): data} if data is not None else None
             return run_checks(table, models=modules, device=device, data=given, transfer_source=transfer_source,
                               batch_size=batch_size)

@@ -18,6 +18,9 @@ table holds for that cell) and neither is marked incomplete (``complete`` False)
 pair is listed as *not comparable* with the reason and not tested. A baseline with no cell in
 common with the results is bad input (exit 2), as is a table holding the same cell twice.
 
+This module is a pure function of tables (no evaluation): ``robench regress --update`` runs its
+sweeps in :mod:`robench.baseline`, which uses :func:`stale_checkpoints` and :func:`updated_baseline`.
+
 Refreshing a baseline on purpose (a deliberate change of models, attacks or data): CI's baselines
 are ``results/baseline_samples.*`` and ``results/baseline_cifar1000.*``, written by
 ``bash .ci/regression --refresh`` (the same evaluation CI runs). Inspect the change by hand first
@@ -29,16 +32,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from robench.errors import BadInput
-from robench.results import KEY, unpack_flags
+from robench.results import KEY, format_eps, unpack_flags
+from robench.safetext import terminal_text
 
 ALPHA = 0.01
 
@@ -75,13 +77,11 @@ def describe(key: tuple) -> str:
     if k["kind"] != "clean":
         parts.append(str(k["perturbation"]) + (f"/{k['backend']}" if k["backend"] not in (None, "", "-") else ""))
     if k["eps"] is not None:
-        from robench.leaderboard import format_eps
-
         parts.append(f"ε={format_eps(k['eps'])}")
     if k["severity"] is not None:
         parts.append(f"severity={k['severity']}")
     parts += [f"seed={k['seed']}", f"n={k['n']}", f"({k['dataset']})"]
-    return " ".join(parts)
+    return terminal_text(" ".join(parts))  # names from a table never rewrite the terminal
 
 
 def _flags(row: pd.Series) -> np.ndarray | None:
@@ -209,54 +209,18 @@ def format_report(rep: Report, *, show_all: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _pairs(config) -> list[tuple[str, float | None]]:
-    """The (model, λ) pairs a sweep config evaluates (:meth:`robench.spec.EvalSpec.pairs`; a model
-    carries its tag, ``resnet20.s1``)."""
-    return config.pairs()
+def stale_checkpoints(baseline: pd.DataFrame, current: Mapping[tuple, str]) -> list[tuple]:
+    """The checkpoints (keys of ``current``: e.g. (model, λ) → weights sha256) whose weights have no
+    cell in ``baseline`` (new or retrained), in the order given."""
+    known = {v for v in baseline["weights_sha256"] if _none(v) is not None} if "weights_sha256" in baseline else set()
+    return [k for k, sha in current.items() if sha not in known]
 
 
-def update_baseline(baseline: str | os.PathLike, configs: Sequence[str | os.PathLike], *,
-                    work_dir: str | os.PathLike, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Bring a baseline up to date with the zoo without re-running what it already holds.
-
-    For every (model, λ) of the sweep ``configs``, the checkpoint the zoo resolves now is evaluated
-    (a sweep of that pair alone under ``work_dir``) only when the baseline has no cell with its
-    weights sha256 (new or retrained). Cells of unchanged weights are kept as they are; cells of
-    weights no longer in the configs' zoo are dropped. Writes ``baseline`` (.parquet + .csv) and
-    returns the new table.
-    """
-    import model_zoo
-
-    from robench.results import read_table, write_table
-    from robench.sweep import load_config, plan_sweep, run_sweep
-
-    old = read_table(baseline)
-    known = {v for v in old["weights_sha256"] if _none(v) is not None}
-    current: set[str] = set()
-    frames = []
-    todo = []
-    for path in configs:
-        cfg = load_config(path)
-        for model, lam in _pairs(cfg):
-            card = model_zoo.load_card(model, lam=lam)
-            if card is None:
-                raise BadInput(f"{path}: no trained weights for {model}"
-                               + ("" if lam is None else f" at λ={lam:g}") + " in the zoo")
-            current.add(card.weights_sha256)
-            if card.weights_sha256 not in known:
-                todo.append((path, cfg, model, lam))
-    log(f"regression: {len(todo)} of {len(current)} checkpoints lack cells in {baseline}")
-    for i, (path, cfg, model, lam) in enumerate(todo):
-        one = dataclasses.replace(cfg, models=[model], lams=[lam])
-        plan = plan_sweep(one, out=Path(work_dir) / f"update_{i}")
-        log(f"regression: evaluating {model}" + ("" if lam is None else f" λ={lam:g}") + f" ({path})")
-        frames.append(run_sweep(plan, log=log))
-    new = pd.concat(frames, ignore_index=True) if frames else old.iloc[0:0]
-    keep = old[old["weights_sha256"].isin(current - set(new["weights_sha256"]))]
-    if not frames and len(keep) == len(old):
-        log(f"regression: {baseline} is up to date; nothing written")
-        return old
-    table = pd.concat([keep, new], ignore_index=True).sort_values(["model", "lam"], kind="stable", ignore_index=True)
-    write_table(table, Path(baseline).with_suffix(""))
-    log(f"regression: updated {baseline}: kept {len(keep)} cells, added {len(new)}, dropped {len(old) - len(keep)}")
-    return table
+def updated_baseline(baseline: pd.DataFrame, new: pd.DataFrame, current: set[str]) -> pd.DataFrame | None:
+    """The baseline brought up to date: the new cells, plus the baseline's cells of weights still
+    ``current`` (sha256s) that the new cells do not replace; None when nothing changes."""
+    fresh = set(new["weights_sha256"]) if len(new) else set()
+    keep = baseline[baseline["weights_sha256"].isin(current - fresh)]
+    if new.empty and len(keep) == len(baseline):
+        return None
+    return pd.concat([keep, new], ignore_index=True).sort_values(["model", "lam"], kind="stable", ignore_index=True)

@@ -25,7 +25,8 @@ except ImportError:  # numpy 1.x
 
 from robench.errors import BadInput
 
-__all__ = ["load_batch", "loads_batch", "RefusedGlobal"]
+__all__ = ["load_batch", "loads_batch", "RefusedGlobal", "MAX_BATCH_BYTES"]
+MAX_BATCH_BYTES = 1 << 30
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -123,8 +124,10 @@ def load_batch(path: str | os.PathLike) -> object:
     ``pickle.load(f, encoding="bytes")``. Raises ``BadInput`` (one line) for a refused global and
     ``pickle.UnpicklingError``/``EOFError``/``ValueError``/... for a truncated or malformed file.
     """
-    with open(path, "rb") as f:
-        return _load(f, str(Path(path)))
+    from robench.fileio import read_regular
+
+    # a regular file of bounded size (CIFAR-100's train file is 155 MB): a FIFO or /dev/zero is refused
+    return _load(io.BytesIO(read_regular(path, limit=MAX_BATCH_BYTES, what="CIFAR batch file")), str(Path(path)))
 
 
 def _load(f, where: str) -> object:

@@ -27,6 +27,8 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport, when installed
         tomllib = None
 
 DATASETS = ("samples", "cifar10", "cifar100")
+SEED_MAX = 2 ** 63 - 1  # a table's seed column is int64
+MAX_CONFIG_BYTES = 1 << 20
 SEVERITIES = (1, 2, 3, 4, 5)
 DEFAULT_EPS = 8 / 255
 CONFIG_KEYS = ("models", "lams", "attacks", "eps", "attack_params", "corruptions", "severities", "seeds", "n",
@@ -53,12 +55,22 @@ def parse_number(text: Any, what: str) -> float:
 
 
 def parse_lam(value: Any) -> float | None:
-    """``learned`` / None → None (learned λ); a number or fraction in [0, 1] → float."""
+    """``learned`` / None → None (learned λ); a number or fraction in [0, 1] → float.
+
+    A fixed λ names its checkpoint file with 6 significant digits (``__lam0.5``), so a value that
+    those digits do not spell exactly (0.5000000001, a denormal) is refused instead of silently
+    loading another λ's weights; −0 is 0."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "learned", "none")):
         return None
     v = parse_number(value, "λ (--lam)")
     if not 0.0 <= v <= 1.0:
         raise BadInput(f"λ (--lam) must be in [0, 1] or 'learned', got {value}")
+    v = v + 0.0  # -0.0 → 0.0
+    if 0.0 < v < 1e-6:
+        raise BadInput(f"λ (--lam) {value} is a denormal-sized value no checkpoint is trained at; write 0 or a λ ≥ 1e-6")
+    if float(f"{v:g}") != v:
+        raise BadInput(f"λ (--lam) {value} has more digits than checkpoints are named with (6 significant digits, "
+                       f"e.g. {v:g}); write λ with at most 6 significant digits")
     return v
 
 
@@ -141,8 +153,8 @@ def parse_model_ref(text: Any) -> ModelRef:
     return ModelRef(name, tag, lam, True)
 
 
-def parse_int(value: Any, what: str, lo: int) -> int:
-    """A whole number ≥ ``lo`` (text such as ``"3"`` or an int; never a bool or a fraction)."""
+def parse_int(value: Any, what: str, lo: int, hi: int | None = None) -> int:
+    """A whole number in [``lo``, ``hi``] (text such as ``"3"`` or an int; never a bool or a fraction)."""
     if isinstance(value, bool):
         v = None
     elif isinstance(value, numbers.Integral):
@@ -155,6 +167,8 @@ def parse_int(value: Any, what: str, lo: int) -> int:
         raise BadInput(f"malformed {what} {value!r}; write a whole number ≥ {lo}")
     if v < lo:
         raise BadInput(f"{what} must be a {'positive ' if lo == 1 else ''}whole number ≥ {lo}, got {value}")
+    if hi is not None and v > hi:
+        raise BadInput(f"{what} must be a whole number in [{lo}, {hi}], got {value}")
     return v
 
 
@@ -344,7 +358,7 @@ class EvalSpec:
                         else f"unknown corruption {c!r}{did_you_mean(c, valid)}"
                     raise BadInput(f"{why}; valid choices: {', '.join(valid)}")
 
-        seeds = list(dict.fromkeys(parse_int(s, "seed (--seed)", 0) for s in (self.seeds or (0,))))
+        seeds = list(dict.fromkeys(parse_int(s, "seed (--seed)", 0, SEED_MAX) for s in (self.seeds or (0,))))
         if self.dataset is not None and self.dataset not in DATASETS:
             raise BadInput(f"unknown dataset {self.dataset!r}; valid choices: {', '.join(DATASETS)}")
         for f in ("data_dir", "corruption_dir", "out"):
@@ -467,12 +481,17 @@ def spec_from_dict(raw: Mapping, source: str = "config") -> EvalSpec:
 def load_spec(path: str | os.PathLike) -> EvalSpec:
     """Read a TOML config (``configs/*.toml``) into an unvalidated :class:`EvalSpec`."""
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise BadInput(f"config {p} does not exist")
     if tomllib is None:
         raise BadInput("reading a config needs Python ≥ 3.11 (tomllib) or the tomli package")
+    from robench.fileio import read_regular
+
+    text = read_regular(p, limit=MAX_CONFIG_BYTES, what="config")
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"config {p} is not valid TOML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise BadInput(f"config {p} nests arrays or tables too deeply to be a robench config") from None
     return spec_from_dict(raw, source=str(p))

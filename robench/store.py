@@ -9,22 +9,27 @@ Disk layout (one part file per cell, so a kill -9 at any moment is harmless)::
                                and the record (a results.SCHEMA row with the per-example flags)
     <out>/results.parquet|.csv the merged table, written when the sweep finishes
     <out>/.lock                held (flock) while a sweep runs, so two sweeps never share an out dir
+                               (opened without following links or blocking: a planted link, FIFO
+                               or device there is refused, never truncated or waited on)
 
 A part file is written to ``cells/.tmp-*`` first, flushed, fsync'd, then ``os.replace``'d onto its
 final name (and the folder is fsync'd). A kill at any moment therefore loses at most the cells in
 flight: a finished cell is either wholly there or not there, never torn and never twice (its name
 is the cell id). Left-over ``.tmp-*`` files are ignored by every reader and removed by the next
-sweep. Every file is an ordinary 0644 file (less the umask).
+sweep. Every file is an ordinary 0644 file (less the umask). Every file is read as data: a part
+file or ``sweep.json`` must be a regular JSON file of bounded size (a FIFO, a link to /dev/zero or an
+over-deep document is one-line :class:`BadInput`), and a cell's record is checked against itself
+(:func:`robench.results.validate_table`: correct = the count of its flags, accuracy = correct/n, …)
+before it reaches a table.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
-from robench.fileio import file_mode
+from robench.fileio import MAX_JSON_BYTES, exclusive_lock, file_mode, open_new, read_json as _read_json_file
 from robench.plan import Cell, row_key
 
 STORE_VERSION = 1
@@ -77,10 +82,12 @@ def jsonable(v: Any) -> Any:
 
 
 def read_json(path: Path, what: str) -> dict:
+    """A JSON object from a regular file of at most :data:`robench.fileio.MAX_JSON_BYTES` (a FIFO, a
+    device, a link to /dev/zero, an over-deep or malformed document: one-line BadInput)."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInput(f"{what} {path} is unreadable ({type(e).__name__}); delete it to redo it") from None
+        value = _read_json_file(path, what=what, limit=MAX_JSON_BYTES)
+    except BadInput as e:
+        raise BadInput(f"{e}; delete it to redo it") from None
     if not isinstance(value, dict):
         raise BadInput(f"{what} {path} is not a JSON object; delete it to redo it")
     return value
@@ -95,17 +102,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_json(path: Path, value: dict) -> None:
-    """Temp file in the same folder, flush + fsync, mode 0644, ``os.replace``, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    """Temp file in the same folder (created O_EXCL | O_NOFOLLOW), flush + fsync, mode 0644,
+    ``os.replace``, fsync the folder. A full disk is one-line BadInput; nothing half-written stays."""
+    tmp = path.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}.json"
     try:
+        fd = open_new(tmp)
         with os.fdopen(fd, "w") as f:
             json.dump(value, f, sort_keys=True, allow_nan=False)
             f.flush()
-            os.fchmod(f.fileno(), file_mode())  # mkstemp makes 0600; outputs are ordinary files
+            os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise BadInput(f"cannot write {path}: {e.strerror or e}; the cells finished so far are kept") from None
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
     _fsync_dir(path.parent)
 
@@ -113,6 +124,7 @@ def atomic_write_json(path: Path, value: dict) -> None:
 def iter_parts(out: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """(cell id, part) of every finished cell in ``out``, in file-name order; temp files are skipped."""
     cells_dir = Path(out) / "cells"
+    check_cells_dir(Path(out))
     if not cells_dir.is_dir():
         return
     for path in sorted(cells_dir.glob("*.json")):
@@ -125,7 +137,20 @@ def iter_parts(out: str | os.PathLike) -> Iterator[tuple[str, dict]]:
 
 
 def is_sweep_store(out: Path) -> bool:
-    return (out / "sweep.json").is_file()
+    return os.path.lexists(out / "sweep.json")
+
+
+def check_cells_dir(out: Path) -> None:
+    """``<out>/cells`` must be a real folder (or absent): a planted link would send every cell file
+    elsewhere."""
+    cells = Path(out) / "cells"
+    try:
+        mode = os.lstat(cells).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise BadInput(f"{cells} is not a folder (a symbolic link or a file); robench does not follow links it did "
+                       "not make: remove it")
 
 
 def planned_from_meta(meta: dict) -> dict[tuple, set[str]]:
@@ -192,14 +217,20 @@ class DiskStore:
 
     @contextlib.contextmanager
     def open(self) -> Iterator["DiskStore"]:
-        self.cells_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out / ".lock", "w") as lock:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"cannot create the sweep folder {self.out}: {e.strerror or e}") from None
+        with exclusive_lock(self.out / ".lock", what="sweep lock",
+                            busy=f"another sweep is writing to {self.out}; wait for it or use another out folder"):
+            check_cells_dir(self.out)
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BadInput(f"another sweep is writing to {self.out}; wait for it or use another out folder") from None
+                self.cells_dir.mkdir(exist_ok=True)
+            except OSError as e:
+                raise BadInput(f"cannot create {self.cells_dir}: {e.strerror or e}") from None
             for stale in self.cells_dir.glob(".tmp-*"):  # left by a killed run; never a finished cell
-                stale.unlink(missing_ok=True)
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink(missing_ok=True)
             self._write_meta()
             yield self
 

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from robench.errors import BadInput
+from robench.fileio import check_writable
 from robench.plan import Cell, planned_attacks, plan_cells, units
 from robench.progress import CellProgress
 from robench.spec import CONFIG_KEYS, EvalSpec, load_spec
@@ -108,13 +109,14 @@ def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, execut
     out = Path(spec.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"out {out} exists and is not a folder")
+    check_writable(out, what="out", folder=True)
     if out.is_dir() and not is_sweep_store(out) and {p.name for p in out.iterdir()} - {".lock", "cells"} and not force:
         raise BadInput(f"out {out} is a folder that is not a sweep store (no sweep.json) and not empty; "
                        "pass --force to write the sweep into it anyway, or choose another folder")
     data = load_dataset(spec.dataset, spec.data_dir, n=spec.n)
     cells = plan_cells(spec, n=len(data), dataset=data.name)
     if spec.corruption_dir is not None:
-        check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"])
+        check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"], data.labels)
     weights = _weights(list(dict.fromkeys((c.model, c.lam) for c in cells)), data.num_classes)
     store = DiskStore(out=out, fingerprint={"dataset": data.name, "n": len(data), "data_sha256": data.sha256},
                       weights=weights, config=spec.to_dict(), planned=planned_attacks(cells))
@@ -161,12 +163,19 @@ def merge(out: str | os.PathLike) -> pd.DataFrame:
         raise BadInput(f"sweep folder {out} does not exist")
     if not is_sweep_store(out):
         raise BadInput(f"{out} is not a sweep folder (no sweep.json)")
+    from robench.results import records_of, validate_table
+
     meta = read_json(out / "sweep.json", "sweep file")
-    records = [part["record"] for _, part in iter_parts(out)]
-    if not records:
+    parts = list(iter_parts(out))
+    if not parts:
         raise BadInput(f"sweep folder {out} has no finished cells yet")
-    models = (meta.get("config") or {}).get("models") or []
-    return table(records, planned=planned_from_meta(meta), models=[_model_column(str(m)) for m in models])
+    # every stored number is checked against the cell's own flags before it is published
+    names = [str(out / "cells" / f"{cell_id}.json") for cell_id, _ in parts]
+    checked = validate_table(pd.DataFrame([part["record"] for _, part in parts]), "sweep folder " + str(out),
+                             row_label=lambda i: f"stored cell {names[i]}")
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    models = config.get("models") if isinstance(config.get("models"), list) else []
+    return table(records_of(checked), planned=planned_from_meta(meta), models=[_model_column(str(m)) for m in models])
 
 
 def _model_column(ref: str) -> str:
@@ -208,7 +217,6 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None =
         if plan.pending:
             ray = connect(options)  # before anything is written
     spec = plan.config
-    plan.out.mkdir(parents=True, exist_ok=True)
     with plan.store.open() as store:
         pending = plan.pending
         todo = units(pending)

@@ -26,8 +26,11 @@ from model_zoo.checkpoint import shipped_path, user_zoo
 from robench import runstate
 from robench.data import Dataset, batch_sizes, data_label, epoch_draws, pad_images
 from robench.errors import BadInput
+from robench.fileio import check_writable
 from robench.machine import cpu_capability, cpu_has_fast_bf16, cpu_name
 from robench.packed import Member, MemberRun, PackStepper, TrainData, check_pack, lr_table
+
+MAX_LR = 10.0  # --lr above this is refused: no recipe comes near it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +137,7 @@ def check_pack_outputs(members: Sequence[Member], run_dir: str | os.PathLike, ou
                        "to replace it")
     notes = []
     if out is not None:
+        check_writable(out, what="zoo folder (--out)", folder=True)  # before hours of training, not after
         for m in members:
             stem = Path(out) / m.id
             existing = [p for p in (stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors"))
@@ -210,8 +214,9 @@ def train_pack(
         raise BadInput(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
     rec = RECIPES[recipe]
     if lr is not None:
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise BadInput(f"the learning rate (--lr) must be a positive finite number, got {lr!r}")
+        # a NaN, negative or huge learning rate trains weights no load accepts
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= MAX_LR:
+            raise BadInput(f"learning rate (--lr) must be a number in (0, {MAX_LR:g}], got {lr!r}")
         rec = dataclasses.replace(rec, lr=float(lr))
     epochs = epochs or rec.epochs
     batch_size = batch_size or rec.batch_size

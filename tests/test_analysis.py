@@ -131,7 +131,7 @@ def test_reference_protocol_normalises_per_file_and_pools_severities(tmp_path):
 
 
 def test_noise_protocol_missing_file_is_bad_input(tmp_path):
-    with pytest.raises(BadInput, match="not found"):
+    with pytest.raises(BadInput, match="needs the clean CIFAR-10 test split"):
         noise_protocol(models=["resnet20"], corruption_dir=tmp_path, corruptions=["shot_noise"])
 
 
@@ -186,10 +186,19 @@ def test_noise_protocol_cli_writes_both_protocols(tmp_path):
     from model_zoo.checkpoint import save
     from robench.cli import cli
 
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synthetic_cifar import write_cifar10
+
     save(create_model("resnet20"), tmp_path / "r20.safetensors", {"name": "resnet20"})
     _write_c10c(tmp_path, 2, (0.05, 0.1, 0.15, 0.3, 0.4))
+    clean = (np.zeros((2, 3, 32, 32), dtype=np.uint8), np.ones(2, dtype=np.int64))  # the labels CIFAR-10-C repeats
+    write_cifar10(tmp_path / "clean", [clean] * 5, clean)
     out = CliRunner().invoke(cli, ["noise-protocol", "--model", str(tmp_path / "r20.safetensors"), "--corruption-dir",
-                                   str(tmp_path), "--corruption", "gaussian_noise", "--out", str(tmp_path / "np")])
+                                   str(tmp_path), "--data-dir", str(tmp_path / "clean"), "--corruption",
+                                   "gaussian_noise", "--out", str(tmp_path / "np")])
     assert out.exit_code == 0, out.output
     df = pd.read_parquet(tmp_path / "np.parquet")
     assert len(df) == 2 * 6 and set(df["protocol"]) == {"standard", "reference"}

@@ -1,10 +1,12 @@
 """Bad input across the CLI: every case ends in one line ``error: …`` on stderr, exit code 2, no
 traceback, and no output file."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -31,9 +33,23 @@ def env(tmp_path):
                  backend=None, eps=None, severity=None, seed=0, correct=15, accuracy=0.75,
                  ci_low=wilson(15, 20)[0], ci_high=wilson(15, 20)[1])]
     write_table(to_frame(rows), tmp_path / "table")
-    other = dict(rows[0], n=10, correct=5, accuracy=0.5)
+    other = dict(rows[0], n=10, correct=5, accuracy=0.5, ci_low=wilson(5, 10)[0], ci_high=wilson(5, 10)[1])
     write_table(to_frame([other]), tmp_path / "other")
     (tmp_path / "garbage.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    # malformed tables (25.13): each breaks one claim a robench table makes
+    good = rows[0]
+    for name, change in {"acc_text": dict(accuracy="high"), "n_zero": dict(n=0), "n_nan": dict(n=float("nan")),
+                         "correct_gt_n": dict(correct=25), "lam_learned": dict(lam="learned"),
+                         "acc_not_ratio": dict(accuracy=0.95)}.items():
+        pd.DataFrame([{**good, **change}]).to_csv(tmp_path / f"{name}.csv", index=False)
+    (tmp_path / "zero.csv").write_bytes(b"")
+    cells = tmp_path / "badcells"
+    (cells / "cells").mkdir(parents=True)
+    (cells / "sweep.json").write_text(json.dumps({"robench_sweep": 1}))
+    (cells / "cells" / "0123456789abcdef.json").write_text(json.dumps(
+        {"cell_id": "0123456789abcdef", "record": {**good, "n": "abc"}}))
+    (tmp_path / "deep.toml").write_text("models = " + "[" * 5000 + "]" * 5000 + "\n")
+    (tmp_path / "file").write_text("a file, not a folder")
     (tmp_path / "wrong.csv").write_text("a,b\n1,2\n")
     cfg = 'models = ["resnet20"]\ndataset = "samples"\nn = 2\n'
     (tmp_path / "ok.toml").write_text(cfg)
@@ -63,6 +79,14 @@ def _tamper_weights(root: Path) -> None:
 
 def _corrupt_card(root: Path) -> None:
     (model_zoo.user_zoo() / "resnet20.json").write_text("{ not json")
+
+
+def _lam_half(root: Path) -> None:
+    torch.manual_seed(0)
+    model_zoo.save(model_zoo.create_model("inresnet20", lam=0.5), model_zoo.user_zoo() / "inresnet20__lam0.5")
+
+
+LONG = "x" * 300
 
 
 OUT = "OUT"  # replaced by a fresh path that must not exist afterwards
@@ -159,6 +183,58 @@ CASES = [
     ("sweep-tampered-checkpoint", ["sweep", "{root}/ok.toml", "--out", OUT], "does not match its card",
      _tamper_weights),
     ("results-merge-not-a-sweep", ["results", "merge", "{root}/data", "-o", OUT], "not a sweep folder", None),
+    # issue 25.13: malformed tables and cells are one line, never a traceback
+    ("leaderboard-accuracy-as-text", ["leaderboard", "{root}/acc_text.csv"], "accuracy must be a number", None),
+    ("leaderboard-n-zero", ["leaderboard", "{root}/n_zero.csv"], "n must be a whole number in [1,", None),
+    ("leaderboard-n-nan", ["leaderboard", "{root}/n_nan.csv"], "n is missing", None),
+    ("leaderboard-correct-above-n", ["leaderboard", "{root}/correct_gt_n.csv"], "correct 25 is outside [0, n]", None),
+    ("leaderboard-lam-learned-text", ["leaderboard", "{root}/lam_learned.csv"], "lam must be a number", None),
+    ("leaderboard-accuracy-not-correct-over-n", ["leaderboard", "{root}/acc_not_ratio.csv"],
+     "accuracy 0.95 is not correct/n = 15/20", None),
+    ("regress-correct-above-n", ["regress", "--baseline", "{root}/table.parquet", "{root}/correct_gt_n.csv"],
+     "correct 25 is outside", None),
+    ("plot-corrupt-table", ["plot", "{root}/garbage.parquet", "-o", OUT], "unreadable", None),
+    ("plot-n-zero", ["plot", "{root}/n_zero.csv", "-o", OUT], "n must be a whole number", None),
+    ("report-corrupt-table", ["report", "{root}/garbage.parquet", "-o", OUT], "unreadable", None),
+    ("report-zero-byte-table", ["report", "{root}/zero.csv", "-o", OUT], "unreadable", None),
+    ("plot-zero-byte-table", ["plot", "{root}/zero.csv", "-o", OUT], "unreadable", None),
+    ("results-merge-bad-cell-field", ["results", "merge", "{root}/badcells", "-o", OUT],
+     "n must be a number, got 'abc'", None),
+    # issue 25.14: unwritable, over-long and non-UTF-8 outputs are refused before any work
+    ("leaderboard-out-too-long", ["leaderboard", "{root}/table.parquet", "-o", "{root}/" + LONG + ".csv"],
+     "longer than the 255 bytes", None),
+    ("report-out-not-utf8", ["report", "{root}/table.parquet", "-o", "{root}/bad\udcffdir"], "not valid UTF-8", None),
+    ("plot-out-under-a-file", ["plot", "{root}/table.parquet", "-o", "{root}/file/plots"], "is not a folder", None),
+    ("sweep-out-under-a-file", ["sweep", "{root}/ok.toml", "--out", "{root}/file/sweep"], "is not a folder", None),
+    ("eval-out-too-long", ["eval", "--model", "resnet20", "--out", "{root}/" + LONG], "longer than the 255", None),
+    ("zoo-import-out-under-a-file", ["zoo", "import", "{root}/table.csv", "--arch", "resnet20", "--out",
+                                     "{root}/file/zoo"], "not a folder", None),
+    # issue 25.15: odd values are refused before the cells run
+    ("eval-lam-finer-than-checkpoint-names", ["eval", "--model", "inresnet20", "--lam", "0.5000000001", "--out", OUT],
+     "6 significant digits", _lam_half),
+    ("eval-seed-2-64", ["eval", "--model", "resnet20", "--seed", str(2 ** 64), "--out", OUT],
+     "seed (--seed) must be a whole number in [0, 9223372036854775807]", None),
+    ("sweep-deep-toml", ["sweep", "{root}/deep.toml", "--out", OUT], "nests arrays or tables too deeply", None),
+    ("train-negative-lr", ["train", "--model", "resnet20", "--data-dir", "{root}/data", "--lr", "-1", "--out", OUT],
+     "learning rate (--lr) must be a number in (0, 10]", None),
+    ("train-nan-lr", ["train", "--model", "resnet20", "--data-dir", "{root}/data", "--lr", "nan", "--out", OUT],
+     "learning rate", None),
+    ("train-seed-2-70", ["train", "--model", "resnet20", "--data-dir", "{root}/data", "--seed", str(2 ** 70),
+                         "--out", OUT], "seed (--seed) must be a whole number in [0, 4294967295]", None),
+    ("train-device-meta", ["train", "--model", "resnet20", "--data-dir", "{root}/data", "--device", "meta",
+                           "--out", OUT], "device 'meta' is not available", None),
+    # issue 25.11: sizes and waits are bounded
+    ("eval-threads-100000", ["eval", "--model", "resnet20", "--threads", "100000", "--out", OUT], "--threads", None),
+    ("landscape-points-1e8", ["landscape", "--model", "resnet20", "--points", str(10 ** 8), "--out", OUT],
+     "landscape points must be a whole number in [1, 1,001]", None),
+    ("landscape-points2d-1e5", ["landscape", "--model", "resnet20", "--grid2d", "--points2d", str(10 ** 5),
+                                "--out", OUT], "2-D grid must be a whole number in [1, 101]", None),
+    ("stability-iters-1e8", ["stability", "--model", "resnet20", "--iters", str(10 ** 8), "--out", OUT],
+     "power iterations (--iters) must be a whole number in [1, 1,000]", None),
+    ("landscape-radius-16", ["landscape", "--model", "resnet20", "--radius", "16", "--out", OUT],
+     "did you mean 16/255?", None),
+    ("noise-protocol-without-clean-split", ["noise-protocol", "--model", "resnet20", "--corruption-dir", "{root}",
+                                            "--out", OUT], "needs the clean CIFAR-10 test split", None),
 ]
 
 

@@ -182,7 +182,7 @@ def test_a_failing_evaluation_also_gives_the_module_back():
             raise RuntimeError("the user's hook fails mid-evaluation")
     net2.head.register_forward_hook(boom)
     before2 = _state(net2)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(BadInput, match="RuntimeError: the user's hook fails mid-evaluation"):  # one line, its cause
         robench.evaluate(model=net2, name="mynet", attacks=["fgsm"], eps=["4/255"], n=8, progress=False)
     for b, n in ((before, net), (before2, net2)):
         after = _state(n)

@@ -207,10 +207,23 @@ def test_huge_architecture_refused_before_allocation(tmp_path):
                                        ("bn.running_var", -1.0)])
 def test_non_finite_weights_refused(tmp_path, key, value):
     """14.3: NaN/Inf weights or a negative BatchNorm variance would score 10 % everywhere and look robust."""
-    m = _model("resnet20")
-    with torch.no_grad():
-        m.state_dict()[key].view(-1)[0] = value
-    model_zoo.save(m, tmp_path / "resnet20")
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from model_zoo.fileio import sha256_file
+
+    model_zoo.save(_model("resnet20"), tmp_path / "resnet20")  # save itself refuses such weights (25.16)
+    w, card = tmp_path / "resnet20.safetensors", tmp_path / "resnet20.json"
+    state = load_file(str(w))
+    with safe_open(str(w), "pt") as f:
+        meta = f.metadata()
+    state[key].view(-1)[0] = value
+    save_file(state, str(w), metadata=meta)  # written by another tool, card sha256 brought up to date
+    raw = json.loads(card.read_text())
+    raw["weights_sha256"] = sha256_file(w)
+    card.write_text(json.dumps(raw))
     with pytest.raises(BadInput, match=f"non-finite weights or negative BatchNorm variances in {key}"):
         model_zoo.load(tmp_path / "resnet20")
 

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+from robench.results import wilson
 import pytest
 
 from robench import readme_tables
@@ -174,6 +176,7 @@ def test_readme_claims_paragraph_is_generated_and_goes_stale_when_the_tables_cha
             i = df.index[(df["model"] == "inresnet20") & df["lam"].isna() & (df["kind"] == "worst_case")][-1]
             df.loc[i, "flags"] = row("x", first(0, int(df.loc[i, "n"])))["flags"]
             df.loc[i, "correct"], df.loc[i, "accuracy"] = 0, 0.0
+            df.loc[i, "ci_low"], df.loc[i, "ci_high"] = wilson(0, int(df.loc[i, "n"]))  # a consistent row
         df.to_parquet(root / p)
     (root / "README.md").write_text(text, encoding="utf-8")
     monkeypatch.setattr(readme_tables, "README", root / "README.md")

@@ -276,7 +276,9 @@ def test_load_cifar10c_round_trips_a_tiny_set(tmp_path):
     assert ds.images.dtype == torch.uint8 and ds.images.shape == (4, 3, 32, 32)
     assert np.array_equal(ds.images.numpy(), images[8:12].transpose(0, 3, 1, 2))
     assert ds.labels.dtype == torch.int64 and ds.labels.tolist() == labels[8:12].tolist()
-    assert ds.sha256 == hashlib.sha256((root / "fog.npy").read_bytes()).hexdigest()
+    # the fingerprint covers the images and the labels file (25.3: other labels are other data)
+    parts = [hashlib.sha256((root / f).read_bytes()).hexdigest() for f in ("fog.npy", "labels.npy")]
+    assert ds.sha256 == hashlib.sha256(f"{parts[0]}:{parts[1]}".encode()).hexdigest()
     first = load_cifar10c(tmp_path, "fog", 5, n=2)  # the parent folder works too
     assert first.images[:, 0, 0, 0].tolist() == [16, 17] and first.split == "fog-5"
     _write_set(root, name="frost")  # readable although corrupt() cannot make it

@@ -233,10 +233,11 @@ def test_missing_weights_fail_before_anything_runs(zoo):
 
 
 def test_real_cifar10c_files_are_read_when_given(zoo, tmp_path):
-    # a miniature CIFAR-10-C: 5 severities × 4 images; severity s holds samples s-1 … s+2
+    # a miniature CIFAR-10-C: 5 severities × 4 images; severity s holds the images of samples s-1 … s+2
+    # under the clean test labels of samples 0 … 3 (CIFAR-10-C repeats the test labels per severity)
     samples = load_samples()
     imgs = np.concatenate([samples.images[s:s + 4].numpy() for s in range(5)]).transpose(0, 2, 3, 1)
-    labels = np.concatenate([samples.labels[s:s + 4].numpy() for s in range(5)])
+    labels = np.tile(samples.labels[:4].numpy(), 5)
     np.save(tmp_path / "fog.npy", np.ascontiguousarray(imgs))
     np.save(tmp_path / "labels.npy", labels)
     # the matching clean split: a CIFAR-10 folder whose test images are the samples
@@ -248,9 +249,14 @@ def test_real_cifar10c_files_are_read_when_given(zoo, tmp_path):
                           data_dir=tmp_path / "clean", progress=False)
     corr = df[df["kind"] == "corruption"]
     assert corr["dataset"].tolist() == ["cifar10c", "cifar10c"] and corr["severity"].tolist() == [1, 2]
-    # the fitted model is right on even sample indices only
+    # the fitted model is right on even sample indices only; at severity 2 it sees samples 1 … 4
     np.testing.assert_array_equal(_flags(corr.iloc[0]), [True, False, True, False])
-    np.testing.assert_array_equal(_flags(corr.iloc[1]), [False, True, False, True])
+    from engine_helpers import fitted_model
+
+    x2 = samples.images[1:5].float() / 255
+    with torch.no_grad():
+        want = (fitted_model("resnet20")(x2).argmax(1) == samples.labels[:4]).numpy()
+    np.testing.assert_array_equal(_flags(corr.iloc[1]), want)
     assert corr["data_sha256"].iloc[0] != df["data_sha256"].iloc[0]
     with pytest.raises(BadInput, match="larger than CIFAR-10-C"):
         robench.evaluate(models=["resnet20"], corruptions=["fog"], n=5, corruption_dir=tmp_path,
@@ -271,16 +277,16 @@ def test_cpu_evaluation_runs_in_channels_last(zoo):
 
 
 def test_a_minimal_norm_attack_searches_once_and_is_scored_at_every_eps(zoo, monkeypatch):
-    import robench.attacks.foolbox_backend as fb
+    from robench.attacks import registry
 
     calls = []
-    real = fb.generate
+    real = registry.BACKENDS["foolbox"]
 
     def counting(*args, **kw):
         calls.append(kw.get("eps"))
         return real(*args, **kw)
 
-    monkeypatch.setattr(fb, "generate", counting)
+    monkeypatch.setitem(registry.BACKENDS, "foolbox", counting)  # the wrapper dispatches through the registry
     df = robench.evaluate(models=["resnet20"], attacks=["deepfool"], eps=[0.05, 0.2, 1.0], n=8, batch_size=8,
                           attack_params={"deepfool": {"steps": 5}}, progress=False)
     assert len(calls) == 1  # one search for the three ε (one batch)

@@ -285,7 +285,9 @@ def test_rank_by_a_chosen_cell_with_ties_marked_where_intervals_overlap(tmp_path
     from robench.cli import main
 
     df = _floor_table()
-    df.loc[(df["model"] == "resnet20") & (df["kind"] == "attack") & (df["eps"] == E2), ["correct", "accuracy"]] = [35, 0.35]
+    cell = (df["model"] == "resnet20") & (df["kind"] == "attack") & (df["eps"] == E2)
+    df.loc[cell, ["correct", "accuracy"]] = [35, 0.35]
+    df.loc[cell, ["ci_low", "ci_high"]] = wilson(35, 100)  # a consistent row: tables are checked when read
     board = leaderboard(df, rank_by="pgd@2/255", cards={})
     assert set(board["rank_by"]) == {"pgd@2/255"} and board["rank_value"].tolist() == [60.0, 40.0, 35.0]
     # 40 % [30.9, 49.8] and 35 % [26.4, 44.7] overlap; 60 % [50.2, 69.1] is clear of both

@@ -135,8 +135,10 @@ def zoo():
 def samples_c(tmp_path):
     """A CIFAR-10 folder whose test split is the 20 samples, and a miniature CIFAR-10-C over it."""
     samples = load_samples()
-    imgs = np.concatenate([samples.images[s:s + 8].numpy() for s in range(5)]).transpose(0, 2, 3, 1)
-    labels = np.concatenate([samples.labels[s:s + 8].numpy() for s in range(5)])
+    # severity s: the first 8 test images brightened by 10·s (CIFAR-10-C's labels are the test labels, per severity)
+    first = samples.images[:8].numpy().astype(np.int16)
+    imgs = np.concatenate([np.clip(first + 10 * s, 0, 255).astype(np.uint8) for s in range(5)]).transpose(0, 2, 3, 1)
+    labels = np.concatenate([samples.labels[:8].numpy() for _ in range(5)])
     cdir = tmp_path / "cifar10c"
     cdir.mkdir()
     np.save(cdir / "fog.npy", np.ascontiguousarray(imgs))

@@ -58,12 +58,12 @@ def test_update_evaluates_only_weights_the_baseline_lacks(tmp_path, capsys):
     cfg.write_text('models = ["resnet20", "inresnet20"]\nlams = [0.5]\nattacks = ["fgsm"]\neps = ["8/255"]\n'
                    'dataset = "samples"\nn = 4\n')
     base = tmp_path / "base"
-    with pytest.raises(SystemExit) as e:  # the baseline holds resnet20 only, with a made-up accuracy
+    with pytest.raises(SystemExit) as e:  # the baseline holds resnet20 only, with a made-up timestamp
         main(["sweep", str(cfg), "--out", str(tmp_path / "full")])
     assert e.value.code == 0
     full = read_table(tmp_path / "full" / "results.parquet")
     old = full[full["model"] == "resnet20"].copy()
-    old["correct"] = 1  # stands for cells the update must keep as they are, not recompute
+    old["timestamp"] = "kept"  # marks cells the update must keep as they are, not recompute
     write_table(old, base)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
@@ -72,7 +72,7 @@ def test_update_evaluates_only_weights_the_baseline_lacks(tmp_path, capsys):
     assert e.value.code == 0, out
     assert "1 of 2 checkpoints lack cells" in out and "evaluating inresnet20 λ=0.5" in out
     new = read_table(str(base) + ".parquet")
-    assert (new[new["model"] == "resnet20"]["correct"] == 1).all()  # kept, not re-evaluated
+    assert (new[new["model"] == "resnet20"]["timestamp"] == "kept").all()  # kept, not re-evaluated
     got = new[new["model"] == "inresnet20"].reset_index(drop=True)
     want = full[full["model"] == "inresnet20"].reset_index(drop=True)
     assert got["correct"].tolist() == want["correct"].tolist() and len(got) == 3  # clean, fgsm, worst case

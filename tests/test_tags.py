@@ -192,7 +192,8 @@ def test_eval_cli_model_at_lam_with_tag_and_checks(zoo, tmp_path, capsys):
 
 def test_sweep_config_merge_leaderboard_and_regress_carry_the_tag(zoo, tmp_path, capsys):
     from robench.leaderboard import leaderboard
-    from robench.regress import _pairs, regress
+    from robench.baseline import _pairs
+    from robench.regress import regress
     from robench.results import read_table
     from robench.sweep import load_config, merge, plan_sweep, run_sweep
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from robench.claims import CLAIMS, effect_text, is_accuracy, rule, summarise
 from robench.fileio import atomic_write
+from robench.safetext import url_path
 
 FOREST = "claims_forest.png"
 _COLOURS = {"supported": "#2e7d32", "contradicted": "#c62828", "inconclusive": "#757575"}
@@ -88,7 +89,7 @@ def claims_section(rows: pd.DataFrame, plots_dir: str | os.PathLike, report_dir:
     parts.append(f'<div class="scroll"><table class="claims">{head}\n' + "\n".join(body) + "</table></div>")
     plot = forest_plot(rows, Path(plots_dir) / FOREST)
     if plot is not None:
-        src = plot.relative_to(Path(report_dir)).as_posix()
+        src = url_path(plot.relative_to(Path(report_dir)).as_posix())
         parts.append(f'<figure><img src="{_e(src)}" alt="claims forest plot" onload="this.dataset.loaded=1">'
                      "<figcaption>Effect sizes with 95 % intervals, one panel per claim</figcaption></figure>")
     rhead = ("<tr><th>claim</th><th>comparison</th><th>cell</th><th>effect [interval], p_Holm</th><th>test</th>"

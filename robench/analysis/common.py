@@ -42,7 +42,7 @@ class ModelSpec:
         the path of a checkpoint (``PATH`` or ``PATH@LAM``)."""
         from fractions import Fraction
 
-        from robench.spec import parse_model_ref
+        from robench.spec import parse_lam, parse_model_ref
 
         text = str(text).strip()
         name, _, lam = text.partition("@")
@@ -53,11 +53,11 @@ class ModelSpec:
             return cls(name, None)
         try:
             v = float(Fraction(lam)) if "/" in lam else float(lam)
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             raise BadInput(f"malformed λ {lam!r} in {text!r}; write NAME@LAM with LAM in [0, 1] or 'learned'") from None
         if not 0.0 <= v <= 1.0:
             raise BadInput(f"λ in {text!r} must be in [0, 1] or 'learned'")
-        return cls(name, v)
+        return cls(name, parse_lam(v))  # −0 → 0; more digits than checkpoint names hold: refused
 
     def label(self) -> str:
         return self.name if self.lam is None else f"{self.name} λ={self.lam:g}"
@@ -145,27 +145,125 @@ def finish(records: list[dict], columns: Sequence[str]) -> pd.DataFrame:
     return df
 
 
+ANALYSES = ("landscape", "stability", "noise_protocol")
+_OWN = {  # per analysis: column → ("text", allowed values or None) | ("int", min) | ("float", None)
+    "landscape": {"direction": ("text", ("grad_sign", "pgd", "random", "grad_sign×random")), "index": ("int", 0),
+                  "t": ("float", None), "t2": ("float", None),
+                  "quantity": ("text", ("loss", "accuracy", "loss_increase")), "mean": ("float", None),
+                  "ci_low": ("float", None), "ci_high": ("float", None)},
+    "stability": {"quantity": ("text", ("coef", "gain", "log_gain", "lyapunov", "lyapunov_damped", "jacobian_norm",
+                                        "grad_norm_l2", "grad_norm_l1")),
+                  "direction": ("text", ("random", "adversarial")), "block": ("int", 0), "stage": ("int", 0),
+                  "coef": ("text", ("lam", "k")), "mean": ("float", None), "ci_low": ("float", None),
+                  "ci_high": ("float", None)},
+    "noise_protocol": {"corruption": ("text", None), "protocol": ("text", ("standard", "reference")),
+                       "severity": ("int", 1), "correct": ("int", 0), "total": ("int", 1), "accuracy": ("float", None),
+                       "ci_low": ("float", None), "ci_high": ("float", None), "file_mean": ("text", None),
+                       "file_std": ("text", None)},
+}
+# columns that may not hold a missing value (every column of _OWN must exist)
+_REQUIRED = {"landscape": ("direction", "index", "t", "quantity"), "stability": ("quantity",),
+             "noise_protocol": ("corruption", "protocol", "correct", "total", "accuracy")}
+
+
+def validate_analysis(df: pd.DataFrame, where: str, row_label: Callable[[int], str] | None = None) -> pd.DataFrame:
+    """Check a landscape / stability / noise-protocol table value by value (types, known names,
+    n ≥ 1, λ in [0, 1], finite grid points, ci_low ≤ mean ≤ ci_high, accuracies in [0, 1],
+    correct ≤ total and accuracy = correct/total) and return it typed; one-line BadInput otherwise."""
+    from robench.results import TableChecker, number_text
+
+    if "analysis" not in df.columns:
+        raise BadInput(f"{where} is not a landscape or stability table (no 'analysis' column)")
+    chk = TableChecker(df, where, row_label or (lambda i: f"row {i + 1}"))
+    kinds = chk.text("analysis")
+    chk.fail(~kinds.isin(ANALYSES).to_numpy(), "analysis",
+             lambda i: f"{kinds.iloc[i]!r} is not one of {', '.join(ANALYSES)}")
+    analysis = str(kinds.iloc[0]) if len(kinds) else "landscape"
+    chk.fail((kinds != analysis).to_numpy(), "analysis", lambda i: f"{kinds.iloc[i]!r} differs from row 1's "
+                                                                   f"{analysis!r}; one table holds one analysis")
+    missing = [c for c in (*ID_COLUMNS, *_OWN[analysis]) if c not in df.columns]
+    if missing:
+        raise BadInput(f"{where} is not a {analysis} table: missing columns {', '.join(missing)}")
+    out = df.reset_index(drop=True).copy()
+    for c in (set(STRING_COLUMNS) - {"analysis"}) & set(out.columns):
+        out[c] = chk.text(c)
+    out["analysis"] = kinds
+    for c in ("model", "dataset"):
+        chk.fail(out[c].isna().to_numpy() | (out[c].fillna("") == "").to_numpy(), c, lambda i: "is missing")
+    out["lam"] = lam = chk.number("lam")
+    chk.fail(~np.isnan(lam.to_numpy()) & ~((lam >= 0) & (lam <= 1)).to_numpy(), "lam",
+             lambda i: f"{number_text(lam.iloc[i])} is outside [0, 1]")
+    out["n"] = chk.number("n", integer=True, required=True).astype("int64")
+    out["seed"] = chk.number("seed", integer=True, required=True).astype("int64")
+    chk.fail((out["n"] < 1).to_numpy(), "n", lambda i: f"must be ≥ 1, got {out['n'].iloc[i]}")
+    chk.fail((out["seed"] < 0).to_numpy(), "seed", lambda i: f"must be ≥ 0, got {out['seed'].iloc[i]}")
+    if "seconds" in out.columns:
+        out["seconds"] = chk.number("seconds")
+    for c, (kind, spec) in _OWN[analysis].items():
+        if c not in out.columns:
+            continue
+        if kind == "text":
+            v = out[c] = chk.text(c)
+            if c in _REQUIRED[analysis]:
+                chk.fail(v.isna().to_numpy(), c, lambda i: "is missing")
+            if spec is not None:
+                chk.fail(v.notna().to_numpy() & ~v.isin(spec).fillna(False).to_numpy(), c,
+                         lambda i, v=v, spec=spec: f"{v.iloc[i]!r} is not one of {', '.join(spec)}")
+        elif kind == "int":
+            v = out[c] = chk.number(c, integer=True, required=c in _REQUIRED[analysis])
+            chk.fail(v.notna().to_numpy() & (v.fillna(spec) < spec).to_numpy(), c,
+                     lambda i, v=v, spec=spec: f"must be ≥ {spec}, got {v.iloc[i]}")
+        else:
+            out[c] = chk.number(c)
+    if analysis == "landscape":
+        out["index"] = out["index"].astype("int64")
+    for c in ("t", "t2"):
+        if c in out.columns:
+            v = out[c].to_numpy()
+            chk.fail(~np.isnan(v) & ~np.isfinite(v) if c == "t2" else ~np.isfinite(v), c,
+                     lambda i, v=v: f"{number_text(v[i])} is not a finite number")
+    if {"mean", "ci_low", "ci_high"} <= set(out.columns):
+        m, lo, hi = (out[c].to_numpy() for c in ("mean", "ci_low", "ci_high"))
+        chk.fail(np.isinf(m) | np.isinf(lo) | np.isinf(hi), "mean", lambda i: "or its interval is infinite")
+        both = ~np.isnan(m) & ~np.isnan(lo) & ~np.isnan(hi)
+        chk.fail(both & ~((lo <= m + 1e-9) & (m <= hi + 1e-9)), "ci_low/ci_high",
+                 lambda i: f"[{number_text(lo[i])}, {number_text(hi[i])}] does not contain the mean {number_text(m[i])}")
+        if "quantity" in out.columns:
+            is_acc = (out["quantity"] == "accuracy").fillna(False).to_numpy()
+            chk.fail(is_acc & ~np.isnan(m) & ~((m >= 0) & (m <= 1)), "mean",
+                     lambda i: f"{number_text(m[i])} is an accuracy outside [0, 1]")
+    if analysis == "noise_protocol":
+        out["correct"], out["total"] = out["correct"].astype("int64"), out["total"].astype("int64")
+        c, t, a = (out[k].astype("float64").to_numpy() for k in ("correct", "total", "accuracy"))
+        chk.fail(np.isnan(c) | np.isnan(t) | (c > t), "correct",
+                 lambda i: f"{number_text(c[i])} is outside [0, total={number_text(t[i])}]")
+        chk.fail(np.isnan(a) | (np.abs(a - c / t) > 1e-9), "accuracy",
+                 lambda i: f"{number_text(a[i])} is not correct/total")
+    return out
+
+
 def read_analysis(path: str | os.PathLike, analysis: str | None = None) -> pd.DataFrame:
-    """Read a landscape or stability table (parquet or CSV); ``analysis`` checks which."""
+    """Read a landscape, stability or noise-protocol table (parquet or CSV), every value checked
+    (:func:`validate_analysis`); ``analysis`` checks which."""
     from pathlib import Path
 
+    from robench.results import read_frame
+
     p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"table {p} does not exist")
-    try:
-        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype={c: "string" for c in STRING_COLUMNS})
-    except Exception as e:  # pyarrow/pandas raise many types for a corrupt file; all mean "unreadable"
-        raise BadInput(f"table {p} is unreadable: {type(e).__name__}") from None
-    if "analysis" not in df.columns:
-        raise BadInput(f"table {p} is not a landscape or stability table (no 'analysis' column)")
+    df = read_frame(p, what="table", string_columns=(*STRING_COLUMNS, "direction", "quantity", "coef", "corruption",
+                                                     "protocol", "file_mean", "file_std"))
+    line = (lambda i: f"line {i + 2}") if p.suffix == ".csv" else (lambda i: f"row {i + 1}")
+    df = validate_analysis(df, f"table {p}", line)
     if analysis is not None and not (df["analysis"] == analysis).all():
         raise BadInput(f"table {p} is not a {analysis} table")
     return df
 
 
 def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise BadInput(f"seed must be an integer ≥ 0, got {seed!r}")
+    from robench.spec import SEED_MAX
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise BadInput(f"seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
     return int(seed)
 
 
@@ -176,6 +274,25 @@ def progress_line(analysis: str, label: str, done: float, total: int, seconds: f
     eta = f", ETA {duration(seconds / done * (total - done))}" if 0 < done < total else ""
     return (f"{analysis} {label}: {int(done + 1e-9)}/{total} images{f' ({what})' if what else ''}, "
             f"{duration(seconds)}{eta}")
+
+
+def check_count(v, what: str, hi: int) -> int:
+    """A positive whole number of at most ``hi`` (grid points, iterations, directions): every loop
+    the analyses run has a bound."""
+    v = check_positive(v, what)
+    if v > hi:
+        raise BadInput(f"{what} must be a whole number in [1, {hi:,}], got {v:,}")
+    return v
+
+
+def check_pixels(v, what: str) -> float:
+    """An L∞ distance in pixel units, in (0, 1] (``16`` gets "did you mean 16/255?")."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) or v <= 0:
+        raise BadInput(f"{what} must be a number in (0, 1] in pixel units such as 8/255, got {v!r}")
+    if v > 1:
+        hint = f"; did you mean {v:g}/255?" if float(v).is_integer() and v <= 255 else ""
+        raise BadInput(f"{what} must be in (0, 1] in pixel units such as 8/255, got {v:g}{hint}")
+    return float(v)
 
 
 def run_models(analysis: str, specs: Sequence[ModelSpec], compute: Callable, *, dataset, data_dir, n, seed: int,

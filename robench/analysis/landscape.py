@@ -10,7 +10,6 @@ paired per-example loss(t) − loss(0). Distances are L∞ in pixel units, like 
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,20 +17,23 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from robench.analysis.common import (ModelSpec, check_positive, check_seed, finish, mean_interval, rate_interval,
-                                     run_models, specs_of)
+from robench.analysis.common import (ModelSpec, check_count, check_pixels, check_positive, check_seed, finish,
+                                     mean_interval, rate_interval, run_models, specs_of)
 from robench.errors import BadInput
 
 DIRECTIONS = ("grad_sign", "pgd", "random")
 COLUMNS = ("direction", "index", "t", "t2", "quantity", "mean", "ci_low", "ci_high")
 FLAT_T = 8 / 255
+MAX_POINTS = 1001  # grid points along one direction
+MAX_POINTS_2D = 101  # per axis of the 2-D grid (101² forward passes per batch)
+MAX_RANDOM_DIRECTIONS = 64
+MAX_VALUES = 200_000_000  # per-example grid values kept in memory (float64 loss + bool correct)
 
 
 def t_grid(radius: float = 16 / 255, points: int = 41, include: Sequence[float] = (0.0, FLAT_T)) -> np.ndarray:
     """``points`` evenly spaced values in [−radius, radius], plus ``include`` values inside it."""
-    if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
-        raise BadInput(f"landscape radius must be a positive number of pixels (e.g. 16/255), got {radius!r}")
-    points = check_positive(points, "number of landscape points")
+    radius = check_pixels(radius, "landscape radius (--radius)")
+    points = check_count(points, "number of landscape points", MAX_POINTS)
     if points < 2:
         raise BadInput("the landscape grid needs at least 2 points")
     ts = np.linspace(-radius, radius, points)
@@ -64,6 +66,14 @@ def pgd_direction(model, x, y, *, eps: float, seed: int, backend: str | None = N
     d = x_adv - x
     peak = d.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     return d / peak
+
+
+def check_size(points: int, points2d: int, n: int, n_random: int = 1) -> None:
+    """The per-example grid values the landscape keeps must fit in memory (``MAX_VALUES``)."""
+    values = n * (points * (2 + n_random) + points2d * points2d)
+    if values > MAX_VALUES:
+        raise BadInput(f"the landscape grid would hold {values:,} per-example values ({values * 9 / 1e9:.1f} GB), more "
+                       f"than the limit of {MAX_VALUES:,}; use fewer --points/--points2d or a smaller --n")
 
 
 def check_directions(directions: Sequence[str]) -> list[str]:
@@ -104,11 +114,13 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, dir
     batch's images that step stands for (so a progress line comes every direction, not once per
     batch; the batches and their seeds, and so the numbers, do not depend on it)."""
     directions = check_directions(directions)
-    n_random = check_positive(n_random, "number of random directions")
+    n_random = check_count(n_random, "number of random directions", MAX_RANDOM_DIRECTIONS)
     batch_size = check_positive(batch_size, "batch size")
     ts = t_grid(radius, points)
-    ts2 = t_grid(radius, points2d, include=(0.0,)) if grid2d else None
+    ts2 = t_grid(radius, check_count(points2d, "points per axis of the 2-D grid", MAX_POINTS_2D), include=(0.0,)) \
+        if grid2d else None
     n = len(y)
+    check_size(len(ts), len(ts2) if grid2d else 0, n, n_random)
     rand = [random_signs(tuple(x.shape), seed, k).to(x.device) for k in range(n_random)] \
         if ("random" in directions or grid2d) else []
     parts: dict[tuple, list] = {}
@@ -176,6 +188,12 @@ def landscape(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
     seed = check_seed(seed)
     t_grid(radius, points)  # check the grid and directions before loading anything
     check_directions(directions)
+    check_count(n_random, "number of random directions", MAX_RANDOM_DIRECTIONS)
+    pgd_eps = check_pixels(pgd_eps, "PGD ε of the pgd direction (--pgd-eps)")
+    if grid2d:
+        check_count(points2d, "points per axis of the 2-D grid", MAX_POINTS_2D)
+    if n is not None:
+        check_size(points + 2, points2d + 1 if grid2d else 0, check_positive(n, "n"), n_random)
 
     def compute(model, x, y, on_batch):
         return aggregate(per_example(model, x, y, directions=directions, radius=radius, points=points,

@@ -51,15 +51,16 @@ def _correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> np.nda
 
 
 def evaluate_file(model: torch.nn.Module, corruption_dir: str | os.PathLike, name: str, *, n: int | None = None,
-                  batch_size: int = 500, device: torch.device | str = "cpu") -> list[dict]:
-    """Rows for one model and one corruption file: per-severity and pooled accuracy under both protocols."""
+                  batch_size: int = 500, device: torch.device | str = "cpu", labels=None) -> list[dict]:
+    """Rows for one model and one corruption file: per-severity and pooled accuracy under both protocols.
+    ``labels``: the clean test labels every severity's labels must equal (see ``load_cifar10c``)."""
     from robench.corruptions import load_cifar10c
 
     batch_size = check_positive(batch_size, "batch size")
     mean_buf, std_buf = getattr(model, "mean", None), getattr(model, "std", None)
     if not isinstance(mean_buf, torch.Tensor) or not isinstance(std_buf, torch.Tensor):
         raise BadInput("the reference protocol needs a model that normalises inside forward (mean/std buffers)")
-    full = [load_cifar10c(corruption_dir, name, s) for s in range(1, 6)]
+    full = [load_cifar10c(corruption_dir, name, s, labels=labels) for s in range(1, 6)]
     fmean, fstd = file_statistics([d.images for d in full])
     if (fstd <= 0).any():
         raise BadInput(f"CIFAR-10-C {name}: a channel is constant, the reference normalisation divides by its std 0")
@@ -89,10 +90,13 @@ def _row(name, protocol, severity, flags, fmean, fstd) -> dict:
 
 def noise_protocol(*, models: Sequence[str | ModelSpec], corruption_dir: str | os.PathLike,
                    corruptions: Sequence[str] = REFERENCE_NOISE, n: int | None = None, batch_size: int = 500,
-                   device: str | torch.device = "cpu", log: Callable[[str], None] | None = None) -> pd.DataFrame:
+                   device: str | torch.device = "cpu", data_dir: str | os.PathLike | None = None,
+                   log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Both protocols for zoo models on the CIFAR-10-C files in ``corruption_dir`` (tidy table, Wilson intervals).
 
-    ``n`` is per severity; the pooled row has 5·n examples. Deterministic: no random draws.
+    ``n`` is per severity; the pooled row has 5·n examples. Deterministic: no random draws. The clean
+    CIFAR-10 test split (``data_dir``, default the fetched copy) is read for its labels only: every
+    severity's labels in CIFAR-10-C must equal them, so a reordered ``labels.npy`` is refused.
     """
     from robench.devices import resolve_device
     from robench.fileio import sha256_file
@@ -104,13 +108,22 @@ def noise_protocol(*, models: Sequence[str | ModelSpec], corruption_dir: str | o
     dev = resolve_device(device)
     context = provenance(dev)
     say = log or (lambda s: print(s, file=sys.stderr))
-    shas = {c: load_cifar10c(corruption_dir, c, 1, 1).sha256 for c in corruptions}  # checks every file up front
+    from robench.datahome import resolve_data_dir
+
+    if resolve_data_dir("cifar10", data_dir) is None:
+        raise BadInput("the noise protocol needs the clean CIFAR-10 test split to check CIFAR-10-C's labels against: "
+                       "--data-dir DIR holding cifar-10-batches-py/, or `robench data fetch cifar10`")
+    from robench.data import load_dataset
+
+    labels = load_dataset("cifar10", data_dir).labels
+    # checks every file and the labels of every severity up front
+    shas = {c: load_cifar10c(corruption_dir, c, 1, 1, labels=labels).sha256 for c in corruptions}
     records = []
     for spec in specs:
         loaded = load_model(spec, dev)
         for c in corruptions:
             t0 = time.perf_counter()
-            rows = evaluate_file(loaded.model, corruption_dir, c, n=n, batch_size=batch_size, device=dev)
+            rows = evaluate_file(loaded.model, corruption_dir, c, n=n, batch_size=batch_size, device=dev, labels=labels)
             seconds = time.perf_counter() - t0
             total = rows[-1]["total"]
             say(f"noise protocol {spec.label()} {c}: " + ", ".join(

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import BadInput
-from robench.fileio import atomic_write
+from robench.fileio import atomic_write, safe_component
 
 LAM_SCHEMES = ("damped", "lambda_damped")
 
@@ -68,9 +68,11 @@ def footer(df: pd.DataFrame) -> str:
 
 
 def _save(fig, df: pd.DataFrame, out_dir: Path, name: str) -> Path:
+    """Write ``out_dir/<name>.png``; ``name`` holds names read from the table, so it becomes one safe
+    file-name component (never a path: a perturbation ``/../../x`` stays inside ``out_dir``)."""
     fig.text(0.5, -0.01, footer(df), ha="center", va="top", fontsize=8, color="0.3")
-    path = out_dir / f"{name}.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    path = out_dir / f"{safe_component(name, max_len=120)}.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), what="plot")
     return path
 
 
@@ -225,6 +227,8 @@ def landscape_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     two_d = df[df["t2"].notna() & (df["quantity"] == "loss")]
     for label, r in two_d.assign(_l=_labels(two_d)).groupby("_l", sort=True):
         grid = r.pivot_table(index="t2", columns="t", values="mean")
+        if min(grid.shape) < 2:  # a surface needs two points along each axis
+            continue
         fig = _figure(5.2, 4.4)
         ax = fig.add_subplot()
         cs = ax.contourf(grid.columns * 255, grid.index * 255, grid.values, levels=20)
@@ -237,7 +241,7 @@ def landscape_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
 # -- stability ----------------------------------------------------------------------------------
 def stability_profiles(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     paths = []
-    coef = df[df["quantity"] == "coef"]
+    coef = df[(df["quantity"] == "coef") & df["block"].notna()]
     if not coef.empty:
         fig = _figure(6.4, 4.2)
         ax = fig.add_subplot()
@@ -248,7 +252,7 @@ def stability_profiles(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
         paths.append(_save(fig, coef, out_dir, "stability_coefficients"))
-    gain = df[df["quantity"] == "log_gain"]
+    gain = df[(df["quantity"] == "log_gain") & df["block"].notna() & df["direction"].notna()]
     if not gain.empty:
         dirs = sorted(gain["direction"].dropna().unique())
         fig = _figure(5.5 * len(dirs), 4.2)
@@ -264,10 +268,10 @@ def stability_profiles(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.legend(fontsize=6)
         paths.append(_save(fig, gain, out_dir, "stability_gain"))
     summ = df[df["quantity"].isin(["lyapunov", "lyapunov_damped", "jacobian_norm", "grad_norm_l2"])]
-    if not summ.empty:
-        keys = [("lyapunov", "random"), ("lyapunov", "adversarial"), ("lyapunov_damped", "adversarial"),
-                ("jacobian_norm", None), ("grad_norm_l2", None)]
-        keys = [k for k in keys if not summ[(summ["quantity"] == k[0]) & _dir(summ, k[1])].empty]
+    keys = [("lyapunov", "random"), ("lyapunov", "adversarial"), ("lyapunov_damped", "adversarial"),
+            ("jacobian_norm", None), ("grad_norm_l2", None)]
+    keys = [k for k in keys if not summ[(summ["quantity"] == k[0]) & _dir(summ, k[1])].empty]
+    if keys:
         cols = min(3, len(keys))
         nrows = math.ceil(len(keys) / cols)
         fig = _figure(4.4 * cols, nrows * (1.2 + 0.3 * summ["model"].nunique()))
@@ -303,35 +307,49 @@ def table_kind(df: pd.DataFrame) -> str:
 
 
 def read_any(path: str | os.PathLike) -> pd.DataFrame:
-    """A robench eval/sweep table, a checks table, or a landscape / stability / noise-protocol table."""
-    from robench.analysis.common import read_analysis
-    from robench.checks import read_checks
-    from robench.results import read_table
+    """A robench eval/sweep table, a checks table, or a landscape / stability / noise-protocol table,
+    read once and checked value by value (:func:`robench.results.validate_table`,
+    :func:`~robench.analysis.common.validate_analysis`, :func:`robench.checks.read_checks`)."""
+    from robench.analysis.common import STRING_COLUMNS, validate_analysis
+    from robench.results import KEY, SCHEMA, read_frame, validate_table
 
     p = Path(path)
-    if p.suffix not in (".parquet", ".csv"):
-        raise BadInput(f"table {p}: unknown format {p.suffix!r}; valid choices: .parquet, .csv")
-    if not p.is_file():
-        raise BadInput(f"table {p} does not exist")
-    try:
-        cols = pd.read_parquet(p).columns if p.suffix == ".parquet" else pd.read_csv(p, nrows=0).columns
-    except Exception as e:  # pyarrow/pandas raise many types for a corrupt file; all mean "unreadable"
-        raise BadInput(f"table {p} is unreadable: {type(e).__name__}") from None
-    if "analysis" in cols:
-        return read_analysis(p)
-    if "check" in cols and "status" in cols:
+    text = {*(c for c, t in SCHEMA.items() if t == "string"), *STRING_COLUMNS, "direction", "quantity", "coef",
+            "corruption", "protocol", "file_mean", "file_std"}
+    df = read_frame(p, what="table", string_columns=sorted(text))
+    line = (lambda i: f"line {i + 2}") if p.suffix == ".csv" else (lambda i: f"row {i + 1}")
+    if "analysis" in df.columns:
+        return validate_analysis(df, f"table {p}", line)
+    if "check" in df.columns and "status" in df.columns:
+        from robench.checks import read_checks
+
         return read_checks(p)
-    return read_table(p)
+    missing = [c for c in (*KEY, "correct", "accuracy") if c not in df.columns]
+    if missing:
+        raise BadInput(f"table {p} is not a robench table: missing columns {', '.join(missing)}")
+    return validate_table(df, f"table {p}", row_label=line)
 
 
 def plot_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     """Every figure the table supports, as PNGs in ``out_dir``; returns their paths (none for a
-    checks or noise-protocol table, whose numbers the report shows as tables)."""
+    checks or noise-protocol table, whose numbers the report shows as tables). Text from the table is
+    drawn literally: matplotlib's math parsing (``$...$``) is off while plotting."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _plot_table(df, out_dir)
+
+
+def _plot_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"-o {out} is a file; give a folder for the PNGs")
     if df.empty:
         raise BadInput("the table has no rows; nothing to plot")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create the plot folder {out}: {e.strerror or e}") from None
     kind = table_kind(df)
     if kind in ("checks", "noise_protocol"):
         return []
@@ -356,9 +374,12 @@ def plot_tables(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     ``force``, like every other command's outputs."""
     if not paths:
         raise BadInput("give at least one table to plot")
+    from robench.fileio import check_writable
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"-o {out} is a file; give a folder for the PNGs")
+    check_writable(out, what="-o", folder=True)
     frames = [(Path(p), read_any(p)) for p in paths]  # read (and check) every table before writing anything
     old = existing_plots(out)
     if old and not force:
@@ -366,5 +387,5 @@ def plot_tables(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                        f"{' …' if len(old) > 3 else ''}); pass --force to replace them, or choose another folder")
     written: list[Path] = []
     for k, (p, df) in enumerate(frames):
-        written += plot_table(df, out if len(frames) == 1 else out / f"{k:02d}_{p.stem}")
+        written += plot_table(df, out if len(frames) == 1 else out / f"{k:02d}_{safe_component(p.stem)}")
     return written

@@ -29,8 +29,9 @@ import pandas as pd
 
 from robench.analysis.plots import model_label, plot_table, read_any, table_kind
 from robench.errors import BadInput
-from robench.fileio import atomic_write_text, sha256_file
+from robench.fileio import atomic_write, atomic_write_text, safe_component, sha256_file
 from robench.results import pct, wilson
+from robench.safetext import url_path
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:12px auto;max-width:1320px;padding:0 12px;color:#222;font-size:14px}
@@ -426,10 +427,10 @@ def build_sections(tables: Sequence[tuple[Path, pd.DataFrame]], plots_dir: Path,
             sections.append(Section(f"stability-{k}", f"Stability: {p.name}", stability_html(df)))
     figures = []
     for k, (p, df, kind) in enumerate(kinds):
-        pngs = plot_table(df, plots_dir / f"{k:02d}_{p.stem}")
+        pngs = plot_table(df, plots_dir / f"{k:02d}_{safe_component(p.stem)}")
         if pngs:
             figures.append(f"<h3>{_e(p.name)}</h3>" + "".join(
-                f'<figure><img src="{_e(q.relative_to(report_dir).as_posix())}" alt="{_e(q.stem)}" '
+                f'<figure><img src="{_e(url_path(q.relative_to(report_dir).as_posix()))}" alt="{_e(q.stem)}" '
                 f'onload="this.dataset.loaded=1"><figcaption>{_e(q.stem.replace("_", " "))}: every point with its '
                 "95 % interval</figcaption></figure>" for q in pngs))
     if figures:
@@ -461,9 +462,15 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     (None: the zoo's)."""
     if not paths:
         raise BadInput("give at least one results table")
+    from robench.fileio import check_writable
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"-o {out} is a file; give a folder for the report")
+    check_writable(out, what="-o", folder=True)
+    if (out / "plots").is_symlink() or ((out / "plots").exists() and not (out / "plots").is_dir()):
+        raise BadInput(f"{out / 'plots'} is a symbolic link or a file; robench does not write through links it did "
+                       "not make: remove it")
     tables = [(Path(p), read_any(p)) for p in paths]  # read and check everything before writing
     for p, df in tables:
         if df.empty:
@@ -476,7 +483,10 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         for rel, _ in s.files:
             if Path(rel).is_absolute() or ".." in Path(rel).parts:
                 raise BadInput(f"section {s.id}: file {rel!r} must be a relative path inside the report folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create the report folder {out}: {e.strerror or e}") from None
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".plots-"))
     try:
         sections = build_sections(tables, staging, out, cards=cards)
@@ -486,7 +496,7 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             for rel, data in s.files:
                 target = out / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+                atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data), what="report file")
         page = render(title, sections, note=(
             f"generated {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} from "
             f"{len(tables)} table(s); accuracies in %, [Wilson 95 % interval]; other means with normal 95 % "

@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robench.analysis.common import (ModelSpec, check_positive, check_seed, finish, mean_interval, run_models,
-                                     specs_of)
+from robench.analysis.common import (ModelSpec, check_count, check_pixels, check_positive, check_seed, finish,
+                                     mean_interval, run_models, specs_of)
 from robench.analysis.landscape import loss_grad, random_signs
 from robench.errors import BadInput
 
 COLUMNS = ("quantity", "direction", "block", "stage", "coef", "mean", "ci_low", "ci_high")
 PERTURBATIONS = ("random", "adversarial")
+MAX_ITERS = 1000  # power iterations (default 20)
 
 
 def state_taps(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -71,7 +72,7 @@ def jacobian_norm(model: torch.nn.Module, x: torch.Tensor, *, iters: int = 20, s
 
     The batch is treated as independent examples (eval mode), so each example keeps its own vector.
     """
-    iters = check_positive(iters, "power iterations")
+    iters = check_count(iters, "power iterations (--iters)", MAX_ITERS)
     from torch.func import jvp, vjp
 
     g = torch.Generator().manual_seed(int(seed))
@@ -98,8 +99,7 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
 
     ``on_batch(images, what)`` is called after the gains and after the Jacobian of each batch with the
     share of the batch's images that step stands for (progress only; the numbers do not depend on it)."""
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise BadInput(f"stability ε must be a positive number of pixels, got {eps!r}")
+    eps = check_pixels(eps, "stability ε (--eps)")
     batch_size = check_positive(batch_size, "batch size")
     taps = state_taps(model) if taps is None else list(taps)
     rand = random_signs(tuple(x.shape), seed, 0).to(x.device, x.dtype)
@@ -114,7 +114,7 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
         parts["gain_adversarial"].append(block_gains(model, xb, eps * grad.sign(), taps))
         if on_batch is not None:
             on_batch(len(yb) / 2, "gradients and gains")
-        parts["jacobian_norm"].append(jacobian_norm(model, xb, iters=iters, seed=seed * 1000003 + b))
+        parts["jacobian_norm"].append(jacobian_norm(model, xb, iters=iters, seed=(seed * 1000003 + b) % 2 ** 63))
         if on_batch is not None:
             on_batch(len(yb) / 2, "Jacobian norm")
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
@@ -159,6 +159,8 @@ def stability(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
     """The stability table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images."""
     specs = specs_of(models)
     seed = check_seed(seed)
+    eps = check_pixels(eps, "stability ε (--eps)")  # before loading anything
+    iters = check_count(iters, "power iterations (--iters)", MAX_ITERS)
 
     def compute(model, x, y, on_batch):
         return aggregate(model, per_example(model, x, y, eps=eps, seed=seed, iters=iters, batch_size=batch_size,

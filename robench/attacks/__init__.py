@@ -39,6 +39,8 @@ start). Unlike the seed code, which centres the PGD projection on the random sta
 centred on the clean image. ``pgd10`` is the common PGD-10 (step 2.5·ε/10).
 """
 from robench.attacks.base import Attack, AttackOutput, FixedEpsAttack, MinimalNormAttack, make_attack
+# the backends register themselves (robench.attacks.registry.BACKENDS); the wrapper imports neither
+from robench.attacks import art_backend, foolbox_backend  # noqa: E402,F401
 from robench.attacks.registry import (AttackKind, attack_defaults, backends_for, defaults_markdown, list_attacks,
                                       param_ranges, ranges_markdown)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robench.attacks.base import noise_starting_points
-from robench.attacks.registry import AttackSpec
+from robench.attacks.registry import AttackSpec, register_backend
 
 # ART logs a success rate and prints progress bars per call; neither belongs in a benchmark.
 logging.getLogger("art").setLevel(logging.WARNING)
@@ -313,3 +313,6 @@ def generate(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tenso
                                   x_adv_init=starts.cpu().numpy().astype(np.float32)[sel])
             out[found] = torch.from_numpy(np.asarray(adv)).to(device=x.device, dtype=x.dtype)
     return out
+
+
+register_backend("art", generate)

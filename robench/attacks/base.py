@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from robench.attacks.registry import AttackKind, AttackSpec, get_spec
-from robench.errors import BadInput
+from robench.attacks.registry import AttackKind, AttackSpec, backend_generate, get_spec
+from robench.errors import BadInput, NonFiniteLogits
 
 # Room for float32 rounding in the final "never leaves the ε-ball" check.
 NORM_TOL = 1e-6
@@ -194,7 +194,7 @@ class Attack:
             with torch.no_grad():
                 num_classes = _num_classes(model, x, y)
             raws = self._raw(model, x, y, eps_values, num_classes)
-            return [self._finish(model, x, y, raw, eps, score) for raw, eps in zip(raws, eps_values)]
+            return [self._finish(model, x, y, raw, eps, score, num_classes) for raw, eps in zip(raws, eps_values)]
 
     def _raw(self, model, x, y, eps_values, num_classes) -> list[torch.Tensor | None]:
         """One raw search result per ε (None: nothing to search, x itself)."""
@@ -209,19 +209,30 @@ class Attack:
         return torch.where(torch.isfinite(raw), raw, x)
 
     def _finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, raw: torch.Tensor | None,
-                eps: float, score: bool) -> AttackOutput:
+                eps: float, score: bool, num_classes: int = 0) -> AttackOutput:
         """Project into the ε-ball around x and [0,1], check the bound, score (unless not asked:
-        ``__call__`` returns x_adv only and saves the scoring forward)."""
+        ``__call__`` returns x_adv only and saves the scoring forward). The scoring logits must have
+        the shape (N, classes) and be finite: an argmax of NaN logits (class 0) is no prediction.
+        The bound and finiteness checks share one host sync."""
         x_adv = x.clone() if raw is None or eps == 0.0 else project(x, raw, eps, self.norm)
         norms = perturbation_norm(x_adv - x, self.norm)
-        worst = norms.max().item() if x.shape[0] else 0.0
-        if worst > eps + NORM_TOL or (x.shape[0] and (x_adv.min().item() < 0.0 or x_adv.max().item() > 1.0)):
+        robust = torch.zeros(0, dtype=torch.bool, device=x.device)
+        if not x.shape[0]:
+            return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float())
+        stats = [norms.max(), x_adv.min().double(), x_adv.max().double()]
+        if score:
+            with torch.no_grad():
+                logits = model(x_adv)
+            _check_logits(logits, x.shape[0], num_classes, f"{self.name}/{self.backend}")
+            robust = logits.argmax(dim=1) == y
+            stats.append((~torch.isfinite(logits).all()).double())
+        worst, lo, hi, *nonfinite = torch.stack(stats).tolist()  # the one host sync
+        if worst > eps + NORM_TOL or lo < 0.0 or hi > 1.0:
             raise RuntimeError(f"{self.name}/{self.backend} left its {self.norm} ε-ball "
                                f"(‖δ‖={worst:.3g} > ε={eps:g}) or [0,1]; this is a robench bug")
-        robust = torch.zeros(0, dtype=torch.bool, device=x.device)
-        if score and x.shape[0]:
-            with torch.no_grad():
-                robust = _predict(model, x_adv) == y
+        if nonfinite and nonfinite[0]:
+            raise NonFiniteLogits(f"{self.name}/{self.backend} at ε={eps:g}: the model returned non-finite logits "
+                                  "(NaN or Inf) on the adversarial images; they cannot be scored (check the weights)")
         return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float())
 
 
@@ -255,6 +266,17 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(dim=1)
 
 
+def _check_logits(out: object, n: int, num_classes: int, what: str) -> None:
+    """Logits of a batch of ``n`` must be a real float tensor (n, classes); a module that answers a
+    larger batch with fewer columns or rows is refused instead of scored (shape is host metadata:
+    no sync)."""
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n or (
+            num_classes and out.shape[1] != num_classes) or not out.dtype.is_floating_point:
+        shape = (f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__)
+        raise BadInput(f"{what}: the model returned {shape} for a batch of {n} images; logits must be a real float "
+                       f"tensor of shape ({n}, {num_classes or 'classes'})")
+
+
 def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(model, nn.Module):
         raise BadInput(f"model must be a torch nn.Module mapping [0,1] pixels to logits, got {type(model).__name__}")
@@ -276,8 +298,9 @@ def _num_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     out = model(x[:1]) if x.shape[0] else None
     if out is None:
         return 0
-    if out.dim() != 2:
-        raise BadInput(f"model must return logits of shape (N, classes), got {tuple(out.shape)}")
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.dtype.is_floating_point:
+        shape = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BadInput(f"model must return real float logits of shape (N, classes), got {shape}")
     c = int(out.shape[1])
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
         raise BadInput(f"labels must be in [0, {c - 1}] for a model with {c} outputs, "
@@ -305,9 +328,5 @@ def make_attack(name: str, *, eps: float, backend: str | None = None, seed: int 
     params = {k: p.default for k, p in spec.params.items()}
     for k, v in overrides.items():
         params[k] = spec.params[k].check(name, k, v)
-    if backend == "art":
-        from robench.attacks import art_backend as mod
-    else:
-        from robench.attacks import foolbox_backend as mod
     cls = MinimalNormAttack if spec.kind.minimal else FixedEpsAttack
-    return cls(spec, eps=eps, backend=backend, seed=int(seed), params=params, backend_fn=mod.generate)
+    return cls(spec, eps=eps, backend=backend, seed=int(seed), params=params, backend_fn=backend_generate(backend))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from robench.attacks.base import noise_starting_points
-from robench.attacks.registry import AttackSpec
+from robench.attacks.registry import AttackSpec, register_backend
 
 
 def _step(p: dict, eps: float) -> float:
@@ -91,3 +91,6 @@ def generate(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tenso
         return raw
     _, clipped, _ = attack(fmodel, x, y, epsilons=eps)
     return clipped
+
+
+register_backend("foolbox", generate)

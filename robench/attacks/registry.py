@@ -250,6 +250,27 @@ _add(AttackSpec(
 ))
 
 
+# -- backends --------------------------------------------------------------------------------
+# backend name → generate(spec, model, x, y, *, eps, params, num_classes) -> raw adversarial batch.
+# Each backend module fills this at import (``register_backend``); ``robench.attacks`` imports them,
+# so the shared wrapper (``robench.attacks.base``) dispatches without importing any backend.
+BACKENDS: dict[str, Callable[..., Any]] = {}
+
+
+def register_backend(name: str, generate: Callable[..., Any]) -> None:
+    """Make ``generate`` the implementation of backend ``name`` (one per name)."""
+    if name in BACKENDS and BACKENDS[name] is not generate:
+        raise ValueError(f"attack backend {name!r} is registered twice")
+    BACKENDS[name] = generate
+
+
+def backend_generate(name: str) -> Callable[..., Any]:
+    """The registered implementation of backend ``name``."""
+    if name not in BACKENDS:
+        raise BadInput(f"attack backend {name!r} is not available; registered: {', '.join(sorted(BACKENDS)) or 'none'}")
+    return BACKENDS[name]
+
+
 def get_spec(name: str) -> AttackSpec:
     if not isinstance(name, str) or name not in REGISTRY:
         raise BadInput(f"unknown attack {name!r}{did_you_mean(name, REGISTRY)}; choose one of: {', '.join(REGISTRY)}")

@@ -18,7 +18,9 @@ def cli() -> None:
 
 
 def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
+    from robench.safetext import terminal_text
+
+    return terminal_text(" ".join(str(msg).split()))  # names from files never rewrite the terminal
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # stdout closed by the reader (| head): the work is done, the rest is unread
+        from robench.cli.options import silence
+
+        silence(sys.stdout)
+        sys.exit(0)
+    except OSError as e:  # a full disk, a vanished folder, a read-only file system while working
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        click.echo(f"error: {_one_line(e.strerror or e)}{_one_line(where)}", err=True)
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from robench.cli import cli
+from robench.cli.options import SafeEcho
 
 
 @cli.command("check")
@@ -23,9 +24,11 @@ def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) 
 
     Every model and data set the checks need must be there (the zoo weights, the data set the table
     names, the transfer source): anything missing is one error line before any check runs."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.checks import run_checks, write_checks
     from robench.errors import BadInput
     from robench.leaderboard import read_tables
+    from robench.safetext import terminal_text
 
     table = read_tables(tables)
     if models:
@@ -39,13 +42,16 @@ def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) 
             raise BadInput(f"--n {n}: the table has no cells with n={n}; valid choices: {', '.join(map(str, ns))}")
         table = table[table["n"] == n]
     if out is not None:
+        from robench.results import check_out
+
+        check_out(out, force=True, what="-o", inputs=tables)  # writable, not an input
         stem = Path(out).with_suffix("") if Path(out).suffix in (".parquet", ".csv") else Path(out)
         existing = [p for p in (stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".csv")) if p.exists()]
         if existing and not force:
             raise BadInput(f"{existing[0]} exists; pass --force to replace it")
     source = None if transfer_source.lower() == "none" else transfer_source
     checks = run_checks(table, device=device, data_dir=data_dir, transfer_source=source,
-                        progress=lambda line: click.echo(line, err=True), require=True)
+                        progress=lambda line: echo(line, err=True), require=True)
     if out is not None:
         write_checks(checks, stem)
     from robench.checks import STATUS_WORDS
@@ -55,11 +61,11 @@ def check_cmd(tables, models, data_dir, n, transfer_source, device, out, force) 
     for _, r in checks.iterrows():
         lam = lam_text(r["lam"], schemes.get(r["model"]))
         what = r["cells"] if r["status"] == "flag" else ("" if r["status"] == "pass" else r["detail"])
-        click.echo(f"{r['model']} λ={lam} {r['dataset']} n={r['n']} seed={r['seed']}  {r['check']:<24} "
-                   f"{r['status']:<4}  {what}")
+        echo(terminal_text(f"{r['model']} λ={lam} {r['dataset']} n={r['n']} seed={r['seed']}  {r['check']:<24} "
+                           f"{r['status']:<4}  {what}"))  # names from the table never rewrite the terminal
     counts = checks["status"].value_counts()
-    click.echo(f"{len(checks)} checks: " + ", ".join(f"{int(counts.get(s, 0))} {STATUS_WORDS[s]}" for s in STATUS_WORDS)
-               + (f"; wrote {stem}.parquet and .csv" if out is not None else ""))
+    echo(f"{len(checks)} checks: " + ", ".join(f"{int(counts.get(s, 0))} {STATUS_WORDS[s]}" for s in STATUS_WORDS)
+         + (f"; wrote {stem}.parquet and .csv" if out is not None else ""))
     return 0
 
 

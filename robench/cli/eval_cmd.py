@@ -1,39 +1,11 @@
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from robench.cli import cli
-from robench.cli.options import Int, parse_param, split_list
-
-
-def _silence(stream) -> None:
-    """Point ``stream``'s file descriptor at /dev/null, so the interpreter's final flush cannot
-    complain about a closed pipe either."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, stream.fileno())
-    os.close(devnull)
-
-
-class _Stdout:
-    """stdout that survives a closed pipe (``robench eval ... | head -1``): after the first
-    BrokenPipeError further output is dropped quietly and the command still writes its files."""
-
-    def __init__(self, err: bool = False) -> None:
-        self.err = err
-        self.closed = False
-
-    def __call__(self, line: str) -> None:
-        if self.closed:
-            return
-        try:
-            click.echo(line, err=self.err)
-            (sys.stderr if self.err else sys.stdout).flush()
-        except BrokenPipeError:
-            self.closed = True
-            _silence(sys.stderr if self.err else sys.stdout)
+from robench.cli.options import Int, SafeEcho as _Stdout, parse_param, silence as _silence, split_list
 
 
 def build_spec(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir, n,
@@ -94,38 +66,46 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
 
     The first line names the checkpoints used (shipped / user zoo / file, and the path). Files are
     written before the table is printed."""
+    import contextlib
+
     from robench.engine import evaluate_spec, summary
-    from robench.results import check_out, write_csv_stream, write_table
+    from robench.fileio import output_lock
+    from robench.results import check_out, table_paths, write_csv_stream, write_table_or_rescue
 
     spec = build_spec(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir,
                       n, batch_size, device, seeds, backend, threads, config)
     to_stdout = out == "-"
     checks_out = None if out is None or to_stdout else checks_stem(out)
+    lock = contextlib.nullcontext()
     if out is not None and not to_stdout:
-        check_out(out, force=force)
+        check_out(out, force=force, inputs=[config] if config else ())
         if run_checks:
             check_out(checks_out, force=force, what="the checks table")
+        # two evals writing one table: the second is refused now instead of both writing at the end
+        lock = output_lock(table_paths(out)[0].with_suffix(""),
+                           busy=f"another robench is writing the table {out}; wait for it or choose another --out")
     echo = _Stdout(err=to_stdout)  # with --out - stdout carries the CSV only
     if run_checks and checks_asked():
         checks_preflight(spec)
-    try:
-        df = evaluate_spec(spec, log=echo)
-    except KeyboardInterrupt:
-        click.echo("interrupted: robench eval holds its cells in memory, so nothing was written; for a run that "
-                   "keeps every finished cell and resumes, put these options in a TOML config and run "
-                   "`robench sweep CONFIG`", err=True)
-        raise click.exceptions.Exit(130) from None
-    if to_stdout:
+    with lock:
         try:
-            write_csv_stream(df, sys.stdout)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            _silence(sys.stdout)
-    elif out is not None:
-        paths = write_table(df, out)
-        echo("wrote " + ", ".join(str(p) for p in paths))
-    if run_checks:
-        report_checks(df, spec.validate(check_device=False), checks_out, echo)
+            df = evaluate_spec(spec, log=echo)
+        except KeyboardInterrupt:
+            click.echo("interrupted: robench eval holds its cells in memory, so nothing was written; for a run that "
+                       "keeps every finished cell and resumes, put these options in a TOML config and run "
+                       "`robench sweep CONFIG`", err=True)
+            raise click.exceptions.Exit(130) from None
+        if to_stdout:
+            try:
+                write_csv_stream(df, sys.stdout)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _silence(sys.stdout)
+        elif out is not None:
+            paths = write_table_or_rescue(df, out)  # a full disk now must not lose every cell that ran
+            echo("wrote " + ", ".join(str(p) for p in paths))
+        if run_checks:
+            report_checks(df, spec.validate(check_device=False), checks_out, echo)
     echo(summary(df).to_string(index=False))
     if out is None:
         echo("the table was not saved: add --out results/NAME to write results/NAME.parquet and .csv "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import Int, Number, data_options, split_list as _split
+from robench.cli.options import Int, Number, SafeEcho, data_options, split_list as _split
 from robench.results import check_out
 
 
@@ -29,6 +29,7 @@ from robench.results import check_out
 def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d, points2d, data_dir, dataset, n, seed,
                   batch_size, device, out, force) -> None:
     """Loss/accuracy of clip(x + t·d) along grad-sign, PGD and random directions, mean and 95% interval."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.analysis.landscape import DIRECTIONS, flatness, landscape
     from robench.analysis.plots import model_label
     from robench.results import write_table
@@ -36,11 +37,11 @@ def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d,
     check_out(out, force=force)
     df = landscape(models=_split(models), directions=_split(directions) or DIRECTIONS, radius=radius,
                    points=points, n_random=n_random, pgd_eps=pgd_eps, grid2d=grid2d, points2d=points2d,
-                   dataset=dataset, data_dir=data_dir, n=n, seed=seed, batch_size=batch_size, device=device, log=click.echo,
+                   dataset=dataset, data_dir=data_dir, n=n, seed=seed, batch_size=batch_size, device=device, log=echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     flat = flatness(df)
-    click.echo("loss increase at t = 8/255 (mean, 95% interval):")
+    echo("loss increase at t = 8/255 (mean, 95% interval):")
     for r in flat.itertuples():
-        click.echo(f"  {model_label(r.model, r.lam, r.scheme)} {r.direction}[{r.index}]: {r.loss_increase:.4f} "
-                   f"[{r.ci_low:.4f}, {r.ci_high:.4f}]")
-    click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))
+        echo(f"  {model_label(r.model, r.lam, r.scheme)} {r.direction}[{r.index}]: {r.loss_increase:.4f} "
+             f"[{r.ci_low:.4f}, {r.ci_high:.4f}]")
+    echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))

@@ -30,9 +30,16 @@ def leaderboard_cmd(tables, out, markdown, checks, force, rank_by) -> None:
     from robench.errors import BadInput
     from robench.leaderboard import leaderboard, read_tables, to_markdown, write_csv, write_text
 
-    for path in (out, markdown):
-        if path is not None and Path(path).exists() and not force:
-            raise BadInput(f"{path} exists; pass --force to replace it")
+    from robench.fileio import check_writable
+    from robench.results import check_not_inputs
+
+    written = [p for p in (out, markdown) if p]
+    for path, what in ((out, "-o"), (markdown, "--markdown")):
+        if path is not None:
+            check_writable(path, what=what)
+            if Path(path).exists() and not force:
+                raise BadInput(f"{path} exists; pass --force to replace it")
+    check_not_inputs(written, [*tables, *checks], what="leaderboard output")
     check_table = pd.concat([read_checks(c) for c in checks], ignore_index=True) if checks else None
     from robench import threat_model
 
@@ -44,6 +51,5 @@ def leaderboard_cmd(tables, out, markdown, checks, force, rank_by) -> None:
     if markdown:
         write_text(md, markdown)
     click.echo(md, nl=False)
-    written = [p for p in (out, markdown) if p]
     if written:
         click.echo("wrote " + " and ".join(written))

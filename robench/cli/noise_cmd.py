@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import Int, split_list as _split
+from robench.cli.options import Int, SafeEcho, split_list as _split
 from robench.results import check_out
 
 
@@ -15,6 +15,9 @@ from robench.results import check_out
 @click.option("--corruption-dir", default=None,
               help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy); default: the copy "
                    "`robench data fetch cifar10c` made.")
+@click.option("--data-dir", default=None,
+              help="Folder holding the clean cifar-10-batches-py/ whose test labels CIFAR-10-C's must equal "
+                   "(default: the copy `robench data fetch cifar10` made).")
 @click.option("--corruption", "corruptions", multiple=True,
               help="CIFAR-10-C file names without .npy (default: the reference's impulse, speckle, gaussian, shot noise).")
 @click.option("--protocol", type=click.Choice(["both", "standard", "reference"]), default="both", show_default=True,
@@ -24,8 +27,9 @@ from robench.results import check_out
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default=None, help="Write OUT.parquet and OUT.csv.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
-def noise_cmd(models, corruption_dir, corruptions, protocol, n, batch_size, device, out, force) -> None:
+def noise_cmd(models, corruption_dir, data_dir, corruptions, protocol, n, batch_size, device, out, force) -> None:
     """Noise robustness on real CIFAR-10-C: per-severity (standard) and pooled, file-normalised (reference)."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.analysis.noise_protocol import REFERENCE_NOISE, noise_protocol
     from robench.results import write_table
 
@@ -33,11 +37,11 @@ def noise_cmd(models, corruption_dir, corruptions, protocol, n, batch_size, devi
         check_out(out, force=force)
     df = noise_protocol(models=_split(models), corruption_dir=corruption_dir,
                         corruptions=_split(corruptions) or REFERENCE_NOISE, n=n,
-                        batch_size=batch_size, device=device, log=click.echo)
+                        batch_size=batch_size, device=device, data_dir=data_dir, log=echo)
     if protocol != "both":
         df = df[df["protocol"] == protocol].reset_index(drop=True)
     view = df.assign(severity=df["severity"].astype("string").fillna("pooled"))
-    click.echo(view[["model", "lam", "corruption", "protocol", "severity", "accuracy", "ci_low", "ci_high"]]
-               .to_string(index=False))
+    echo(view[["model", "lam", "corruption", "protocol", "severity", "accuracy", "ci_low", "ci_high"]]
+         .to_string(index=False))
     if out is not None:
-        click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))
+        echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))

@@ -2,11 +2,14 @@
 re-exports them for the commands, and splits repeatable options that also take comma lists."""
 from __future__ import annotations
 
+import os
+import sys
+
 from robench.errors import BadInput
 from robench.spec import parse_eps, parse_int, parse_lam, parse_number, parse_param, parse_severity
 
-__all__ = ["Int", "Number", "parse_eps", "parse_int", "parse_lam", "parse_number", "parse_param", "parse_severity",
-           "split_list"]
+__all__ = ["Int", "Number", "SafeEcho", "parse_eps", "parse_int", "parse_lam", "parse_number", "parse_param",
+           "parse_severity", "silence", "split_list"]
 
 
 import click  # noqa: E402
@@ -43,6 +46,38 @@ class Number(click.ParamType):
             return parse_number(value, _what(param))
         except BadInput as e:
             self.fail(str(e), param, ctx)
+
+
+def silence(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so the interpreter's final flush cannot
+    complain about a closed pipe either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+class SafeEcho:
+    """stdout (or stderr) that survives a closed pipe (``robench sweep ... | head -1``): after the
+    first BrokenPipeError further output is dropped quietly and the command goes on with its work
+    and writes its files. ``SafeEcho()(line)`` or ``echo(line, err=True)`` for the other stream."""
+
+    def __init__(self, err: bool = False) -> None:
+        self.err = err
+        self.closed = {False: False, True: False}
+
+    def __call__(self, line: str = "", *, err: bool | None = None, nl: bool = True) -> None:
+        import click
+
+        to_err = self.err if err is None else err
+        if self.closed[to_err]:
+            return
+        stream = sys.stderr if to_err else sys.stdout
+        try:
+            click.echo(line, err=to_err, nl=nl)
+            stream.flush()
+        except BrokenPipeError:
+            self.closed[to_err] = True
+            silence(stream)
 
 
 def split_list(values: tuple[str, ...]) -> list[str]:

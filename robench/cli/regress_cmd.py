@@ -26,7 +26,8 @@ def regress_cmd(baseline, results, alpha, changed_only, allow_missing, refresh, 
 
     from robench.errors import BadInput
     from robench.leaderboard import read_tables
-    from robench.regress import format_report, regress, update_baseline
+    from robench.baseline import update_baseline
+    from robench.regress import format_report, regress
     from robench.results import read_table, write_table
 
     if refresh and update:
@@ -41,6 +42,10 @@ def regress_cmd(baseline, results, alpha, changed_only, allow_missing, refresh, 
         raise BadInput("--config applies to --update")
     if not results:
         raise BadInput("give at least one RESULTS table to compare with the baseline")
+    if refresh:
+        from robench.results import check_out
+
+        check_out(baseline, force=True, what="--baseline", inputs=results)
     new = read_tables(results)
     if refresh:
         paths = write_table(new, Path(baseline).with_suffix("") if Path(baseline).suffix in (".parquet", ".csv")

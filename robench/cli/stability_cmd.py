@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from robench.cli import cli
-from robench.cli.options import Int, Number, data_options, split_list as _split
+from robench.cli.options import Int, Number, SafeEcho, data_options, split_list as _split
 from robench.results import check_out
 
 
@@ -21,13 +21,14 @@ from robench.results import check_out
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
 def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, device, out, force) -> None:
     """Per model and λ: coefficients per block, gains ‖Δx_{n+1}‖/‖Δx_n‖, Lyapunov estimate, Jacobian and gradient norms."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.analysis.stability import stability
     from robench.results import write_table
 
     check_out(out, force=force)
     df = stability(models=_split(models), eps=eps, iters=iters, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
-                   batch_size=batch_size, device=device, log=click.echo,
+                   batch_size=batch_size, device=device, log=echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     summary = df[df["quantity"].isin(["lyapunov", "lyapunov_damped", "jacobian_norm", "grad_norm_l2"])]
-    click.echo(summary[["model", "lam", "quantity", "direction", "mean", "ci_low", "ci_high"]].to_string(index=False))
-    click.echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))
+    echo(summary[["model", "lam", "quantity", "direction", "mean", "ci_low", "ci_high"]].to_string(index=False))
+    echo("wrote " + ", ".join(str(p) for p in write_table(df, out)))

@@ -6,7 +6,7 @@ import signal
 import click
 
 from robench.cli import cli
-from robench.cli.options import Int
+from robench.cli.options import Int, SafeEcho
 
 
 def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -46,6 +46,7 @@ def sweep_cmd(config, out, data_dir, dry_run, executor, address, threads, gpus, 
 
     A line per finished cell with a counter over the whole plan (it goes on after a resume) and an
     ETA; Ctrl-C keeps every finished cell and says how to resume."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the work
     from robench.errors import BadInput
     from robench.sweep import EXECUTORS, estimate, finished, load_config, plan_sweep, run_sweep, sweep_checks
 
@@ -75,17 +76,17 @@ def sweep_cmd(config, out, data_dir, dry_run, executor, address, threads, gpus, 
     plan = plan_sweep(spec, out=out, executor=executor, force=force)
     if ray_options is not None:
         ray_options.validate(plan.config.device)
-    click.echo(plan.describe())
+    echo(plan.describe())
     if dry_run:
         for cell in plan.pending[:20]:
-            click.echo(f"  {cell.label()}")
+            echo(f"  {cell.label()}")
         if len(plan.pending) > 20:
-            click.echo(f"  … and {len(plan.pending) - 20} more")
+            echo(f"  … and {len(plan.pending) - 20} more")
         if plan.pending:
             from robench.progress import duration
 
             seconds, how = estimate(plan)
-            click.echo(f"estimate: about {duration(seconds)} for {len(plan.pending)} cells on this machine "
+            echo(f"estimate: about {duration(seconds)} for {len(plan.pending)} cells on this machine "
                        f"(rough, ±50 %: {how})")
         return
     if run_checks:
@@ -95,21 +96,21 @@ def sweep_cmd(config, out, data_dir, dry_run, executor, address, threads, gpus, 
             checks_preflight(plan.config)
     old = signal.signal(signal.SIGTERM, _terminate)  # kill (TERM) keeps the cells and says so, like Ctrl-C
     try:
-        df = run_sweep(plan, executor=executor, log=click.echo, ray_options=ray_options)
+        df = run_sweep(plan, executor=executor, log=echo, ray_options=ray_options)
     except KeyboardInterrupt:
         resume = ["robench", "sweep", config, "--out", str(plan.out)]
         if data_dir is not None:
             resume += ["--data-dir", data_dir]
         if executor != "local":
             resume += ["--executor", executor] + (["--address", address] if address else [])
-        click.echo(f"interrupted: {finished(plan)} of {len(plan.cells)} cells are kept in {plan.out} (each is saved "
+        echo(f"interrupted: {finished(plan)} of {len(plan.cells)} cells are kept in {plan.out} (each is saved "
                    f"as it finishes); resume with: {shlex.join(resume)}", err=True)
         raise click.exceptions.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, old)
-    click.echo(f"wrote {plan.out / 'results.parquet'} and .csv ({len(df)} rows)")
+    echo(f"wrote {plan.out / 'results.parquet'} and .csv ({len(df)} rows)")
     if run_checks:
         from robench.cli.eval_cmd import report_checks
 
-        checks = sweep_checks(df, plan, executor=executor, ray_options=ray_options, log=click.echo)
-        report_checks(df, plan.config, str(plan.out / "checks"), click.echo, checks=checks)
+        checks = sweep_checks(df, plan, executor=executor, ray_options=ray_options, log=echo)
+        report_checks(df, plan.config, str(plan.out / "checks"), echo, checks=checks)

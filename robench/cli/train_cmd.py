@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from robench.cli import cli
-from robench.cli.options import Int, split_list
+from robench.cli.options import Int, SafeEcho, split_list
 
 
 def coefficient_text(model, lam: float | None) -> str:
@@ -62,6 +62,7 @@ def train_cmd(ctx, models, lam, seeds, tag, plan, data_dir, dataset, recipe, epo
 
     Several --model / --lam / --seed values train a pack: every combination, in one process, each member
     ending exactly as if trained alone."""
+    echo = SafeEcho()  # a closed stdout (| head) must not stop the training
     import model_zoo
     from model_zoo.checkpoint import user_zoo
     from robench.data import load_cifar
@@ -111,15 +112,15 @@ def train_cmd(ctx, models, lam, seeds, tag, plan, data_dir, dataset, recipe, epo
     if single:
         m = members[0]
         coeffs = coefficient_text(model_zoo.create_model(m.model, lam=m.lam), m.lam)
-        click.echo(f"training {m.model} ({coeffs}{'' if m.seed == 0 else f', seed {m.seed}'}) {common}")
+        echo(f"training {m.model} ({coeffs}{'' if m.seed == 0 else f', seed {m.seed}'}) {common}")
     else:
-        click.echo(f"training a pack of {len(members)}: {', '.join(m.id for m in members)} {common}")
+        echo(f"training a pack of {len(members)}: {', '.join(m.id for m in members)} {common}")
     result = train_pack(members, train_set, test_set, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
                         device=dev, amp=amp, compile=compile_, cuda_graphs=cuda_graphs, run_dir=run_dir, resume=resume,
                         out=out, data_label_text=data_label,
                         progress=os.environ.get("ROBENCH_PROGRESS", "1") != "0", force=force,
-                        log=lambda m: click.echo(m, err=False))
+                        log=echo)
     if result["diverged"]:
-        click.echo(f"error: {len(result['diverged'])} of {len(members)} member(s) diverged and were not saved: "
+        echo(f"error: {len(result['diverged'])} of {len(members)} member(s) diverged and were not saved: "
                    f"{', '.join(result['diverged'])}", err=True)
         sys.exit(1)

@@ -23,8 +23,10 @@ def zoo_list(pattern: str) -> None:
         click.echo(f"no registered model matches {pattern!r}")
     else:
         click.echo(format_rows(rows))
+    from robench.safetext import terminal_text
+
     for p in problems:  # one bad card must not hide the rest of the zoo
-        click.echo(f"note: skipped {p.path}: {' '.join(p.problem.split())}", err=True)
+        click.echo(terminal_text(f"note: skipped {p.path}: {' '.join(p.problem.split())}"), err=True)
 
 
 @zoo.command("import")

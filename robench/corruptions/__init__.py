@@ -42,6 +42,7 @@ Both are still readable from the real data set with ``load_cifar10c``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -178,18 +179,52 @@ def _layout(root: Path) -> str:
 
 
 def _load_npy(path: Path, root: Path) -> np.ndarray:
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise BadInput(f"CIFAR-10-C file {path} not found; " + _layout(root))
+    from robench.fileio import check_regular
+
+    check_regular(path, what="CIFAR-10-C file")  # a FIFO or a device is refused, never opened for reading
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError) as e:
         raise BadInput(f"{path} is not a readable .npy array ({type(e).__name__}: {e}); " + _layout(root)) from None
 
 
-def load_cifar10c(corruption_dir: str | os.PathLike | None, name: str, severity: int, n: int | None = None) -> Dataset:
+def _match_labels(lab: np.ndarray, labels, root: Path, severity: int) -> None:
+    clean = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(-1)
+    if len(clean) < len(lab):
+        raise BadInput(f"the clean test split has {len(clean)} labels, fewer than the {len(lab)} CIFAR-10-C images read")
+    wrong = np.flatnonzero(lab != clean[:len(lab)])
+    if wrong.size:
+        i = int(wrong[0])
+        raise BadInput(f"{root / 'labels.npy'} does not match the clean CIFAR-10 test labels: severity {severity} "
+                       f"image {i} is labelled {int(lab[i])}, the test split says {int(clean[i])} ({wrong.size} of "
+                       f"{len(lab)} differ); the labels file is reordered or not CIFAR-10-C's")
+
+
+def check_cifar10c_labels(corruption_dir: str | os.PathLike, labels, severities, n: int) -> None:
+    """The first ``n`` labels of every severity in CIFAR-10-C's ``labels.npy`` equal the clean test
+    ``labels`` (read once, without the image files)."""
+    root = Path(corruption_dir)
+    if not os.path.lexists(root / "labels.npy") and (root / "CIFAR-10-C").is_dir():
+        root = root / "CIFAR-10-C"
+    file = _load_npy(root / "labels.npy", root)
+    per = file.shape[0] // 5 if file.ndim == 1 else 0
+    for s in severities:
+        s = _check_severity(s)
+        _match_labels(np.array(file[(s - 1) * per:(s - 1) * per + min(n, per)], dtype=np.int64), labels, root, s)
+
+
+def load_cifar10c(corruption_dir: str | os.PathLike | None, name: str, severity: int, n: int | None = None, *,
+                  labels: "torch.Tensor | np.ndarray | None" = None) -> Dataset:
     """The first ``n`` images (all for None) of corruption ``name`` at ``severity`` from the published
     CIFAR-10-C files in ``corruption_dir`` (the CIFAR-10-C folder, or a folder holding it); None
     means the copy ``robench data fetch cifar10c`` made (``robench.data.default_corruption_dir()``).
+
+    ``labels``: the clean CIFAR-10 test labels (in file order). CIFAR-10-C's ``labels.npy`` repeats them
+    once per severity; the rows read must equal them, so a reordered or edited ``labels.npy`` is refused
+    instead of scoring the wrong classes. The data set's ``sha256`` covers the image file and
+    ``labels.npy`` together.
 
     Every one of the 19 released corruptions can be read, including those ``corrupt`` cannot make.
     """
@@ -210,12 +245,12 @@ def load_cifar10c(corruption_dir: str | os.PathLike | None, name: str, severity:
         root = root / "CIFAR-10-C"
     path = root / f"{name}.npy"
     images = _load_npy(path, root)
-    labels = _load_npy(root / "labels.npy", root)
+    labels_file = _load_npy(root / "labels.npy", root)
     total = images.shape[0] if images.ndim else 0
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or total == 0 or total % 5:
         raise BadInput(f"{path} holds a {images.dtype} array of shape {images.shape}; " + _layout(root))
-    if labels.shape != (total,) or not np.issubdtype(labels.dtype, np.integer):
-        raise BadInput(f"{root / 'labels.npy'} holds a {labels.dtype} array of shape {labels.shape}, "
+    if labels_file.shape != (total,) or not np.issubdtype(labels_file.dtype, np.integer):
+        raise BadInput(f"{root / 'labels.npy'} holds a {labels_file.dtype} array of shape {labels_file.shape}, "
                        f"not {total} integer labels; " + _layout(root))
     per = total // 5
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
@@ -225,9 +260,12 @@ def load_cifar10c(corruption_dir: str | os.PathLike | None, name: str, severity:
     count = per if n is None else int(n)
     start = (severity - 1) * per
     rows = slice(start, start + count)
-    lab = np.array(labels[rows], dtype=np.int64)  # a writable copy: the labels file is memory-mapped read-only
+    lab = np.array(labels_file[rows], dtype=np.int64)  # a writable copy: the labels file is memory-mapped read-only
     if lab.size and (lab.min() < 0 or lab.max() > 9):
         raise BadInput(f"{root / 'labels.npy'} holds labels outside 0–9; " + _layout(root))
+    if labels is not None:
+        _match_labels(lab, labels, root, severity)
     img = torch.from_numpy(np.ascontiguousarray(images[rows].transpose(0, 3, 1, 2)))
+    digest = hashlib.sha256(f"{sha256_file(path)}:{sha256_file(root / 'labels.npy')}".encode()).hexdigest()
     return Dataset(name="cifar10c", split=f"{name}-{severity}", images=img, labels=torch.from_numpy(lab),
-                   source=str(root), sha256=sha256_file(path))
+                   source=str(root), sha256=digest)
