@@ -403,7 +403,7 @@ def _check_finite(state: dict, weights: Path) -> None:
 
 
 def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> ZooEntry:
-    """Verify and load a checkpoint; returns the model (eval mode) with its card and origin.
+    """Verify and load a checkpoint; returns the model (eval mode, on ``map_location``) with its card and origin.
 
     Raises :class:`BadInput` when no trained weights exist or any check of the module docstring fails.
     """
@@ -450,6 +450,7 @@ def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map
         if built != card.normalisation:
             raise BadInput(f"{card_path}: normalisation {card.normalisation} differs from the model's {built}")
     model.load_state_dict(state)
+    model.to(map_location)  # load_state_dict copies into the CPU-built module: move the module itself
     return ZooEntry(model=model.eval(), card=card, origin=loc.origin, path=weights_link,
                     card_sha256=sha256_file(card_path))
 

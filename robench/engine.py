@@ -61,22 +61,24 @@ def evaluate_spec(spec: EvalSpec, *, modules: Mapping[str, torch.nn.Module] | No
         check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"])
     cache = ModelCache(spec.device, modules)
     described = prepare_models(cache, cells, data)
-    context = provenance(cache.device)
+    context = provenance(cache.device, tf32=spec.tf32)
     if log is not None:
         log("checkpoints: " + "; ".join(described))
-        log(f"evaluating {len(cells)} cells on {data_label(data)}, n={len(data)}, device {context['device']}, "
+        log(f"evaluating {len(cells)} cells on {data_label(data)}, n={len(data)}, device {context['device']} "
+            f"({context['precision']}, {context['memory_format']}, batch {spec.batch_size}), "
             f"{spec.threads} thread{'s' if spec.threads != 1 else ''}")
     store = MemoryStore()
     run_local(units(cells), cache, Inputs(data, cache.device, spec.corruption_dir), store,
-              batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log)
+              batch_size=spec.batch_size, context=context, threads=spec.threads, tf32=spec.tf32, progress=progress,
+              log=log)
     return table(store.records(), planned=planned_attacks(cells), models=spec.models)
 
 
 def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] = (None,), attacks: Sequence[str] = (),
              eps: Sequence[float | str] | None = None, corruptions: Sequence[str] = (),
              severities: Sequence[int] | None = None, seeds: Sequence[int] = (0,), dataset: str | None = None,
-             data_dir: str | os.PathLike | None = None, n: int | None = None, batch_size: int = 256,
-             device: str = "cpu", backend: str | None = None, corruption_dir: str | os.PathLike | None = None,
+             data_dir: str | os.PathLike | None = None, n: int | None = None, batch_size: int | None = None,
+             device: str = "cpu", tf32: bool = False, backend: str | None = None, corruption_dir: str | os.PathLike | None = None,
              attack_params: Mapping[str, Mapping[str, Any]] | None = None, threads: int | None = None,
              model: torch.nn.Module | None = None, name: str | None = None, progress: bool = True,
              log: Callable[[str], None] | None = None) -> pd.DataFrame:
@@ -86,7 +88,9 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
     (model, λ, seed, ε) when attacks ran.
 
     Without ``dataset``/``data_dir`` this uses the 20 bundled ``samples`` images (n=20). ε defaults
-    to 8/255 for attacks and severities to 1..5 for corruptions. See :class:`robench.spec.EvalSpec`."""
+    to 8/255 for attacks and severities to 1..5 for corruptions, ``batch_size`` to the device's (256 on
+    CPU, 1000 on CUDA); on CUDA the run is deterministic, with TF32 only when ``tf32``. See
+    :class:`robench.spec.EvalSpec`."""
     modules = {}
     if model is not None or name is not None:
         if model is None or not isinstance(name, str) or not name:
@@ -97,7 +101,7 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
         models = (*models, name)
     spec = EvalSpec(models=models, lams=lams, attacks=attacks, eps=eps, attack_params=attack_params or {},
                     corruptions=corruptions, severities=severities, seeds=seeds, dataset=dataset, data_dir=data_dir,
-                    corruption_dir=corruption_dir, n=n, batch_size=batch_size, device=device, backend=backend,
+                    corruption_dir=corruption_dir, n=n, batch_size=batch_size, device=device, tf32=tf32, backend=backend,
                     threads=threads, modules=tuple(modules))
     return evaluate_spec(spec, modules=modules, progress=progress, log=log)
 

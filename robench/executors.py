@@ -2,7 +2,9 @@
 records, and the executors (local; Ray) that feed a store (models come from :mod:`robench.models`).
 
 A cell is evaluated in batches with the model in eval mode and its inputs moved to the device once.
-Every record keeps its per-example "still correct" flags (``flags``, packed hex). Determinism: clean
+The batch loops never wait for the device: flags (and the finite-logits and ε-ball checks) are
+gathered on the device and read once per cell. Every record keeps its per-example "still correct"
+flags (``flags``, packed hex) and the batch size it ran with (attack seeds are drawn per batch). Determinism: clean
 rows are a pure forward pass; a corruption is applied once to the whole first-n set with the cell's
 seed (so it does not depend on the batch size); an attack is built per batch with a seed derived
 from (cell seed, batch index). Same seed → same table on one machine, apart from ``seconds`` and
@@ -20,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from robench.devices import sync
+from robench.devices import determinism, sync
 from robench.errors import BadInput
 from robench.models import LoadedModel, ModelCache, memory_format, to_format
 from robench.plan import Cell, Unit
@@ -75,13 +77,21 @@ class Inputs:
         return value
 
 
-def check_corruption_dir(corruption_dir: str | os.PathLike, cells: list[Cell]) -> None:
-    """Fail before any cell runs when CIFAR-10-C is missing or too small for n."""
-    from robench.corruptions import load_cifar10c
+def check_corruption_dir(corruption_dir: str | os.PathLike, cells: list[Cell]) -> dict[str, str]:
+    """Fail before any cell runs when CIFAR-10-C is missing or too small for n; → the identity of the
+    copy the cells read: file name → sha256 of each corruption file and of ``labels.npy``."""
+    from pathlib import Path
 
+    from robench.corruptions import load_cifar10c
+    from robench.fileio import sha256_file
+
+    files: dict[str, str] = {}
     for name in dict.fromkeys(c.perturbation for c in cells):
         # every severity is a fifth of the same file, so one read per corruption checks them all
-        load_cifar10c(corruption_dir, name, 1, n=cells[0].n)
+        ds = load_cifar10c(corruption_dir, name, 1, n=cells[0].n)
+        files[f"{name}.npy"] = ds.sha256
+        files.setdefault("labels.npy", sha256_file(Path(ds.source) / "labels.npy"))
+    return files
 
 
 # -- running --------------------------------------------------------------------------------
@@ -103,15 +113,22 @@ class NonFiniteLogits(BadInput):
 @torch.inference_mode()
 def _correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, what: str,
              on_batch: Callable[[int], None]) -> np.ndarray:
+    """Per-example correctness of the model on (x, y) in batches; the flags and a per-batch "all logits
+    finite" flag stay on the device and are read once at the end."""
     out = torch.empty(len(y), dtype=torch.bool, device=y.device)
-    for i in range(0, len(y), batch_size):
+    starts = range(0, len(y), batch_size)
+    finite = torch.ones(len(starts), dtype=torch.bool, device=y.device)
+    for b, i in enumerate(starts):
         logits = model(x[i:i + batch_size])
-        if not torch.isfinite(logits).all():
-            raise NonFiniteLogits(f"{what}: the model returned non-finite logits (NaN or Inf) on images "
-                                  f"{i}..{i + len(logits) - 1}; the cell is stopped (check the weights)")
+        finite[b] = torch.isfinite(logits).all()
         out[i:i + batch_size] = logits.argmax(1) == y[i:i + batch_size]
         on_batch(min(batch_size, len(y) - i))
-    return out.cpu().numpy()
+    host = torch.cat([out, finite]).cpu().numpy()  # the one host read of the cell
+    if not host[len(y):].all():
+        i = starts[int(np.flatnonzero(~host[len(y):])[0])]
+        raise NonFiniteLogits(f"{what}: the model returned non-finite logits (NaN or Inf) on images "
+                              f"{i}..{min(i + batch_size, len(y)) - 1}; the cell is stopped (check the weights)")
+    return host[:len(y)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,34 +153,40 @@ def run_attack_group(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
     attack searches once per batch and is projected into and scored at every ε (Foolbox's way); its
     ``seconds`` are the shared search split evenly over the ε values."""
     from robench.attacks import make_attack
+    from robench.attacks.base import check_bound
 
     eps = [float(e) for e in eps]
     device = x.device
     probe = make_attack(attack, eps=max(eps), backend=backend, seed=0, **dict(params))
+    num_classes = probe.prepare(model, x, y)  # checks the whole set once (one host read)
     rounds = [eps] if probe.kind.minimal else [[e] for e in eps]  # ε values searched together
     results = []
     for group in rounds:
         sync(device)
         t0 = time.perf_counter()
-        parts: list[list[np.ndarray]] = [[] for _ in group]
+        flags = [torch.empty(len(y), dtype=torch.bool, device=device) for _ in group]
+        excess = torch.full((), -1.0, dtype=torch.float64, device=device)
         for b, i in enumerate(range(0, len(y), batch_size)):
             atk = make_attack(attack, eps=max(group), backend=backend, seed=batch_seed(seed, b), **dict(params))
-            outs = atk.run_eps(model, x[i:i + batch_size], y[i:i + batch_size], group)
+            outs, worst = atk.run_batch(model, x[i:i + batch_size], y[i:i + batch_size], group,
+                                        num_classes=num_classes)
+            excess = torch.maximum(excess, worst)
             for k, out in enumerate(outs):
-                parts[k].append(torch.as_tensor(out.robust).reshape(-1).bool().cpu().numpy())
-            on_batch(len(parts[0][-1]) * len(group))
+                flags[k][i:i + batch_size] = out.robust.reshape(-1)
+            on_batch(min(batch_size, len(y) - i) * len(group))
+        check_bound(excess, probe)  # read once per ε group
+        host = [f.cpu().numpy() for f in flags]
         sync(device)
         seconds = (time.perf_counter() - t0) / len(group)
-        for e, p in zip(group, parts):
-            flags = np.concatenate(p) if p else np.zeros(0, dtype=bool)
-            results.append(AttackResult(eps=e, flags=flags, norm=probe.norm, steps=probe.steps,
+        for e, f in zip(group, host):
+            results.append(AttackResult(eps=e, flags=f, norm=probe.norm, steps=probe.steps,
                                         backend=probe.backend, seconds=seconds))
     order = {e: i for i, e in enumerate(eps)}
     return sorted(results, key=lambda r: order[r.eps])
 
 
 def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: float, context: dict, data_sha: str,
-            norm: str | None = None, steps: int | None = None, backend: str | None = None) -> dict:
+            batch_size: int, norm: str | None = None, steps: int | None = None, backend: str | None = None) -> dict:
     if flags.shape != (cell.n,):
         raise RuntimeError(f"{cell.label()}: got {flags.shape[0]} flags for n={cell.n}")
     correct = int(flags.sum())
@@ -174,7 +197,7 @@ def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: floa
         "severity": cell.severity, "steps": None if steps is None else int(steps), "seed": cell.seed,
         "correct": correct, "accuracy": correct / cell.n, "ci_low": lo, "ci_high": hi, "seconds": seconds,
         **context, "data_sha256": data_sha, "weights_sha256": loaded.weights_sha256, "origin": loaded.origin,
-        "card_sha256": loaded.card_sha256, "flags": pack_flags(flags),
+        "card_sha256": loaded.card_sha256, "flags": pack_flags(flags), "batch_size": int(batch_size),
     }
 
 
@@ -194,7 +217,7 @@ def run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: int
                                        backend=first.backend, params=dict(first.params), seed=first.seed,
                                        batch_size=batch_size, on_batch=bar.update)
             return [(c, _record(c, loaded, r.flags, seconds=r.seconds, context=context, data_sha=inputs.data.sha256,
-                                norm=r.norm, steps=r.steps, backend=r.backend))
+                                batch_size=batch_size, norm=r.norm, steps=r.steps, backend=r.backend))
                     for c, r in zip(unit.cells, results)]
         sync(dev)
         t0 = time.perf_counter()
@@ -206,7 +229,7 @@ def run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: int
         flags = _correct(loaded.module, x, y, batch_size, first.label(), bar.update)
         sync(dev)
         return [(first, _record(first, loaded, flags, seconds=time.perf_counter() - t0, context=context,
-                                data_sha=data_sha))]
+                                data_sha=data_sha, batch_size=batch_size))]
     finally:
         bar.close()
 
@@ -230,14 +253,15 @@ def _done_line(i: int, total: int, cell: Cell, record: dict) -> str:
 
 
 def run_local(units: list[Unit], cache: ModelCache, inputs: Inputs, store, *, batch_size: int, context: dict,
-              threads: int | None = None, progress: bool = False, log: Log | None = None) -> None:
-    """Run units in this process, in order, putting each finished cell into ``store``."""
+              threads: int | None = None, tf32: bool = False, progress: bool = False, log: Log | None = None) -> None:
+    """Run units in this process, in order, putting each finished cell into ``store``; deterministically
+    on CUDA (:func:`robench.devices.determinism`, TF32 only with ``tf32``)."""
     from tqdm import tqdm
 
     total = sum(len(u.cells) for u in units)
     done = 0
-    with torch_threads(threads), tqdm(total=total, unit="cell", file=sys.stderr,
-                                      disable=not progress_enabled(progress)) as bar:
+    with torch_threads(threads), determinism(inputs.device, tf32=tf32), \
+            tqdm(total=total, unit="cell", file=sys.stderr, disable=not progress_enabled(progress)) as bar:
         for unit in units:
             bar.set_description(unit.label())
             first = unit.cells[0]
@@ -255,17 +279,18 @@ _WORKER: dict = {}  # per Ray worker process: the ModelCache and Inputs of the c
 
 
 def _ray_unit(unit: Unit, data, batch_size: int, device: str, corruption_dir: str | None,
-              threads: int | None) -> list[tuple[Cell, dict]]:
-    """Body of one Ray task: evaluate one unit in a worker, reusing the worker's cached models."""
+              threads: int | None, tf32: bool = False) -> list[tuple[Cell, dict]]:
+    """Body of one Ray task: evaluate one unit in a worker, reusing the worker's cached models; the
+    provenance columns (host, device, precision, versions) are the worker's own."""
     from robench.provenance import provenance
 
-    key = (data.sha256, len(data), device, corruption_dir)
+    key = (data.sha256, len(data), device, corruption_dir, tf32)
     if _WORKER.get("key") != key:
         cache = ModelCache(device)
         _WORKER.update(key=key, cache=cache, inputs=Inputs(data, cache.device, corruption_dir),
-                       context=provenance(cache.device))
+                       context=provenance(cache.device, tf32=tf32))
     first = unit.cells[0]
-    with torch_threads(threads):
+    with torch_threads(threads), determinism(_WORKER["cache"].device, tf32=tf32):
         return run_unit(unit, _WORKER["cache"].get(first.model, first.lam), _WORKER["inputs"], batch_size=batch_size,
                         context=_WORKER["context"])
 
@@ -288,7 +313,7 @@ def ray_connect(address: str | None):
 
 
 def run_ray(units: list[Unit], data, store, ray, *, device: str, batch_size: int, corruption_dir: str | None,
-            threads: int | None = None, log: Log | None = None) -> None:
+            threads: int | None = None, tf32: bool = False, log: Log | None = None) -> None:
     """Run units as Ray tasks (one CPU, or one GPU each), putting each finished cell into ``store``."""
     cuda = device.startswith("cuda")
     env = {k: os.environ[k] for k in ("ROBENCH_HOME", "ROBENCH_PROGRESS", "ROBENCH_THREADS") if k in os.environ}
@@ -297,7 +322,7 @@ def run_ray(units: list[Unit], data, store, ray, *, device: str, batch_size: int
     # each GPU task sees its one device as cuda:0
     dev = "cuda" if cuda else device
     data_ref = ray.put(data)
-    futures = {task.remote(u, data_ref, batch_size, dev, corruption_dir, threads): u for u in units}
+    futures = {task.remote(u, data_ref, batch_size, dev, corruption_dir, threads, tf32): u for u in units}
     total = sum(len(u.cells) for u in units)
     done = 0
     try:

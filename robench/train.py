@@ -83,14 +83,14 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
                       amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> float:
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=y.device)  # counted on the device, read once
     for i in range(0, len(y), batch_size):
         xb = x[i:i + batch_size].float().div(255.0)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(xb.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum().item()
-    return correct / len(y)
+            correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum()
+    return int(correct) / len(y)
 
 
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
@@ -168,6 +168,7 @@ def train(
     lr: float | None = None,
     device: str = "cpu",
     amp: bool = False,
+    tf32: bool = False,
     compile: bool = False,
     seed: int = 0,
     run_dir: str | os.PathLike,
@@ -182,9 +183,15 @@ def train(
     """Train ``model_name`` and return the run summary (history, final accuracy, card path when ``out``).
 
     ``run_dir`` holds the epoch checkpoint and ``metrics.csv``; ``out`` is the zoo directory the
-    final weights and card go to. ``stop_after_epoch`` ends the run early (for tests of resume). An
+    final weights and card go to. On CUDA the run is deterministic (:func:`robench.devices.determinism`;
+    TF32 only with ``tf32``) and the loss and accuracy are summed on the device, read once per epoch. ``stop_after_epoch`` ends the run early (for tests of resume). An
     existing run folder (unless ``resume``) or zoo entry is replaced only with ``force``.
     """
+    from robench.devices import determinism, precision_name, resolve_device
+
+    dev = resolve_device(device)  # one line before anything else
+    if tf32 and dev.type != "cuda":
+        raise BadInput(f"--tf32 applies to CUDA devices, not {device}; drop it or use --device cuda")
     if recipe not in RECIPES:
         raise BadInput(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
     rec = RECIPES[recipe]
@@ -194,14 +201,11 @@ def train(
     batch_size = batch_size or rec.batch_size
     if epochs < 1 or batch_size < 1:
         raise BadInput("epochs and batch size must be positive")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput("device cuda was asked for but torch sees no CUDA device; valid choices here: cpu")
-    dev = torch.device(device)
     run_dir = Path(run_dir)
     for note in check_outputs(model_name, lam, run_dir, out, resume=resume, force=force):
         log(note)
     config = dict(model=model_name, lam=lam, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=rec.lr,
-                  seed=seed, amp=bool(amp), num_classes=train_set.num_classes, n_train=len(train_set), data_sha256=test_set.sha256)
+                  seed=seed, amp=bool(amp), **({"tf32": True} if tf32 else {}), num_classes=train_set.num_classes, n_train=len(train_set), data_sha256=test_set.sha256)
     if resume and (run_dir / "state.json").exists():
         prev = json.loads((run_dir / "state.json").read_text())["config"]
         if prev != config:
@@ -240,7 +244,10 @@ def train(
         model.train()
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=g).to(dev)
-        loss_sum, correct, seen = 0.0, 0, 0
+        # summed on the device and read once an epoch: a read per step would stall a GPU every step
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        seen = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for s in bar:
             step = epoch * steps_per_epoch + s
@@ -256,11 +263,10 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            loss_sum += loss.item() * len(yb)
-            correct += (logits.argmax(1) == yb).sum().item()
+            loss_sum += loss.detach().double() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            if s % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        loss_sum, correct = float(loss_sum), int(correct)
         test_acc = evaluate_accuracy(model, xte, yte, amp_dtype=amp_dtype, channels_last=True)
         secs = time.perf_counter() - t0
         wall += secs
@@ -289,6 +295,7 @@ def train(
             training=dict(recipe=dataclasses.asdict(rec) | dict(epochs=epochs, batch_size=batch_size), seed=seed,
                           device=f"{dev.type}:{where}",
                           amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+                          precision=precision_name(dev, tf32),
                           wall_seconds=round(wall, 1), torch=torch.__version__),
             metrics=dict(test_acc=final_acc, n_test=len(test_set)),
         )

@@ -182,9 +182,31 @@ class Attack:
         [0,1], robust flags scored on it. A fixed-ε attack runs once per ε, each run seeded exactly
         as ``run`` with that ε (same seed → same x_adv); a minimal-norm attack searches once and
         projects/scores the one result at every ε."""
-        if isinstance(eps_list, (str, bytes)) or not isinstance(eps_list, Sequence) or not eps_list:
-            raise BadInput(f"eps_list must be a non-empty list of ε in pixel units, got {eps_list!r}")
+        _check_eps_list(eps_list)
         return self._outputs(model, x, y, eps_list, score=True)
+
+    @final
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Check ``(model, x, y)`` as every call does (one host read) and return the model's number of
+        classes: run once on a whole set before :meth:`run_batch` on its batches."""
+        x, y = _check_inputs(model, x, y)
+        with frozen_eval(model), torch.no_grad():
+            return _num_classes(model, x, y)
+
+    @final
+    def run_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
+                  num_classes: int, score: bool = True) -> tuple[list[AttackOutput], torch.Tensor]:
+        """:meth:`run_eps` for a loop over batches of a set checked once by :meth:`prepare` (robench's
+        executor), with no host synchronisation of its own: the batch is not checked again, and the
+        ε-ball / [0,1] bound comes back as a 0-d tensor on x's device, the largest excess over it
+        (≤ 0 within the bound), for the caller to read once after its loop (:func:`check_bound`).
+        The outputs are those of :meth:`run_eps` with the same seed (``score=False``: ``robust`` empty,
+        as for ``__call__``)."""
+        _check_eps_list(eps_list)
+        y = torch.as_tensor(y).to(device=x.device, dtype=torch.long)
+        finished = self._run(model, x.detach(), y, [_check_eps(e, self.norm) for e in eps_list], num_classes,
+                             score=score)
+        return [out for out, _ in finished], torch.stack([excess for _, excess in finished]).amax()
 
     # -- the shared wrapper ------------------------------------------------------------------
     def _outputs(self, model, x, y, eps_list, *, score: bool) -> list[AttackOutput]:
@@ -193,6 +215,12 @@ class Attack:
         with frozen_eval(model):
             with torch.no_grad():
                 num_classes = _num_classes(model, x, y)
+        finished = self._run(model, x, y, eps_values, num_classes, score=score)
+        check_bound(torch.stack([excess for _, excess in finished]).amax(), self)
+        return [out for out, _ in finished]
+
+    def _run(self, model, x, y, eps_values, num_classes, *, score: bool) -> list[tuple[AttackOutput, torch.Tensor]]:
+        with frozen_eval(model):
             raws = self._raw(model, x, y, eps_values, num_classes)
             return [self._finish(model, x, y, raw, eps, score) for raw, eps in zip(raws, eps_values)]
 
@@ -209,20 +237,36 @@ class Attack:
         return torch.where(torch.isfinite(raw), raw, x)
 
     def _finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, raw: torch.Tensor | None,
-                eps: float, score: bool) -> AttackOutput:
-        """Project into the ε-ball around x and [0,1], check the bound, score (unless not asked:
-        ``__call__`` returns x_adv only and saves the scoring forward)."""
+                eps: float, score: bool) -> tuple[AttackOutput, torch.Tensor]:
+        """Project into the ε-ball around x and [0,1], measure how far the result is outside that bound
+        (a 0-d float64 tensor on x's device, ≤ 0 inside; read by the caller), and score (unless not
+        asked: ``__call__`` returns x_adv only and saves the scoring forward)."""
         x_adv = x.clone() if raw is None or eps == 0.0 else project(x, raw, eps, self.norm)
         norms = perturbation_norm(x_adv - x, self.norm)
-        worst = norms.max().item() if x.shape[0] else 0.0
-        if worst > eps + NORM_TOL or (x.shape[0] and (x_adv.min().item() < 0.0 or x_adv.max().item() > 1.0)):
-            raise RuntimeError(f"{self.name}/{self.backend} left its {self.norm} ε-ball "
-                               f"(‖δ‖={worst:.3g} > ε={eps:g}) or [0,1]; this is a robench bug")
+        if x.shape[0]:
+            lo, hi = torch.aminmax(x_adv.detach())
+            excess = torch.stack([norms.max() - (eps + NORM_TOL), -lo.double(), hi.double() - 1.0]).amax()
+        else:
+            excess = torch.full((), -1.0, dtype=torch.float64, device=x.device)
         robust = torch.zeros(0, dtype=torch.bool, device=x.device)
         if score and x.shape[0]:
             with torch.no_grad():
                 robust = _predict(model, x_adv) == y
-        return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float())
+        return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float()), excess
+
+
+def check_bound(excess: torch.Tensor, attack: "Attack") -> None:
+    """Raise when an attack's output left its ε-ball or [0,1]: ``excess`` is the largest excess over the
+    bound of its outputs (from :meth:`Attack.run_batch`; one host read)."""
+    worst = float(excess)
+    if worst > 0.0:
+        raise RuntimeError(f"{attack.name}/{attack.backend} left its {attack.norm} ε-ball or [0,1] by {worst:.3g} "
+                           "(pixels); this is a robench bug")
+
+
+def _check_eps_list(eps_list: Any) -> None:
+    if isinstance(eps_list, (str, bytes)) or not isinstance(eps_list, Sequence) or not eps_list:
+        raise BadInput(f"eps_list must be a non-empty list of ε in pixel units, got {eps_list!r}")
 
 
 @final
@@ -307,6 +351,8 @@ def make_attack(name: str, *, eps: float, backend: str | None = None, seed: int 
         params[k] = spec.params[k].check(name, k, v)
     if backend == "art":
         from robench.attacks import art_backend as mod
+    elif backend == "pyautoattack":
+        from robench.attacks import pyautoattack_backend as mod
     else:
         from robench.attacks import foolbox_backend as mod
     cls = MinimalNormAttack if spec.kind.minimal else FixedEpsAttack

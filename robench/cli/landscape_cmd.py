@@ -5,6 +5,7 @@ import click
 
 from robench.cli import cli
 from robench.cli.options import data_options, parse_number, split_list as _split
+from robench.devices import resolve_device
 from robench.results import check_out
 from robench.spec import parse_int
 
@@ -31,12 +32,13 @@ def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d,
     from robench.analysis.plots import model_label
     from robench.results import write_table
 
+    resolve_device(device)  # one line before anything is read
     check_out(out, force=force)
     df = landscape(models=_split(models), directions=_split(directions) or DIRECTIONS, radius=parse_number(radius, "--radius"),
                    points=parse_int(points, "--points", 1), n_random=parse_int(n_random, "--random-directions", 1),
                    pgd_eps=parse_number(pgd_eps, "--pgd-eps"), grid2d=grid2d, points2d=parse_int(points2d, "--points2d", 1),
                    dataset=dataset, data_dir=data_dir, n=None if n is None else parse_int(n, "--n", 1), seed=parse_int(seed, "--seed", 0),
-                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
+                   batch_size=None if batch_size is None else parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     flat = flatness(df)
     click.echo("loss increase at t = 8/255 (mean, 95% interval):")

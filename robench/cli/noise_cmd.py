@@ -18,8 +18,8 @@ from robench.spec import parse_int
 @click.option("--protocol", type=click.Choice(["both", "standard", "reference"]), default="both", show_default=True,
               help="reference: per-file mean/std normalisation, severities pooled; standard: robench's per-severity.")
 @click.option("--n", "n", default=None, metavar="N", help="The first N images of each severity (default: all).")
-@click.option("--batch-size", default="500", show_default=True, metavar="N")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=None, metavar="N", help="Images per batch (default: 500 on CPU, 2500 on CUDA).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:i.")
 @click.option("--out", default=None, help="Write OUT.parquet and OUT.csv.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
 def noise_cmd(models, corruption_dir, corruptions, protocol, n, batch_size, device, out, force) -> None:
@@ -27,11 +27,14 @@ def noise_cmd(models, corruption_dir, corruptions, protocol, n, batch_size, devi
     from robench.analysis.noise_protocol import REFERENCE_NOISE, noise_protocol
     from robench.results import write_table
 
+    from robench.devices import resolve_device
+
+    resolve_device(device)  # one line before anything is read
     if out is not None:
         check_out(out, force=force)
     df = noise_protocol(models=_split(models), corruption_dir=corruption_dir,
                         corruptions=_split(corruptions) or REFERENCE_NOISE, n=None if n is None else parse_int(n, "--n", 1),
-                        batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo)
+                        batch_size=None if batch_size is None else parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo)
     if protocol != "both":
         df = df[df["protocol"] == protocol].reset_index(drop=True)
     view = df.assign(severity=df["severity"].astype("string").fillna("pooled"))

@@ -5,6 +5,7 @@ import click
 
 from robench.cli import cli
 from robench.cli.options import data_options, parse_number, split_list as _split
+from robench.devices import resolve_device
 from robench.results import check_out
 from robench.spec import parse_int
 
@@ -23,10 +24,11 @@ def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, de
     from robench.analysis.stability import stability
     from robench.results import write_table
 
+    resolve_device(device)  # one line before anything is read
     check_out(out, force=force)
     df = stability(models=_split(models), eps=parse_number(eps, "--eps"), iters=parse_int(iters, "--iters", 1), dataset=dataset,
                    data_dir=data_dir, n=None if n is None else parse_int(n, "--n", 1), seed=parse_int(seed, "--seed", 0),
-                   batch_size=parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
+                   batch_size=None if batch_size is None else parse_int(batch_size, "--batch-size", 1), device=device, log=click.echo,
                    on_model=lambda part: write_table(part, out))  # a kill loses at most the model in flight
     summary = df[df["quantity"].isin(["lyapunov", "lyapunov_damped", "jacobian_norm", "grad_norm_l2"])]
     click.echo(summary[["model", "lam", "quantity", "direction", "mean", "ci_low", "ci_high"]].to_string(index=False))
