@@ -30,9 +30,11 @@ The first backend listed is the default (ART, except where Foolbox's implementat
 faster: cw_l2, deepfool, hsj). Budget times were measured on a shared 2-core CPU (briefly trained
 ResNet-20) and are indicative only.
 
-``autoattack`` is the standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5000; see
-``art_backend._StandardAutoAttack``); ``autoattack_lite`` is the cheaper composition robench called
-``autoattack`` before (APGD-CE + APGD-DLR + Square 1000).
+``autoattack`` is the standard AutoAttack run by the authors' own code (``pyautoattack``, the
+fra31/auto-attack package, ``version="standard"``: APGD-CE, APGD-T, FAB-T, Square 5000; see
+``pyautoattack_backend``) on the model's device; ``autoattack_art`` is the same composition built from
+ART's components (``art_backend._StandardAutoAttack``), kept to cross-check it; ``autoattack_lite`` is
+the cheaper composition robench called ``autoattack`` before (APGD-CE + APGD-DLR + Square 1000).
 
 Seed-paper protocol: ``fgsm`` (one step of ε), ``ifgsm`` (20 × 1/255), ``pgd`` (20 × 1/255, random
 start). Unlike the seed code, which centres the PGD projection on the random start, the ε-ball is
