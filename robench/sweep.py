@@ -67,7 +67,8 @@ class SweepPlan:
         done = sum(1 for c in self.cells if c.cell_id() in self.store.done)
         return (f"plan: {len(self.cells)} cells ({pairs} model/λ pair{'s' if pairs != 1 else ''}, {seeds} seed"
                 f"{'s' if seeds != 1 else ''}, {self.data.name} n={len(self.data)}), {done} already done, "
-                f"{len(self.cells) - done} to run; out {self.out}")
+                f"{len(self.cells) - done} to run; out {self.out}; batch {self.config.batch_size} on "
+                f"{self.store.fingerprint['device']}{' with TF32' if self.config.tf32 else ''}")
 
 
 def _weights(pairs: list[tuple[str, float | None]], num_classes: int) -> dict[str, str]:
