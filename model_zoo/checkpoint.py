@@ -488,7 +488,7 @@ def _check_finite(state: dict, weights: Path | None, *, name: str | None = None)
 
 
 def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map_location: str = "cpu") -> ZooEntry:
-    """Verify and load a checkpoint; returns the model (eval mode) with its card and origin.
+    """Verify and load a checkpoint; returns the model (eval mode, on ``map_location``) with its card and origin.
 
     ``name_or_path``: a registered model name, tagged or not (``resnet20``, ``resnet20.s1``; with
     ``lam`` for a fixed-λ entry), or the path of a checkpoint. Raises :class:`BadInput` when no
@@ -535,6 +535,7 @@ def load_entry(name_or_path: str | os.PathLike, *, lam: float | None = None, map
         if built != card.normalisation:
             raise BadInput(f"{card_path}: normalisation {card.normalisation} differs from the model's {built}")
     model.load_state_dict(state)
+    model.to(map_location)  # load_state_dict copies into the CPU-built module: move the module itself
     return ZooEntry(model=model.eval(), card=card, origin=loc.origin, path=weights_link,
                     card_sha256=sha256_file(card_path))
 

@@ -16,7 +16,8 @@ from robench.results import canonical_json, pack_flags, to_frame, unpack_flags, 
 KIND_ORDER = {"clean": 0, "attack": 1, "worst_case": 2, "corruption": 3}
 SHARED = ("model", "scheme", "lam", "dataset", "n", "eps", "seed", "device", "robench_version", "torch_version",
           "art_version", "foolbox_version", "git_sha", "timestamp", "data_sha256", "weights_sha256", "origin",
-          "card_sha256")
+          "card_sha256", "host", "device_name", "precision", "memory_format", "batch_size", "cuda_version",
+          "cudnn_version", "pyautoattack_version")
 
 
 def norm_value(v: Any) -> Any:

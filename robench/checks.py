@@ -174,19 +174,20 @@ def _predict_batches(model, x, batch_size: int):
 
 
 def gradient_fraction(model, x, y, *, batch_size: int = 250) -> float:
-    """Fraction of examples whose input gradient of the cross-entropy loss is all zero or non-finite."""
+    """Fraction of examples whose input gradient of the cross-entropy loss is all zero or non-finite
+    (counted on the device, read once)."""
     import torch
     import torch.nn.functional as F
 
-    bad = 0
+    bad = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].clone().requires_grad_(True)
         with torch.enable_grad():
             loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
             (g,) = torch.autograd.grad(loss, xb)
         g = g.flatten(1)
-        bad += int(((g == 0).all(dim=1) | ~torch.isfinite(g).all(dim=1)).sum())
-    return bad / max(1, x.shape[0])
+        bad += ((g == 0).all(dim=1) | ~torch.isfinite(g).all(dim=1)).sum()
+    return int(bad) / max(1, x.shape[0])
 
 
 def forward_difference(model, x, *, batch_size: int = 250) -> tuple[float, int]:
@@ -202,9 +203,10 @@ def _accuracy(model, x, y, batch_size: int) -> tuple[int, int]:
 
 
 class _Models:
-    """name/λ → module: the caller's ``models`` mapping first (key (name, λ) or name), then the zoo."""
+    """name/λ → module on the run's device: the caller's ``models`` mapping first (key (name, λ) or name),
+    then the zoo (loaded onto the device, in its memory format, parameters frozen)."""
 
-    def __init__(self, models: Mapping | None, device: str) -> None:
+    def __init__(self, models: Mapping | None, device) -> None:
         self._given = dict(models or {})
         self._cache: dict[tuple, Any] = {}
         self._device = device
@@ -230,9 +232,12 @@ class _Models:
         if key not in self._cache:
             import model_zoo
 
+            from robench.devices import memory_format
+
             info = model_zoo.model_info(name)
-            entry = model_zoo.load_entry(name, lam=lam if info.takes_lam else None, map_location=self._device)
-            self._cache[key] = (entry.model.eval(), entry.card.weights_sha256)
+            entry = model_zoo.load_entry(name, lam=lam if info.takes_lam else None, map_location=str(self._device))
+            model = entry.model.to(self._device, memory_format=memory_format(self._device)).eval()
+            self._cache[key] = (model.requires_grad_(False), entry.card.weights_sha256)
         return self._cache[key]
 
 
@@ -294,7 +299,7 @@ def _identity_problem(g: pd.DataFrame, key: tuple, zoo: "_Models", sha: str | No
 def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, device: str = "cpu",
                data_dir: str | None = None, transfer_source: str | None = "resnet20", sanity_n: int = 100,
                sanity_eps: float = SANITY_EPS, sanity_max_accuracy: float = 0.01, grad_tolerance: float = 0.0,
-               batch_size: int = 250, progress: Callable[[str], None] | None = None,
+               batch_size: int | None = None, progress: Callable[[str], None] | None = None,
                require: bool = False, data: Mapping[tuple[str, int], Any] | None = None) -> pd.DataFrame:
     """Every check of this module for every (model, λ, dataset, n, seed) of ``table``; see the module doc.
 
@@ -303,15 +308,19 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
     sha256) pair for zoo weights loaded elsewhere; anything else is loaded from the zoo.
     ``data_dir``: the folder of the CIFAR data sets the table names (``samples`` needs none).
     ``transfer_source``: model name (zoo or ``models``) whose PGD examples are transferred; None skips.
+    ``device``: where the models and data go (the run's device; checked first, BadInput when this machine
+    lacks it); ``batch_size`` None: the device's default. The model checks run deterministically there
+    (:func:`robench.devices.determinism`).
     ``progress``: called with one line per check and model (what ran, its status and seconds).
     ``require``: a model or data set that cannot be loaded is :class:`BadInput` (checked before any
     check runs) instead of ``not_run`` rows. ``data``: (dataset, n) → that data set's first n images
     (a :class:`robench.data.Dataset`) already in memory, e.g. shipped to a Ray worker; other data sets
     are read with ``load_dataset``. Returns a table with :data:`CHECKS_SCHEMA`'s columns.
     """
-    from robench.attacks import make_attack
-    from robench.data import load_dataset
+    from robench.devices import default_batch_size, determinism, resolve_device
 
+    device = resolve_device(device)
+    batch_size = default_batch_size(device, "analysis") if batch_size is None else int(batch_size)
     if not 0 < sanity_eps <= 1:
         raise BadInput(f"sanity_eps must be in (0, 1] in pixel units, got {sanity_eps!r}")
     if isinstance(sanity_n, bool) or not isinstance(sanity_n, int) or sanity_n < 1:
@@ -322,8 +331,20 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
     zoo = _Models(models, device)
     data_cache: dict[tuple, Any] = {}
     transfer_cache: dict[tuple, Any] = {}
-    groups = _groups(table)
+    with determinism(device):
+        rows += _model_checks(table, zoo, data, data_dir, device, batch_size, data_cache, transfer_cache,
+                              transfer_source, sanity_n, sanity_eps, sanity_max_accuracy, grad_tolerance, progress)
+    return order_checks(to_checks_frame(rows))
 
+
+def _model_checks(table, zoo, data, data_dir, device, batch_size, data_cache, transfer_cache, transfer_source,
+                  sanity_n, sanity_eps, sanity_max_accuracy, grad_tolerance, progress) -> list[dict]:
+    from robench.attacks import make_attack
+    from robench.data import load_dataset
+    from robench.devices import to_format
+
+    rows: list[dict] = []
+    groups = _groups(table)
     for i, (key, g) in enumerate(groups.items(), start=1):
         model_name, lam, dataset, n, seed = key
         label = f"[{i}/{len(groups)}] {_model_label(model_name, lam)} {dataset} n={n} seed={seed}"
@@ -334,7 +355,8 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
                 ds = (data or {}).get((dataset, n))
                 if ds is None:
                     ds = load_dataset(dataset, data_dir if dataset != "samples" else None, n=n)
-                data_cache[(dataset, n)] = (*ds.as_float(device), ds.sha256)
+                x, y = ds.as_float(device)
+                data_cache[(dataset, n)] = (to_format(x), y, ds.sha256)
             x, y, data_sha = data_cache[(dataset, n)]
         except BadInput as e:
             why = f"cannot load the model or data: {e}"
@@ -382,8 +404,7 @@ def run_checks(table: pd.DataFrame, *, models: Mapping[Any, Any] | None = None, 
 
         rows.append(say(_transfer_row(key, g, model, x, y, zoo, transfer_source, transfer_cache, batch_size,
                                       device)))
-
-    return order_checks(to_checks_frame(rows))
+    return rows
 
 
 def order_checks(checks: pd.DataFrame) -> pd.DataFrame:
@@ -417,7 +438,8 @@ def _transfer_row(key, g, model, x, y, zoo: _Models, source, cache: dict, batch_
     if source is None:
         return _row(key, "transfer_stronger", "skip", detail="no transfer source")
     cells = {k: v for k, v in _attack_cells(g).items() if k[0] not in BLACK_BOX}
-    linf = [e for (a, e) in cells if a in ("fgsm", "ifgsm", "pgd", "pgd10", "apgd_ce", "autoattack")]
+    linf = [e for (a, e) in cells if a in ("fgsm", "ifgsm", "pgd", "pgd10", "apgd_ce", "autoattack", "autoattack_art",
+                                           "autoattack_lite")]
     if not linf:
         return _row(key, "transfer_stronger", "skip", detail="the table has no L∞ white-box attack cell to compare with")
     eps = max(linf)
@@ -432,8 +454,7 @@ def _transfer_row(key, g, model, x, y, zoo: _Models, source, cache: dict, batch_
             src = zoo.get(source, None)
         except BadInput as e:
             return _row(key, "transfer_stronger", "not_run", detail=f"cannot load the transfer source {source}: {e}")
-        with torch.enable_grad():
-            cache[ck] = make_attack("pgd", eps=eps, seed=seed, step_size=None)(src, x, y)
+        cache[ck] = _transfer_examples(src, x, y, eps=eps, seed=seed, batch_size=batch_size)
     correct, total = _accuracy(model, cache[ck], y, batch_size)
     acc = correct / total
     lo, hi = wilson(correct, total)
@@ -444,6 +465,29 @@ def _transfer_row(key, g, model, x, y, zoo: _Models, source, cache: dict, batch_
                        f"{100 * white[best][0]:.1f}%") if flagged else "",
                 detail=f"PGD examples crafted on {source} at ε={format_eps(eps)} vs the strongest white-box "
                        f"attack on the model ({best}, {100 * white[best][0]:.1f}%), Wilson 95 % intervals")
+
+
+def _transfer_examples(src, x, y, *, eps: float, seed: int, batch_size: int):
+    """PGD-20 (step 2.5·ε/20, random start) examples crafted on ``src``, in batches seeded like eval's
+    (``batch_seed(seed, b)``), on x's device; the whole set is checked once and the ε-ball bound read once."""
+    import torch
+
+    from robench.attacks import make_attack
+    from robench.attacks.base import check_bound, no_excess
+    from robench.executors import batch_seed
+
+    probe = make_attack("pgd", eps=eps, seed=seed, step_size=None)
+    num_classes = probe.prepare(src, x, y)
+    out = torch.empty_like(x)
+    excess = no_excess(x.device)
+    for b, i in enumerate(range(0, x.shape[0], batch_size)):
+        atk = make_attack("pgd", eps=eps, seed=batch_seed(seed, b), step_size=None)
+        (res,), worst = atk.run_batch(src, x[i:i + batch_size], y[i:i + batch_size], [eps], num_classes=num_classes,
+                                      score=False)
+        out[i:i + batch_size] = res.x_adv
+        excess = torch.maximum(excess, worst)
+    check_bound(excess, probe)
+    return out
 
 
 def flag_words(checks: pd.DataFrame) -> dict[tuple, list[str]]:

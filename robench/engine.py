@@ -62,24 +62,25 @@ def evaluate_spec(spec: EvalSpec, *, modules: Mapping[str, torch.nn.Module] | No
     cache = ModelCache(spec.device, modules)
     with borrowed(list((modules or {}).values())):  # the caller's modules come back exactly as they were
         described = prepare_models(cache, cells, data, spec.batch_size)
-        context = provenance(cache.device)
+        context = provenance(cache.device, tf32=spec.tf32)
         if log is not None:
             log("checkpoints: " + "; ".join(described))
             log(f"evaluating {len(cells)} cells on {data_label(data)} from {data.source}, n={len(data)}, "
-                f"device {context['device']}, {spec.threads} thread{'s' if spec.threads != 1 else ''}")
+                f"device {context['device']} ({context['precision']}, {context['memory_format']}, batch "
+                f"{spec.batch_size}), {spec.threads} thread{'s' if spec.threads != 1 else ''}")
         store = MemoryStore()
         lines = CellProgress(len(cells), 0, cells, log) if log is not None and not progress_enabled(progress) else None
         run_local(units(cells), cache, Inputs(data, cache.device, spec.corruption_dir), store,
-                  batch_size=spec.batch_size, context=context, threads=spec.threads, progress=progress, log=log,
-                  on_unit=lines and lines.on_unit, on_cell=lines and lines.on_cell)
+                  batch_size=spec.batch_size, context=context, threads=spec.threads, tf32=spec.tf32,
+                  progress=progress, log=log, on_unit=lines and lines.on_unit, on_cell=lines and lines.on_cell)
     return table(store.records(), planned=planned_attacks(cells), models=spec.model_columns())
 
 
 def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] = (None,), attacks: Sequence[str] = (),
              eps: Sequence[float | str] | None = None, corruptions: Sequence[str] = (),
              severities: Sequence[int] | None = None, seeds: Sequence[int] = (0,), dataset: str | None = None,
-             data_dir: str | os.PathLike | None = None, n: int | None = None, batch_size: int = 256,
-             device: str = "cpu", backend: str | None = None, corruption_dir: str | os.PathLike | None = None,
+             data_dir: str | os.PathLike | None = None, n: int | None = None, batch_size: int | None = None,
+             device: str = "cpu", tf32: bool = False, backend: str | None = None, corruption_dir: str | os.PathLike | None = None,
              attack_params: Mapping[str, Mapping[str, Any]] | None = None, threads: int | None = None,
              model: torch.nn.Module | None = None, name: str | None = None, progress: bool = True,
              log: Callable[[str], None] | None = None) -> pd.DataFrame:
@@ -89,16 +90,18 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
     (model, λ, seed, ε) when attacks ran.
 
     Without ``dataset``/``data_dir`` this uses the 20 bundled ``samples`` images (n=20). ε defaults
-    to 8/255 for attacks and severities to 1..5 for corruptions. See :class:`robench.spec.EvalSpec`.
-    The caller's ``model`` is handed back exactly as it came (mode, ``requires_grad``, device, layout).
+    to 8/255 for attacks and severities to 1..5 for corruptions, ``batch_size`` to the device's (256 on
+    CPU, 1000 on CUDA); on CUDA the run is deterministic, with TF32 only when ``tf32``. See
+    :class:`robench.spec.EvalSpec`. The caller's ``model`` is handed back exactly as it came (mode,
+    ``requires_grad``, device, layout).
 
     Returns a DataFrame with these columns (:data:`robench.results.SCHEMA`), one row per cell:
 
     - what the cell is: ``model``, ``scheme``, ``lam`` (the fixed λ; 0 for ResNet; NaN where λ is
       learned or does not apply), ``dataset``, ``n`` (the first n test images), ``kind`` (clean,
       attack, corruption, worst_case), ``perturbation`` (none, the attack or the corruption),
-      ``backend`` (art, foolbox), ``norm`` (linf, l2), ``eps`` (pixel units), ``severity`` (1–5),
-      ``steps``, ``seed``, ``params`` (every attack hyper-parameter, defaults included, as JSON);
+      ``backend`` (art, foolbox, pyautoattack), ``norm`` (linf, l2), ``eps`` (pixel units), ``severity``
+      (1–5), ``steps``, ``seed``, ``params`` (every attack hyper-parameter, defaults included, as JSON);
     - the result: ``correct``, ``accuracy`` (= correct / n), ``ci_low``, ``ci_high`` (Wilson 95 %),
       ``flags`` (per-example "still correct", packed hex; :func:`robench.results.unpack_flags`),
       ``attacks`` and ``complete`` (worst_case rows: the attacks it is the AND of, and whether every
@@ -106,7 +109,10 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
     - provenance: ``seconds``, ``device``, ``robench_version``, ``torch_version``, ``art_version``,
       ``foolbox_version``, ``git_sha``, ``timestamp``, ``data_sha256``, ``data_label`` ("CIFAR-10"
       for the official test split, "CIFAR-10, other copy (sha256 …)" otherwise), ``weights_sha256``,
-      ``origin`` (shipped, user, file, module), ``card_sha256``."""
+      ``origin`` (shipped, user, file, module), ``card_sha256``;
+    - what ran it (whatever can change a number): ``host``, ``device_name`` (GPU, or CPU model and
+      instruction set), ``precision`` (fp32, tf32), ``memory_format``, ``batch_size``,
+      ``cuda_version``, ``cudnn_version``, ``pyautoattack_version``."""
     modules = {}
     if model is not None or name is not None:
         if model is None or not isinstance(name, str) or not name:
@@ -117,7 +123,7 @@ def evaluate(*, models: Sequence[str] = (), lams: Sequence[float | str | None] =
         models = (*models, name)
     spec = EvalSpec(models=models, lams=lams, attacks=attacks, eps=eps, attack_params=attack_params or {},
                     corruptions=corruptions, severities=severities, seeds=seeds, dataset=dataset, data_dir=data_dir,
-                    corruption_dir=corruption_dir, n=n, batch_size=batch_size, device=device, backend=backend,
+                    corruption_dir=corruption_dir, n=n, batch_size=batch_size, device=device, tf32=tf32, backend=backend,
                     threads=threads, modules=tuple(modules))
     return evaluate_spec(spec, modules=modules, progress=progress, log=log)
 

@@ -3,7 +3,9 @@ records, and the local executor that feeds a store (models come from :mod:`roben
 executor, :mod:`robench.ray_executor`, runs the same pieces as tasks on a cluster).
 
 A cell is evaluated in batches with the model in eval mode and its inputs moved to the device once.
-Every record keeps its per-example "still correct" flags (``flags``, packed hex). Determinism: clean
+The batch loops never wait for the device: flags (and the finite-logits and ε-ball checks) are
+gathered on the device and read once per cell. Every record keeps its per-example "still correct"
+flags (``flags``, packed hex) and the batch size it ran with (attack seeds are drawn per batch). Determinism: clean
 rows are a pure forward pass; a corruption is applied once to the whole first-n set with the cell's
 seed (so it does not depend on the batch size); an attack is built per batch with a seed derived
 from (cell seed, batch index). Same seed → same table on one machine, apart from ``seconds`` and
@@ -21,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from robench.devices import sync
+from robench.devices import determinism, sync
 from robench.errors import BadInput, NonFiniteLogits
 from robench.models import LoadedModel, ModelCache, memory_format, to_format
 from robench.plan import Cell, Unit
@@ -77,16 +79,24 @@ class Inputs:
         return value
 
 
-def check_corruption_dir(corruption_dir: str | os.PathLike, cells: list[Cell], labels=None) -> None:
+def check_corruption_dir(corruption_dir: str | os.PathLike, cells: list[Cell], labels=None) -> dict[str, str]:
     """Fail before any cell runs when CIFAR-10-C is missing, too small for n, or (given the clean test
-    ``labels``) labelled otherwise than the clean test split at any planned severity."""
-    from robench.corruptions import check_cifar10c_labels, load_cifar10c
+    ``labels``) labelled otherwise than the clean test split at any planned severity; → the identity of
+    the copy the cells read: file name → sha256 of each corruption file and of ``labels.npy``."""
+    from pathlib import Path
 
+    from robench.corruptions import check_cifar10c_labels, load_cifar10c
+    from robench.fileio import sha256_file
+
+    files: dict[str, str] = {}
     for name in dict.fromkeys(c.perturbation for c in cells):
         # every severity is a fifth of the same file, so one read per corruption checks them all
-        load_cifar10c(corruption_dir, name, 1, n=cells[0].n, labels=labels)
+        ds = load_cifar10c(corruption_dir, name, 1, n=cells[0].n, labels=labels)
+        files[f"{name}.npy"] = ds.sha256
+        files.setdefault("labels.npy", sha256_file(Path(ds.source) / "labels.npy"))
     if labels is not None and cells:
         check_cifar10c_labels(corruption_dir, labels, sorted({c.severity for c in cells}), cells[0].n)
+    return files
 
 
 # -- running --------------------------------------------------------------------------------
@@ -104,18 +114,26 @@ def batch_seed(seed: int, batch_index: int) -> int:
 @torch.inference_mode()
 def _correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, what: str,
              on_batch: Callable[[int], None], num_classes: int = 0) -> np.ndarray:
+    """Per-example correctness of the model on (x, y) in batches; the flags and a per-batch "all logits
+    finite" flag stay on the device and are read once at the end (the logits' shape, host metadata, is
+    checked on every batch)."""
     from robench.attacks.base import _check_logits
 
     out = torch.empty(len(y), dtype=torch.bool, device=y.device)
-    for i in range(0, len(y), batch_size):
+    starts = range(0, len(y), batch_size)
+    finite = torch.ones(len(starts), dtype=torch.bool, device=y.device)
+    for b, i in enumerate(starts):
         logits = model(x[i:i + batch_size])
         _check_logits(logits, len(y[i:i + batch_size]), num_classes, what)  # every batch, not only the first
-        if not torch.isfinite(logits).all():
-            raise NonFiniteLogits(f"{what}: the model returned non-finite logits (NaN or Inf) on images "
-                                  f"{i}..{i + len(logits) - 1}; the cell is stopped (check the weights)")
+        finite[b] = torch.isfinite(logits).all()
         out[i:i + batch_size] = logits.argmax(1) == y[i:i + batch_size]
         on_batch(min(batch_size, len(y) - i))
-    return out.cpu().numpy()
+    host = torch.cat([out, finite]).cpu().numpy()  # the one host read of the cell
+    if not host[len(y):].all():
+        i = starts[int(np.flatnonzero(~host[len(y):])[0])]
+        raise NonFiniteLogits(f"{what}: the model returned non-finite logits (NaN or Inf) on images "
+                              f"{i}..{min(i + batch_size, len(y)) - 1}; the cell is stopped (check the weights)")
+    return host[:len(y)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,34 +162,40 @@ def run_attack_group(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
     attack searches once per batch and is projected into and scored at every ε (Foolbox's way); its
     ``seconds`` are the shared search split evenly over the ε values."""
     from robench.attacks import make_attack
+    from robench.attacks.base import check_bound, no_excess
 
     eps = [float(e) for e in eps]
     device = x.device
     probe = make_attack(attack, eps=max(eps), backend=backend, seed=0, **dict(params))
+    num_classes = probe.prepare(model, x, y)  # checks the whole set once (one host read)
     rounds = [eps] if probe.kind.minimal else [[e] for e in eps]  # ε values searched together
     results = []
     for group in rounds:
         sync(device)
         t0 = time.perf_counter()
-        parts: list[list[np.ndarray]] = [[] for _ in group]
+        flags = [torch.empty(len(y), dtype=torch.bool, device=device) for _ in group]
+        excess = no_excess(device)
         for b, i in enumerate(range(0, len(y), batch_size), start=first_batch):
             atk = make_attack(attack, eps=max(group), backend=backend, seed=batch_seed(seed, b), **dict(params))
-            outs = atk.run_eps(model, x[i:i + batch_size], y[i:i + batch_size], group)
+            outs, worst = atk.run_batch(model, x[i:i + batch_size], y[i:i + batch_size], group,
+                                        num_classes=num_classes)
+            excess = torch.maximum(excess, worst)
             for k, out in enumerate(outs):
-                parts[k].append(torch.as_tensor(out.robust).reshape(-1).bool().cpu().numpy())
-            on_batch(len(parts[0][-1]) * len(group))
+                flags[k][i:i + batch_size] = out.robust.reshape(-1)
+            on_batch(min(batch_size, len(y) - i) * len(group))
+        check_bound(excess, probe)  # read once per ε group
+        host = [f.cpu().numpy() for f in flags]
         sync(device)
         seconds = (time.perf_counter() - t0) / len(group)
-        for e, p in zip(group, parts):
-            flags = np.concatenate(p) if p else np.zeros(0, dtype=bool)
-            results.append(AttackResult(eps=e, flags=flags, norm=probe.norm, steps=probe.steps,
+        for e, f in zip(group, host):
+            results.append(AttackResult(eps=e, flags=f, norm=probe.norm, steps=probe.steps,
                                         backend=probe.backend, seconds=seconds, params=dict(probe.params)))
     order = {e: i for i, e in enumerate(eps)}
     return sorted(results, key=lambda r: order[r.eps])
 
 
 def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: float, context: dict, data_sha: str,
-            data_label: str | None = None, norm: str | None = None, steps: int | None = None,
+            batch_size: int, data_label: str | None = None, norm: str | None = None, steps: int | None = None,
             backend: str | None = None, params: Mapping[str, Any] | None = None) -> dict:
     if flags.shape != (cell.n,):
         raise RuntimeError(f"{cell.label()}: got {flags.shape[0]} flags for n={cell.n}")
@@ -184,7 +208,7 @@ def _record(cell: Cell, loaded: LoadedModel, flags: np.ndarray, *, seconds: floa
         "correct": correct, "accuracy": correct / cell.n, "ci_low": lo, "ci_high": hi, "seconds": seconds,
         **context, "data_sha256": data_sha, "weights_sha256": loaded.weights_sha256, "origin": loaded.origin,
         "card_sha256": loaded.card_sha256, "flags": pack_flags(flags), "data_label": data_label,
-        "params": None if params is None else canonical_json(dict(params)),
+        "params": None if params is None else canonical_json(dict(params)), "batch_size": int(batch_size),
     }
 
 
@@ -218,8 +242,8 @@ def _run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: in
                                        backend=first.backend, params=dict(first.params), seed=first.seed,
                                        batch_size=batch_size, on_batch=bar.update)
             return [(c, _record(c, loaded, r.flags, seconds=r.seconds, context=context, data_sha=inputs.data.sha256,
-                                data_label=data_label(inputs.data), norm=r.norm, steps=r.steps, backend=r.backend,
-                                params=r.params))
+                                batch_size=batch_size, data_label=data_label(inputs.data), norm=r.norm, steps=r.steps,
+                                backend=r.backend, params=r.params))
                     for c, r in zip(unit.cells, results)]
         sync(dev)
         t0 = time.perf_counter()
@@ -232,7 +256,7 @@ def _run_unit(unit: Unit, loaded: LoadedModel, inputs: Inputs, *, batch_size: in
         sync(dev)
         label = label_for("cifar10c", data_sha, None) if first.dataset == "cifar10c" else data_label(inputs.data)
         return [(first, _record(first, loaded, flags, seconds=time.perf_counter() - t0, context=context,
-                                data_sha=data_sha, data_label=label))]
+                                data_sha=data_sha, batch_size=batch_size, data_label=label))]
     finally:
         bar.close()
 
@@ -256,19 +280,20 @@ def _done_line(i: int, total: int, cell: Cell, record: dict) -> str:
 
 
 def run_local(units: list[Unit], cache: ModelCache, inputs: Inputs, store, *, batch_size: int, context: dict,
-              threads: int | None = None, progress: bool = False, log: Log | None = None,
+              threads: int | None = None, tf32: bool = False, progress: bool = False, log: Log | None = None,
               on_unit: Callable[[Unit], None] | None = None,
               on_cell: Callable[[Cell, dict], None] | None = None) -> None:
-    """Run units in this process, in order, putting each finished cell into ``store``. Progress:
-    ``on_unit`` is called as a unit starts and ``on_cell`` after each cell is stored (e.g.
+    """Run units in this process, in order, putting each finished cell into ``store``; deterministically
+    on CUDA (:func:`robench.devices.determinism`, TF32 only with ``tf32``). Progress: ``on_unit`` is
+    called as a unit starts and ``on_cell`` after each cell is stored (e.g.
     :class:`robench.progress.CellProgress`); without ``on_cell``, ``log`` gets a line per cell when
     no progress bar is shown."""
     from tqdm import tqdm
 
     total = sum(len(u.cells) for u in units)
     done = 0
-    with torch_threads(threads), tqdm(total=total, unit="cell", file=sys.stderr,
-                                      disable=not progress_enabled(progress)) as bar:
+    with torch_threads(threads), determinism(inputs.device, tf32=tf32), \
+            tqdm(total=total, unit="cell", file=sys.stderr, disable=not progress_enabled(progress)) as bar:
         for unit in units:
             bar.set_description(unit.label())
             if on_unit is not None:

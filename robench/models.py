@@ -1,5 +1,6 @@
 """Models ready to evaluate: zoo checkpoints through ``model_zoo.load_entry`` or modules the user
-gives, in eval mode on the device, parameters frozen, in the memory format the CPU runs fastest,
+gives, in eval mode on the device, parameters frozen, in the memory format of the device kind
+(:func:`robench.devices.memory_format`),
 with the provenance columns of their rows (scheme, λ, origin, weights and card sha256)."""
 from __future__ import annotations
 
@@ -11,18 +12,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from robench.devices import resolve_device
+from robench.devices import memory_format, resolve_device, to_format  # noqa: F401  (memory_format, to_format re-exported)
 from robench.errors import BadInput
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CPU, where oneDNN's convolutions run faster in it (PGD-20 on ResNet-20: see
-    benchmarks/RESULTS.md), the default layout elsewhere (not measured)."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
-def to_format(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=memory_format(x.device)) if x.dim() == 4 else x
 
 
 @dataclasses.dataclass(frozen=True)

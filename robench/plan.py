@@ -1,7 +1,9 @@
 """Cells from a validated spec, cell identity, and the work units an executor runs.
 
-A cell is one model (+λ) × one perturbation at one strength × one seed on the first n images. The
-attack cells that share (model, λ, attack, backend, params, seed) form one :class:`Unit`, which
+A cell is one model (+λ) × one perturbation at one strength × one seed on the first n images, run
+with one batch size on one device kind (attack seeds are drawn per batch, and kernels differ between
+devices, so both are part of a cell's identity though not of the table's :data:`~robench.results.KEY`).
+The attack cells that share (model, λ, attack, backend, params, seed) form one :class:`Unit`, which
 :func:`robench.executors.run_attack_group` runs for all its ε at once.
 """
 from __future__ import annotations
@@ -50,10 +52,13 @@ class Cell:
     n: int
     dataset: str
     params: tuple = ()
+    batch_size: int | None = None  # None: not yet fixed (a hand-made cell); plan_cells always sets it
+    device: str = "cpu"  # the device kind: cpu, cuda or mps
 
     def __post_init__(self) -> None:
         if self.kind not in CELL_KINDS:
             raise ValueError(f"cell kind must be one of {CELL_KINDS}, got {self.kind!r}")
+        object.__setattr__(self, "batch_size", None if self.batch_size is None else int(self.batch_size))
         # frozen: normalise through object.__setattr__ so equal cells have equal keys
         object.__setattr__(self, "lam", None if self.lam is None else float(self.lam))
         object.__setattr__(self, "eps", None if self.eps is None else float(self.eps))
@@ -61,8 +66,13 @@ class Cell:
         object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
 
     def key(self) -> tuple:
-        """Stable identity: the values of :data:`robench.results.KEY` (in that order) plus ``params``."""
-        return (*self.table_key(), self.params)
+        """Stable identity: the values of :data:`robench.results.KEY` (in that order), ``params``, then
+        the batch size and device kind (:data:`robench.results.RUN_KEY`)."""
+        return (*self.table_key(), self.params, *self.run_key())
+
+    def run_key(self) -> tuple:
+        """(batch size, device kind): equals :func:`robench.results.run_key` of this cell's row."""
+        return (self.batch_size, self.device)
 
     def table_key(self) -> tuple:
         """The :data:`robench.results.KEY` values alone; equals :func:`row_key` of this cell's row."""
@@ -112,8 +122,10 @@ def plan_cells(spec: EvalSpec, *, n: int, dataset: str) -> list[Cell]:
     λ of the spec only for models whose scheme takes λ; other models get lam=None once. A cell's
     ``model`` is the table's model column, tag included (``resnet20.s1``). With a
     ``corruption_dir`` the corruption cells read CIFAR-10-C (dataset "cifar10c"). An attack's backend
-    is resolved here (its default when the spec has none), so keys match rows."""
+    is resolved here (its default when the spec has none), so keys match rows. Every cell carries the
+    spec's batch size and device kind."""
     from robench.attacks import make_attack
+    from robench.devices import device_kind
 
     attack_specs = []
     for a in spec.attacks:
@@ -125,7 +137,8 @@ def plan_cells(spec: EvalSpec, *, n: int, dataset: str) -> list[Cell]:
     cells: list[Cell] = []
     for m, lam in spec.pairs():
         for seed in spec.seeds:
-            common = dict(model=m, lam=lam, seed=seed, n=n)
+            common = dict(model=m, lam=lam, seed=seed, n=n, batch_size=spec.batch_size,
+                          device=device_kind(spec.device))
             cells.append(Cell(kind="clean", perturbation="none", backend=None, eps=None, severity=None,
                               dataset=dataset, **common))
             for a, b, e, params in attack_specs:

@@ -1,15 +1,23 @@
-"""Columns shared by every row of one run: device, library versions, git sha (with "-dirty"), time."""
+"""What a number was measured with: the columns shared by every row of one run (device, machine,
+precision, library versions, git sha with "-dirty", time), computed where the unit runs (on a Ray
+worker, on that worker), and the fingerprints a sweep store is keyed by (code, library versions)."""
 from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import re
+import socket
 import subprocess
 from pathlib import Path
 
 import torch
 
-from robench.devices import device_label, resolve_device
+from robench.devices import device_label, memory_format_name, precision_name, resolve_device
+
+# distribution → the short name used in fingerprints and the <name>_version columns
+LIBRARIES = {"robench": "robench", "torch": "torch", "numpy": "numpy", "adversarial-robustness-toolbox": "art",
+             "foolbox": "foolbox", "pyautoattack": "pyautoattack"}
 
 
 def _dist_version(dist: str) -> str:
@@ -47,16 +55,63 @@ def git_sha(root: Path | None = None) -> str:
     return sha
 
 
-def provenance(device: str | torch.device) -> dict:
-    """Columns shared by every row of one run: device, versions, git sha, timestamp (UTC, ISO 8601)."""
+@functools.lru_cache(maxsize=4)
+def code_fingerprint(root: Path | None = None) -> str:
+    """sha256 of robench's and model_zoo's Python sources (relative path and bytes of every ``*.py``, in
+    path order; under ``root``, default the folder holding this robench): equal exactly when the code
+    that computes a number is equal, whether robench runs from a checkout (clean or not) or an installed
+    copy. Weights and data have their own sha256."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
+    for package in ("robench", "model_zoo"):
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if "__pycache__" in rel:
+                continue
+            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries that compute robench's numbers (short name → version)."""
+    return {short: _dist_version(dist) for dist, short in LIBRARIES.items()}
+
+
+def device_name(device: str | torch.device) -> str:
+    """What ran the numbers: the GPU's name, or the CPU model with the vector instruction set torch's
+    kernels use (two CPUs of one model name differ in AVX2 / AVX512, and so in a few attacked examples)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "mps":
+        return "Apple MPS"
+    from robench.machine import cpu_capability, cpu_name
+
+    return f"{cpu_name()} ({cpu_capability()})"
+
+
+def provenance(device: str | torch.device, *, tf32: bool = False) -> dict:
+    """Columns shared by every row of one run on ``device``: device and its name, host, precision
+    (``fp32``, or ``tf32`` with ``--tf32`` on CUDA), memory format, CUDA and cuDNN versions (NA off
+    CUDA), library versions, git sha and timestamp (UTC, ISO 8601). Call it where the cells run."""
     from robench import __version__
 
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    cudnn = torch.backends.cudnn.version() if cuda and torch.backends.cudnn.is_available() else None
     return {
-        "device": device_label(resolve_device(device)),
+        "device": device_label(dev),
         "robench_version": __version__,
         "torch_version": torch.__version__,
         "art_version": _dist_version("adversarial-robustness-toolbox"),
         "foolbox_version": _dist_version("foolbox"),
         "git_sha": git_sha(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "device_name": device_name(dev),
+        "precision": precision_name(dev, tf32),
+        "memory_format": memory_format_name(dev),
+        "cuda_version": torch.version.cuda if cuda else None,
+        "cudnn_version": None if cudnn is None else str(cudnn),
+        "pyautoattack_version": _dist_version("pyautoattack"),
     }

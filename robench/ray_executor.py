@@ -465,12 +465,12 @@ class Piece:
 
 
 def run_task(task: Task, data, model: dict, corrupted, *, device: str, batch_size: int, threads: int,
-             expected: dict) -> list[Piece]:
+             expected: dict, tf32: bool = False) -> list[Piece]:
     """Body of one Ray task (on a worker): check the node, evaluate the task's cells on the shipped
     model and images → one :class:`Piece` per cell. A BadInput names the node it happened on."""
     try:
         return _run_task(task, data, model, corrupted, device=device, batch_size=batch_size, threads=threads,
-                         expected=expected)
+                         expected=expected, tf32=tf32)
     except BadInput as e:
         if str(e).startswith("node "):
             raise
@@ -481,15 +481,15 @@ def run_task(task: Task, data, model: dict, corrupted, *, device: str, batch_siz
 
 
 def _run_task(task: Task, data, model: dict, corrupted, *, device: str, batch_size: int, threads: int,
-              expected: dict) -> list[Piece]:
+              expected: dict, tf32: bool = False) -> list[Piece]:
     from robench.data import data_label, label_for
-    from robench.devices import sync
+    from robench.devices import determinism, resolve_device, sync
     from robench.executors import _correct, run_attack_group, torch_threads
     from robench.models import to_format
     from robench.provenance import provenance
 
     check_this_node(expected)
-    with torch_threads(threads):
+    with torch_threads(threads), determinism(resolve_device(device), tf32=tf32):  # as the local executor runs
         module = _load_shipped(model, device, for_eval=True)
         inputs = _inputs(data, device)
         dev = inputs.device
@@ -499,7 +499,7 @@ def _run_task(task: Task, data, model: dict, corrupted, *, device: str, batch_si
             results = run_attack_group(module, x[task.start:task.stop], y[task.start:task.stop], attack=first.perturbation,
                                        eps=[c.eps for c in task.cells], backend=first.backend, params=dict(first.params),
                                        seed=first.seed, batch_size=batch_size, first_batch=task.start // batch_size)
-            context = provenance(dev)
+            context = provenance(dev, tf32=tf32)
             return [Piece(cell_id=c.cell_id(), start=task.start, flags=r.flags, seconds=r.seconds,
                           data_sha256=data.sha256, context=context, norm=r.norm, steps=r.steps, backend=r.backend,
                           data_label=data_label(data), params=r.params)
@@ -518,7 +518,7 @@ def _run_task(task: Task, data, model: dict, corrupted, *, device: str, batch_si
         sync(dev)
         label = label_for("cifar10c", data_sha, None) if first.dataset == "cifar10c" else data_label(data)
         return [Piece(cell_id=first.cell_id(), start=0, flags=flags, seconds=time.perf_counter() - t0,
-                      data_sha256=data_sha, context=provenance(dev), data_label=label)]
+                      data_sha256=data_sha, context=provenance(dev, tf32=tf32), data_label=label)]
 
 
 # -- splitting and assembling -----------------------------------------------------------------
@@ -571,8 +571,8 @@ def assemble(cell: Cell, pieces: list[Piece], loaded) -> dict:
     last = pieces[-1]
     return _record(cell, loaded, np.concatenate([p.flags for p in pieces]), seconds=sum(p.seconds for p in pieces),
                    context=merge_context([p.context for p in pieces]), data_sha=last.data_sha256,
-                   data_label=last.data_label, norm=last.norm, steps=last.steps, backend=last.backend,
-                   params=last.params)
+                   batch_size=cell.batch_size, data_label=last.data_label, norm=last.norm, steps=last.steps,
+                   backend=last.backend, params=last.params)
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -690,7 +690,7 @@ def run_ray(units: list[Unit], data, store, ray, *, spec, options: RayOptions, l
         first = t.cells[0]
         corrupted = slice_refs.get((first.perturbation, first.severity)) if first.dataset == "cifar10c" else None
         futures[remote.remote(t, data_ref, model_refs[(first.model, first.lam)], corrupted, device=dev,
-                              batch_size=spec.batch_size, threads=threads, expected=expected)] = t
+                              batch_size=spec.batch_size, threads=threads, expected=expected, tf32=spec.tf32)] = t
     _wait_all(ray, futures, on_result, cpus=threads, gpus=gpus, retries=options.retries, timeout=options.timeout,
               keep=lambda: _kept(finished[0]))
 

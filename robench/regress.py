@@ -1,8 +1,12 @@
 """Regression of robustness numbers: does a new results table do significantly worse than a baseline?
 
 Cells are matched on :data:`robench.results.KEY` (model, λ, dataset, kind, perturbation, backend,
-ε, severity, seed, n). For every matched cell the decision is one-sided (only "worse" counts) at
-α = 0.01:
+ε, severity, seed, n) and on what they ran with (:data:`robench.results.RUN_KEY`): the batch size
+(attack seeds are drawn per batch) and the device kind (cpu, cuda, mps; from the ``device`` column).
+A table written before rows recorded their batch size (the column is NA) matches any batch size, and
+one without a ``device`` column ran on the CPU; a cell at another batch size or on another device kind
+is another cell (listed as missing and new, never compared). For every matched cell the decision is
+one-sided (only "worse" counts) at α = 0.01:
 
 - **exact McNemar** when both rows carry per-example flags for the same data (equal
   ``data_sha256`` and n): with b = examples right in the baseline and wrong now, c = the reverse,
@@ -39,7 +43,7 @@ import pandas as pd
 from scipy import stats
 
 from robench.errors import BadInput
-from robench.results import KEY, format_eps, unpack_flags
+from robench.results import KEY, format_eps, run_key, unpack_flags
 from robench.safetext import terminal_text
 
 ALPHA = 0.01
@@ -58,7 +62,9 @@ def _none(v):
 
 
 def _keys(df: pd.DataFrame, label: str) -> list[tuple]:
-    keys = [tuple(_none(v) for v in t) for t in zip(*(df[c] for c in KEY))]
+    """Per row: its :data:`KEY` values followed by (batch size or None, device kind)."""
+    runs = [run_key(r) for r in df.to_dict("records")]
+    keys = [tuple(_none(v) for v in t) + rk for t, rk in zip(zip(*(df[c] for c in KEY)), runs)]
     seen, dups = set(), []
     for k in keys:
         if k in seen:
@@ -68,6 +74,25 @@ def _keys(df: pd.DataFrame, label: str) -> list[tuple]:
         raise BadInput(f"the {label} table holds the same cell more than once ({describe(dups[0])}); "
                        "merge it without duplicates first")
     return keys
+
+
+def _match(bkeys: list[tuple], rkeys: list[tuple]) -> dict[int, int]:
+    """Baseline row → results row: equal KEY and device kind, and equal batch size where both tables
+    record one (an NA batch size matches any, but only one: two candidates are BadInput)."""
+    by_cell: dict[tuple, list[int]] = {}
+    for j, k in enumerate(rkeys):
+        by_cell.setdefault(k[:-2] + k[-1:], []).append(j)
+    out = {}
+    for i, k in enumerate(bkeys):
+        batch = k[-2]
+        cands = [j for j in by_cell.get(k[:-2] + k[-1:], []) if batch is None or rkeys[j][-2] in (None, batch)]
+        if len(cands) > 1:
+            sizes = ", ".join(str(rkeys[j][-2]) for j in cands)
+            raise BadInput(f"the results hold {describe(k[:-2] + (None, k[-1]))} at batch sizes {sizes}, and the baseline "
+                           "does not record its batch size; compare one batch size at a time")
+        if cands:
+            out[i] = cands[0]
+    return out
 
 
 def describe(key: tuple) -> str:
@@ -81,6 +106,9 @@ def describe(key: tuple) -> str:
     if k["severity"] is not None:
         parts.append(f"severity={k['severity']}")
     parts += [f"seed={k['seed']}", f"n={k['n']}", f"({k['dataset']})"]
+    if len(key) == len(KEY) + 2:  # (batch size, device kind) follow the KEY values
+        batch, kind = key[len(KEY):]
+        parts.append(f"[{kind}{'' if batch is None else f', batch {batch}'}]")
     return terminal_text(" ".join(parts))  # names from a table never rewrite the terminal
 
 
@@ -152,18 +180,17 @@ def regress(baseline: pd.DataFrame, results: pd.DataFrame, *, alpha: float = ALP
     if not 0.0 < alpha < 1.0:
         raise BadInput(f"alpha must be in (0, 1), got {alpha}")
     bkeys, rkeys = _keys(baseline, "baseline"), _keys(results, "results")
-    bidx = {k: i for i, k in enumerate(bkeys)}
-    ridx = {k: i for i, k in enumerate(rkeys)}
-    common = [k for k in bkeys if k in ridx]
-    if not common:
+    pairs = _match(bkeys, rkeys)
+    if not pairs:
         raise BadInput(f"the baseline has no cell in common with the results ({len(bkeys)} baseline cells, "
-                       f"{len(rkeys)} result cells; cells match on {', '.join(KEY)})")
+                       f"{len(rkeys)} result cells; cells match on {', '.join(KEY)}, batch size and device kind)")
     bmake, rmake = _worst_case_makeup(baseline), _worst_case_makeup(results)
     rows, incomparable = [], []
-    for k in common:
-        b, r = baseline.iloc[bidx[k]], results.iloc[ridx[k]]
+    for i, j in pairs.items():
+        k = bkeys[i]
+        b, r = baseline.iloc[i], results.iloc[j]
         if b["kind"] == "worst_case":
-            (ba, bc), (ra, rc) = bmake[bidx[k]], rmake[ridx[k]]
+            (ba, bc), (ra, rc) = bmake[i], rmake[j]
             if ba != ra:
                 incomparable.append((k, f"baseline is the AND of {ba or 'nothing'}, results of {ra or 'nothing'}"))
                 continue
@@ -174,13 +201,15 @@ def regress(baseline: pd.DataFrame, results: pd.DataFrame, *, alpha: float = ALP
         t = compare_cell(b, r, alpha=alpha)
         acc0, acc1 = int(b["correct"]) / int(b["n"]), int(r["correct"]) / int(r["n"])
         status = "REGRESSION" if t["regressed"] else ("better" if acc1 > acc0 else ("worse" if acc1 < acc0 else "same"))
-        rows.append({**dict(zip(KEY, k)), "cell": describe(k), "baseline": acc0, "result": acc1,
+        rows.append({**dict(zip(KEY, k)), "cell": describe(k[:len(KEY)]), "baseline": acc0, "result": acc1,
                      "delta": acc1 - acc0, "test": t["test"], "p_value": t["p_value"], "worse": t["worse"],
                      "better": t["better"], "status": status})
     diff = pd.DataFrame(rows, columns=[*KEY, "cell", "baseline", "result", "delta", "test", "p_value", "worse",
                                        "better", "status"])
-    return Report(diff=diff, missing=[k for k in bkeys if k not in ridx], new=[k for k in rkeys if k not in bidx],
-                  alpha=alpha, incomparable=incomparable, allow_missing=allow_missing)
+    matched = set(pairs.values())
+    return Report(diff=diff, missing=[k for i, k in enumerate(bkeys) if i not in pairs],
+                  new=[k for j, k in enumerate(rkeys) if j not in matched], alpha=alpha, incomparable=incomparable,
+                  allow_missing=allow_missing)
 
 
 def format_report(rep: Report, *, show_all: bool = True) -> str:

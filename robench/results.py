@@ -57,12 +57,41 @@ SCHEMA: dict[str, str] = {
     "flags": "string",
     "data_label": "string",  # "CIFAR-10" (official test split by checksum), "CIFAR-10, other copy (sha256 1a2b3c4d)", …
     "params": "string",  # attack rows: every hyper-parameter incl. defaults as canonical JSON; worst_case: {attack: params}
+    # what ran the cell (robench.provenance; tables written before these existed read them as NA)
+    "host": "string",
+    "device_name": "string",  # GPU name, or CPU model with its instruction set ("AMD EPYC (AVX512)")
+    "precision": "string",  # fp32 | tf32 (CUDA with --tf32)
+    "memory_format": "string",  # channels_last | contiguous
+    "batch_size": "Int64",
+    "cuda_version": "string",  # NA off CUDA
+    "cudnn_version": "string",  # NA off CUDA
+    "pyautoattack_version": "string",
 }
 ORIGINS = ("shipped", "user", "file", "module")
 # What identifies a cell (sweeps skip finished keys; regress matches on them).
 KEY = ("model", "lam", "dataset", "kind", "perturbation", "backend", "eps", "severity", "seed", "n")
 MAX_TABLE_BYTES = 2 << 30  # a table file larger than this is refused before it is read
 MAX_N = 10 ** 9  # images per cell
+
+# What else a cell's numbers depend on (attack seeds are drawn per batch; kernels differ per device kind):
+# a sweep store holds one of each, and regress matches on them (robench.regress).
+RUN_KEY = ("batch_size", "device_kind")
+
+
+def device_kind_of(device: Any) -> str:
+    """The device kind (cpu, cuda, mps) of a ``device`` column value such as ``cuda:0 (NVIDIA H200)``;
+    NA (a table from before robench ran on GPUs) is ``cpu``."""
+    if device is None or device is pd.NA or (isinstance(device, float) and math.isnan(device)) or str(device) == "":
+        return "cpu"
+    return str(device).split(":", 1)[0].split(" ", 1)[0].strip().lower() or "cpu"
+
+
+def run_key(row: Any) -> tuple:
+    """(batch_size or None when the table predates the column, device kind) of a table row or record."""
+    r = dict(row)
+    b = r.get("batch_size")
+    missing = b is None or b is pd.NA or (isinstance(b, float) and math.isnan(b))
+    return (None if missing else int(b), device_kind_of(r.get("device")))
 
 
 def format_eps(eps: float) -> str:

@@ -32,7 +32,7 @@ MAX_CONFIG_BYTES = 1 << 20
 SEVERITIES = (1, 2, 3, 4, 5)
 DEFAULT_EPS = 8 / 255
 CONFIG_KEYS = ("models", "lams", "attacks", "eps", "attack_params", "corruptions", "severities", "seeds", "n",
-               "dataset", "data_dir", "corruption_dir", "backend", "batch_size", "device", "threads", "out")
+               "dataset", "data_dir", "corruption_dir", "backend", "batch_size", "device", "tf32", "threads", "out")
 
 
 # -- parsers (text or numbers → values) ------------------------------------------------------
@@ -224,7 +224,9 @@ def _freeze_params(params: Any) -> tuple:
 class EvalSpec:
     """An evaluation grid and its run settings. ``None`` means "the default":
     eps → 8/255 (with attacks), severities → 1..5 (with corruptions), dataset → samples (or cifar10
-    with ``data_dir``), n → the whole split, threads → ``robench.machine.resolve_threads(None)``.
+    with ``data_dir``), n → the whole split, threads → ``robench.machine.resolve_threads(None)``,
+    batch_size → the device kind's (``robench.devices.default_batch_size``: 256 on CPU, 1000 on CUDA).
+    ``tf32`` allows TensorFloat-32 convolutions and matmuls on CUDA (off: IEEE float32, deterministic).
 
     ``modules`` names models given as ``nn.Module`` objects (``robench.evaluate(model=...)``): they
     are not looked up in the zoo and a fixed λ does not apply to them.
@@ -242,8 +244,9 @@ class EvalSpec:
     data_dir: str | None = None
     corruption_dir: str | None = None
     n: int | None = None
-    batch_size: int = 256
+    batch_size: int | None = None
     device: str = "cpu"
+    tf32: bool = False
     backend: str | None = None
     threads: int | None = None
     out: str | None = None
@@ -375,13 +378,19 @@ class EvalSpec:
                                "holding cifar-10-batches-py/, or --dataset cifar10 after `robench data fetch "
                                "cifar10`), not the 20 bundled samples")
         n = None if self.n is None else parse_int(self.n, "n (--n)", 1)
-        batch_size = parse_int(self.batch_size, "batch size (--batch-size)", 1)
         if not isinstance(self.device, str) or not self.device:
             raise BadInput(f"device must be a name such as cpu or cuda, got {self.device!r}")
-        if check_device:
-            from robench.devices import resolve_device
+        from robench.devices import default_batch_size, device_kind, resolve_device
 
+        if check_device:
             resolve_device(self.device)
+        kind = device_kind(self.device)
+        batch_size = default_batch_size(kind) if self.batch_size is None else \
+            parse_int(self.batch_size, "batch size (--batch-size)", 1)
+        if not isinstance(self.tf32, bool):
+            raise BadInput(f"tf32 must be true or false, got {self.tf32!r}")
+        if self.tf32 and kind != "cuda":
+            raise BadInput(f"--tf32 (tf32) applies to CUDA devices, not {self.device}; drop it or use --device cuda")
         if self.backend is not None and not isinstance(self.backend, str):
             raise BadInput(f"backend must be a name such as art or foolbox, got {self.backend!r}")
         from robench.machine import resolve_threads
@@ -470,6 +479,10 @@ def spec_from_dict(raw: Mapping, source: str = "config") -> EvalSpec:
         elif key in ("dataset", "data_dir", "corruption_dir", "backend", "device", "out"):
             if not isinstance(value, str) or not value:
                 raise BadInput(f"{source}: {key} must be a non-empty string, got {value!r}")
+            kw[key] = value
+        elif key == "tf32":
+            if not isinstance(value, bool):
+                raise BadInput(f"{source}: tf32 must be true or false, got {value!r}")
             kw[key] = value
         else:  # n, batch_size, threads: whole numbers (validate() says which)
             if isinstance(value, bool) or not isinstance(value, int):

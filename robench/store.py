@@ -2,9 +2,11 @@
 
 Disk layout (one part file per cell, so a kill -9 at any moment is harmless)::
 
-    <out>/sweep.json           fingerprint of the sweep: dataset, n, data sha256, weights sha256 of
-                               every (model, λ) it has run, the last config, and the attacks planned
-                               for every worst-case group (so a merge knows which are complete)
+    <out>/sweep.json           fingerprint of the sweep: dataset, n, data sha256, batch size, device kind,
+                               TF32, code fingerprint and library versions; weights sha256 of every
+                               (model, λ) and sha256 of every CIFAR-10-C file it has read; the last
+                               config, and the attacks planned for every worst-case group (so a merge
+                               knows which are complete)
     <out>/cells/<cell_id>.json one finished cell: its Cell, its key, the fingerprint it ran under,
                                and the record (a results.SCHEMA row with the per-example flags)
     <out>/results.parquet|.csv the merged table, written when the sweep finishes
@@ -39,8 +41,20 @@ import pandas as pd
 from robench.errors import BadInput
 from robench.fileio import MAX_JSON_BYTES, exclusive_lock, file_mode, open_new, read_json as _read_json_file
 from robench.plan import Cell, row_key
+from robench.results import run_key
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: batch size, device kind, TF32, code and library versions, CIFAR-10-C files in the fingerprint
+
+# fingerprint key → what differs, in words (formatted with old, new and, for versions, diff)
+_WHAT = {
+    "batch_size": "cells run at batch size {old}, this run uses {new} (attack seeds are drawn per batch, so they are "
+                  "other cells); use another out folder, or batch_size = {old}",
+    "device": "cells run on {old}, this run is on {new} (kernels differ between device kinds); use another out folder",
+    "tf32": "cells run with tf32 = {old}, this run has tf32 = {new}; use another out folder",
+    "code": "cells computed by other robench code (code fingerprint {old:.12}…, now {new:.12}…); use another out "
+            "folder, or resume with that code",
+    "versions": "cells computed with other library versions ({diff}); use another out folder",
+}
 
 
 def _stem(cell: Cell) -> str:
@@ -56,12 +70,19 @@ class MemoryStore:
         self._records: dict[str, dict] = {}
 
     def put(self, cell: Cell, record: dict) -> None:
-        if row_key(record) != cell.table_key():
-            raise RuntimeError(f"{cell.label()}: the record's key {row_key(record)} is not the cell's {cell.table_key()}")
+        _check_record(cell, record)
         self._records[cell.cell_id()] = record
 
     def records(self) -> list[dict]:
         return list(self._records.values())
+
+
+def _check_record(cell: Cell, record: dict) -> None:
+    """A record really is its cell: same table key, and run with the cell's batch size on its device kind."""
+    if row_key(record) != cell.table_key():
+        raise RuntimeError(f"{cell.label()}: the record's key {row_key(record)} is not the cell's {cell.table_key()}")
+    if cell.batch_size is not None and run_key(record) != cell.run_key():
+        raise RuntimeError(f"{cell.label()}: ran with (batch size, device) {run_key(record)}, planned {cell.run_key()}")
 
 
 # -- disk -----------------------------------------------------------------------------------
@@ -153,6 +174,20 @@ def check_cells_dir(out: Path) -> None:
                        "not make: remove it")
 
 
+def _mismatch(out: Path, key: str, old: Any, new: Any) -> str:
+    """One line: the sweep in ``out`` was run with another ``key``; what differs and what to do."""
+    what = _WHAT.get(key)
+    if what is None:
+        return (f"{out} holds a sweep with {key}={old!r}, but this config gives {key}={new!r}; use another out folder "
+                "(or delete this one) instead of mixing the two")
+    diff = ""
+    if key == "versions" and isinstance(old, dict) and isinstance(new, dict):
+        diff = ", ".join(f"{k} {old.get(k)} → {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+    text = what.format(old=str(old).lower() if isinstance(old, bool) else old,
+                       new=str(new).lower() if isinstance(new, bool) else new, diff=diff)
+    return f"{out} holds {text}"
+
+
 def planned_from_meta(meta: dict) -> dict[tuple, set[str]]:
     """The worst-case groups recorded in a sweep.json → group → planned attack names."""
     out: dict[tuple, set[str]] = {}
@@ -166,14 +201,17 @@ def planned_from_meta(meta: dict) -> dict[tuple, set[str]]:
 class DiskStore:
     """The part-file store of one out dir, held under an exclusive lock while a sweep writes to it.
 
-    ``fingerprint``: dataset, n, data sha256 of the sweep; ``weights``: zoo stem → weights sha256 of
-    every planned (model, λ); ``config``: the spec as a dict; ``planned``: worst-case group → attacks."""
+    ``fingerprint``: dataset, n, data sha256, batch size, device kind, TF32, code fingerprint and library
+    versions of the sweep; ``weights``: zoo stem → weights sha256 of every planned (model, λ);
+    ``corruption_files``: CIFAR-10-C file name → sha256 of every file the plan reads (``labels.npy``
+    included); ``config``: the spec as a dict; ``planned``: worst-case group → attacks."""
 
     out: Path
     fingerprint: dict
     weights: dict
     config: dict
     planned: dict
+    corruption_files: dict = dataclasses.field(default_factory=dict)
     done: set = dataclasses.field(default_factory=set)
 
     @property
@@ -185,15 +223,22 @@ class DiskStore:
         meta_path = self.out / "sweep.json"
         if meta_path.exists():
             meta = read_json(meta_path, "sweep file")
+            if meta.get("robench_sweep") != STORE_VERSION:
+                raise BadInput(f"{self.out} holds a sweep written by another robench (store version "
+                               f"{meta.get('robench_sweep')!r}, this one writes {STORE_VERSION}); use another out folder")
             for k, v in self.fingerprint.items():
                 if meta.get(k) != v:
-                    raise BadInput(f"{self.out} holds a sweep with {k}={meta.get(k)!r}, but this config gives "
-                                   f"{k}={v!r}; use another out folder (or delete this one) instead of mixing the two")
+                    raise BadInput(_mismatch(self.out, k, meta.get(k), v))
             for stem, sha in self.weights.items():
                 old = meta.get("weights", {}).get(stem)
                 if old is not None and old != sha:
                     raise BadInput(f"the zoo weights of {stem} changed since {self.out} ran them (sha256 {old[:12]}… → "
                                    f"{sha[:12]}…); use another out folder, or delete that model's cells to redo them")
+            for name, sha in self.corruption_files.items():
+                old = meta.get("corruption_files", {}).get(name)
+                if old is not None and old != sha:
+                    raise BadInput(f"CIFAR-10-C {name} differs from the copy {self.out} read (sha256 {old[:12]}… → "
+                                   f"{sha[:12]}…; corruption_dir is another copy); use another out folder")
         by_table_key = {c.table_key(): c for c in cells}
         planned = {c.cell_id(): c for c in cells}
         done = set()
@@ -207,13 +252,21 @@ class DiskStore:
                                    f"settings ({part.get('key')}, now {repr(other.key())}); use another out folder")
                 continue
             stored_fp = part.get("fingerprint", {})
-            if part.get("key") != repr(cell.key()) or any(stored_fp.get(k) != v for k, v in self.fingerprint.items()) \
-                    or stored_fp.get("weights_sha256") != self.weights.get(_stem(cell)):
+            if part.get("key") != repr(cell.key()) or any(stored_fp.get(k) != v for k, v in self._cell_fingerprint(cell).items()):
                 raise BadInput(f"stored cell {self.cells_dir / (cell_id + '.json')} does not match the plan "
                                f"({cell.label()}): its key or data/weights fingerprint differs; delete it to redo it")
             done.add(cell_id)
         self.done = done
         return done
+
+    def _cell_fingerprint(self, cell: Cell) -> dict:
+        """What one stored cell ran under: the sweep's fingerprint, its weights and, for a CIFAR-10-C
+        cell, the sha256 of its file and of labels.npy."""
+        fp = {**self.fingerprint, "weights_sha256": self.weights.get(_stem(cell))}
+        if cell.dataset == "cifar10c":
+            fp["corruption_sha256"] = self.corruption_files.get(f"{cell.perturbation}.npy")
+            fp["labels_sha256"] = self.corruption_files.get("labels.npy")
+        return fp
 
     @contextlib.contextmanager
     def open(self) -> Iterator["DiskStore"]:
@@ -241,21 +294,22 @@ class DiskStore:
         for g, attacks in self.planned.items():
             planned.setdefault(tuple(g), set()).update(attacks)
         meta = {"robench_sweep": STORE_VERSION, **self.fingerprint,
-                "weights": {**old.get("weights", {}), **self.weights}, "config": jsonable(self.config),
+                "weights": {**old.get("weights", {}), **self.weights},
+                "corruption_files": {**old.get("corruption_files", {}), **self.corruption_files},
+                "config": jsonable(self.config),
                 "attack_groups": [{"group": jsonable(list(g)), "attacks": sorted(a)} for g, a in planned.items()]}
         atomic_write_json(meta_path, meta)
 
     def put(self, cell: Cell, record: dict) -> None:
         """Persist one finished cell (after checking its record really is that cell)."""
         sha = self.weights.get(_stem(cell))
-        if row_key(record) != cell.table_key():
-            raise RuntimeError(f"{cell.label()}: the record's key {row_key(record)} is not the cell's {cell.table_key()}")
+        _check_record(cell, record)
         if record.get("weights_sha256") not in (None, sha):
             raise BadInput(f"{cell.label()} ran with weights {str(record.get('weights_sha256'))[:12]}…, "
                            f"but the plan has {str(sha)[:12]}…; the zoo changed during the sweep")
         part = {"cell_id": cell.cell_id(), "key": repr(cell.key()), "table_key": jsonable(cell.table_key()),
                 "cell": {k: jsonable(v) for k, v in dataclasses.asdict(cell).items()},
-                "fingerprint": {**self.fingerprint, "weights_sha256": sha},
+                "fingerprint": self._cell_fingerprint(cell),
                 "record": {k: jsonable(v) for k, v in record.items()}}
         atomic_write_json(self.cells_dir / f"{cell.cell_id()}.json", part)
         self.done.add(cell.cell_id())

@@ -2,9 +2,11 @@
 executor (local; Ray) into the crash-safe disk store (:mod:`robench.store`), merged into one table.
 
 A finished sweep is never silently mixed with a different one: re-using an out dir with another
-dataset, n or data fingerprint, or after the zoo weights of a (model, λ) it already ran changed
-(weights sha256), is :class:`BadInput`; so is a stored cell whose key or fingerprint disagrees with
-the plan (e.g. the same cell with other attack parameters). Adding models, attacks, ε, ... to the
+dataset, n or data fingerprint, batch size, device kind, TF32 setting, robench code (the sha256 of its
+sources) or library versions, with another copy of CIFAR-10-C (sha256 of each file read), or after
+the zoo weights of a (model, λ) it already ran changed (weights sha256), is :class:`BadInput` (one
+line naming what differs); so is a stored cell whose key or fingerprint disagrees with the plan (e.g.
+the same cell with other attack parameters). Adding models, attacks, ε, ... to the
 config of an existing out dir is fine: only the new cells run, and the table holds every stored cell.
 An existing folder that is not a sweep store is refused unless ``force``.
 
@@ -35,8 +37,8 @@ from robench.store import DiskStore, is_sweep_store, iter_parts, planned_from_me
 EXECUTORS = ("local", "ray")
 SweepConfig = EvalSpec  # a sweep's config is an evaluation spec with an ``out`` folder
 load_config = load_spec
-__all__ = ["CONFIG_KEYS", "EXECUTORS", "SweepConfig", "SweepPlan", "estimate", "finished", "load_config", "merge",
-           "plan_sweep", "run_sweep", "sweep_checks"]
+__all__ = ["CONFIG_KEYS", "EXECUTORS", "SweepConfig", "SweepPlan", "estimate", "finished", "fingerprint", "load_config",
+           "merge", "plan_sweep", "run_sweep", "sweep_checks"]
 
 
 @dataclasses.dataclass
@@ -67,7 +69,8 @@ class SweepPlan:
         done = sum(1 for c in self.cells if c.cell_id() in self.store.done)
         return (f"plan: {len(self.cells)} cells ({pairs} model/λ pair{'s' if pairs != 1 else ''}, {seeds} seed"
                 f"{'s' if seeds != 1 else ''}, {self.data.name} n={len(self.data)}), {done} already done, "
-                f"{len(self.cells) - done} to run; out {self.out}")
+                f"{len(self.cells) - done} to run; out {self.out}; batch {self.config.batch_size} on "
+                f"{self.store.fingerprint['device']}{' with TF32' if self.config.tf32 else ''}")
 
 
 def _weights(pairs: list[tuple[str, float | None]], num_classes: int) -> dict[str, str]:
@@ -84,6 +87,17 @@ def _weights(pairs: list[tuple[str, float | None]], num_classes: int) -> dict[st
             raise BadInput(f"{m} has {entry.card.num_classes} classes but the sweep's data has {num_classes}")
         shas[zoo_stem(m, lam)] = entry.card.weights_sha256
     return shas
+
+
+def fingerprint(spec: EvalSpec, data) -> dict:
+    """What every cell of a sweep folder shares: the data (name, n, sha256), the batch size, device kind
+    and TF32 setting of a validated ``spec``, robench's code fingerprint and the library versions."""
+    from robench.devices import device_kind
+    from robench.provenance import code_fingerprint, library_versions
+
+    return {"dataset": data.name, "n": len(data), "data_sha256": data.sha256, "batch_size": spec.batch_size,
+            "device": device_kind(spec.device), "tf32": bool(spec.tf32), "code": code_fingerprint(),
+            "versions": library_versions()}
 
 
 def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, executor: str = "local",
@@ -115,11 +129,13 @@ def plan_sweep(config: EvalSpec, *, out: str | os.PathLike | None = None, execut
                        "pass --force to write the sweep into it anyway, or choose another folder")
     data = load_dataset(spec.dataset, spec.data_dir, n=spec.n)
     cells = plan_cells(spec, n=len(data), dataset=data.name)
+    corruption_files = {}
     if spec.corruption_dir is not None:
-        check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"], data.labels)
+        corruption_files = check_corruption_dir(spec.corruption_dir, [c for c in cells if c.dataset == "cifar10c"],
+                                                data.labels)
     weights = _weights(list(dict.fromkeys((c.model, c.lam) for c in cells)), data.num_classes)
-    store = DiskStore(out=out, fingerprint={"dataset": data.name, "n": len(data), "data_sha256": data.sha256},
-                      weights=weights, config=spec.to_dict(), planned=planned_attacks(cells))
+    store = DiskStore(out=out, fingerprint=fingerprint(spec, data), weights=weights, config=spec.to_dict(),
+                      planned=planned_attacks(cells), corruption_files=corruption_files)
     store.check(cells)
     return SweepPlan(config=spec, out=out, cells=cells, data=data, store=store)
 
@@ -229,8 +245,9 @@ def run_sweep(plan: SweepPlan, *, executor: str = "local", address: str | None =
 
             cache = ModelCache(spec.device)
             run_local(todo, cache, Inputs(plan.data, cache.device, spec.corruption_dir), store,
-                      batch_size=spec.batch_size, context=provenance(cache.device), threads=spec.threads,
-                      progress=False, log=log, on_unit=lines.on_unit, on_cell=lines.on_cell)
+                      batch_size=spec.batch_size, context=provenance(cache.device, tf32=spec.tf32),
+                      threads=spec.threads, tf32=spec.tf32, progress=False, log=log, on_unit=lines.on_unit,
+                      on_cell=lines.on_cell)
         elif todo:
             from robench.ray_executor import run_ray
 

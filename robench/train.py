@@ -110,14 +110,14 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
                       dtype: torch.dtype = torch.float32) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on uint8 images ``x``; counted on the device, read once."""
     model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=y.device)
+    correct = torch.zeros((), dtype=torch.int64, device=y.device)  # counted on the device, read once
     for i in range(0, len(y), batch_size):
         xb = x[i:i + batch_size].to(dtype).div(255.0)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(xb.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum()
-    return correct.item() / len(y)
+    return correct.item() / len(y)  # the one host read
 
 
 def check_outputs(model_name: str, lam: float | None, run_dir: str | os.PathLike,
@@ -186,6 +186,7 @@ def train_pack(
     lr: float | None = None,
     device: str | torch.device = "cpu",
     amp: bool = False,
+    tf32: bool = False,
     compile: bool = False,
     cuda_graphs: bool | None = None,
     warmup_steps: int = 3,
@@ -202,7 +203,8 @@ def train_pack(
     """Train ``members`` (one architecture) together; each ends exactly as if trained alone.
 
     ``run_dir`` holds the epoch checkpoints (one commit point an epoch, :mod:`robench.runstate`) and
-    ``metrics.csv``; ``out`` is the zoo directory each finished member's weights and card go to (seed 0
+    ``metrics.csv``; on CUDA the run is deterministic (:func:`robench.devices.determinism`; TF32 only
+    with ``tf32``, recorded as the card's precision); ``out`` is the zoo directory each finished member's weights and card go to (seed 0
     untagged, seed s tagged ``s<s>``). ``cuda_graphs`` (default: on for CUDA without ``compile``)
     replays the pack's step as a CUDA graph after ``warmup_steps`` eager steps. ``dtype`` is the
     parameter precision (float64 for exactness tests). ``stop_after_epoch`` ends the run early (tests
@@ -210,6 +212,11 @@ def train_pack(
 
     Returns ``{"members": {id: summary}, "finished": bool, "diverged": [ids]}``.
     """
+    from robench.devices import determinism, precision_name, resolve_device
+
+    dev = resolve_device(device)  # one line before anything else
+    if tf32 and dev.type != "cuda":
+        raise BadInput(f"--tf32 applies to CUDA devices, not {device}; drop it or use --device cuda")
     if recipe not in RECIPES:
         raise BadInput(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
     rec = RECIPES[recipe]
@@ -225,7 +232,6 @@ def train_pack(
     if warmup_steps < 1:
         raise BadInput("warmup_steps must be at least 1 (the optimizer's state exists after one step)")
     members = check_pack(members)
-    dev = _device(device)
     if cuda_graphs is None:
         cuda_graphs = dev.type == "cuda" and not compile
     if cuda_graphs and (dev.type != "cuda" or compile):
@@ -243,16 +249,17 @@ def train_pack(
     if amp_dtype == torch.float16:
         raise BadInput("--amp on this GPU would be float16, which needs loss scaling the packed trainer does not do; "
                        "train without --amp here")
-    precision = "fp32" if amp_dtype is None and dtype == torch.float32 else (
+    precision = precision_name(dev, tf32) if amp_dtype is None and dtype == torch.float32 else (
         str(dtype).replace("torch.", "") if amp_dtype is None else f"{str(amp_dtype).replace('torch.', '')}-autocast")
     config = dict(members=[m.as_dict() for m in members], recipe=recipe, epochs=epochs, batch_size=batch_size,
                   lr=rec.lr, amp=bool(amp), dtype=str(dtype).replace("torch.", ""), num_classes=train_set.num_classes,
-                  n_train=n, data_sha256=test_set.sha256)
+                  n_train=n, data_sha256=test_set.sha256, **({"tf32": True} if tf32 else {}))
     if dev.type == "cpu" and amp_dtype is not None and not cpu_has_fast_bf16():
         log(f"warning: this CPU ({cpu_name()}, {cpu_capability()}) has no oneDNN bf16 kernels, so --amp runs "
             f"many times slower than fp32 here; train without --amp on this machine")
 
-    with runstate.locked(run_dir):
+    # deterministic on CUDA (cuDNN deterministic, no benchmark search), TF32 only with ``tf32``
+    with runstate.locked(run_dir), determinism(dev, tf32=tf32):
         state = runstate.read_state(run_dir) if resume else None
         if state is not None and state["config"] != config:
             prev = state["config"]

@@ -29,6 +29,7 @@ FAST = {
     "square": {"queries": 100, "p_init": 0.3},
     "hsj": {"steps": 3, "max_evals": 50, "init_evals": 10},
     "autoattack": {"steps": 10, "queries": 50, "target_classes": 3},
+    "autoattack_art": {"steps": 10, "queries": 50, "target_classes": 3},
     "autoattack_lite": {"steps": 10, "queries": 50},
 }
 BIG_EPS = {"linf": 0.5, "l2": 4.0}  # an L2 ε above 1 is a real radius here (‖δ‖₂ ≤ √192)
@@ -101,8 +102,9 @@ def test_tiny_model_learns_the_task(trained, batch):
 
 def test_registry_names_backends_and_defaults_table():
     assert set(list_attacks()) >= {"fgsm", "ifgsm", "pgd", "pgd10", "pgd_l2", "apgd_ce", "cw_l2", "deepfool",
-                                   "square", "hsj", "autoattack", "autoattack_lite"}
+                                   "square", "hsj", "autoattack", "autoattack_art", "autoattack_lite"}
     assert backends_for("pgd") == ["art", "foolbox"]
+    assert backends_for("autoattack") == ["pyautoattack"] and backends_for("autoattack_art") == ["art"]
     assert backends_for("square") == ["art"]
     rows = attack_defaults()
     assert [r["attack"] for r in rows] == list_attacks()
@@ -364,12 +366,13 @@ def test_run_eps_bad_eps_list(trained, batch):
 
 
 def test_standard_autoattack_at_least_as_strong_as_apgd_ce(trained):
-    """Issue 15: the standard AutoAttack lowers accuracy at least as much as APGD-CE alone on the
-    same examples (APGD-CE is its first component, seeded alike), and its extra components break more."""
+    """Issue 15: the standard AutoAttack (ART composition) lowers accuracy at least as much as ART's APGD-CE
+    alone on the same examples (APGD-CE is its first component, seeded alike), and its extra components
+    break more."""
     x, y = make_data(48, seed=6)
     eps = 0.12  # APGD-CE leaves ~40 %: room for the other components
     ce = make_attack("apgd_ce", eps=eps, seed=0, steps=10).run(trained, x, y).robust
-    aa = make_attack("autoattack", eps=eps, seed=0, steps=10, queries=100).run(trained, x, y).robust
+    aa = make_attack("autoattack_art", eps=eps, seed=0, steps=10, queries=100).run(trained, x, y).robust
     lite = make_attack("autoattack_lite", eps=eps, seed=0, steps=10, queries=100).run(trained, x, y).robust
     assert not (aa & ~ce).any(), "an example APGD-CE broke survived AutoAttack"
     assert aa.sum() <= ce.sum() and aa.sum() <= lite.sum()
@@ -399,3 +402,32 @@ def test_standard_autoattack_apgd_keeps_an_adversarial_iterate_the_last_step_los
     got = torch.from_numpy(out)
     fooled = ~adv.robust
     assert torch.equal(got[fooled], adv.x_adv[fooled]) and torch.equal(got[~fooled], x[~fooled])
+
+
+def test_autoattack_is_the_authors_code_batch_by_batch(trained):
+    """`autoattack` runs pyautoattack's standard AutoAttack on each batch with the batch's seed: its
+    per-example flags equal those of calling the reference directly, batch by batch (the cross-check
+    benchmarks/autoattack_crosscheck.py runs at full budget on CIFAR-10)."""
+    from pyautoattack import AutoAttack
+
+    from robench.executors import batch_seed, run_attack_group
+
+    x, y = make_data(24, seed=7)
+    x = x.contiguous(memory_format=torch.channels_last)  # as robench holds images (the reference needs NCHW)
+    eps, budget = 0.12, {"steps": 5, "queries": 30, "target_classes": 3}
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    (res,) = run_attack_group(trained, x, y, attack="autoattack", eps=[eps], backend=None, params=budget, seed=5,
+                              batch_size=12)
+    assert torch.equal(torch.get_rng_state(), state)  # the reference seeds torch globally; the wrapper restores it
+    assert res.backend == "pyautoattack"
+    ref = []
+    for b, i in enumerate(range(0, len(y), 12)):
+        aa = AutoAttack(trained.eval(), norm="Linf", eps=eps, version="standard", seed=batch_seed(5, b), device="cpu")
+        aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = budget["steps"]
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = budget["target_classes"]
+        aa.square.n_queries = budget["queries"]
+        _, y_adv = aa.run_standard_evaluation(x[i:i + 12].contiguous(), y[i:i + 12], batch_size=12)
+        ref.append((y_adv == y[i:i + 12]).numpy())
+    np.testing.assert_array_equal(res.flags, np.concatenate(ref))
+    assert 0 < res.flags.sum() < accuracy(trained, x, y) * len(y)  # ε left something and broke something

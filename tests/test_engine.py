@@ -18,7 +18,7 @@ from robench.data import load_samples
 from robench.engine import Cell, EvalSpec, batch_seed, plan_cells, row_key
 from robench.errors import BadInput
 from synthetic_cifar import write_cifar10
-from robench.results import SCHEMA, read_table, unpack_flags, wilson, write_table
+from robench.results import KEY, SCHEMA, read_table, run_key, unpack_flags, wilson, write_table
 
 EPS = 4 / 255
 FAST = {"pgd": {"steps": 2}}
@@ -143,7 +143,10 @@ def test_rows_match_the_planned_cells(table):
     assert rows == {c.table_key() for c in cells}
     assert len({c.cell_id() for c in cells}) == len(cells)
     pgd = next(c for c in cells if c.perturbation == "pgd")
-    assert pgd.key()[-1] == (("steps", 2),)  # overrides are part of the identity
+    assert pgd.key()[len(KEY)] == (("steps", 2),)  # overrides are part of the identity
+    # so are the batch size and the device kind (attack seeds are drawn per batch), and rows record them
+    assert pgd.key()[-2:] == (256, "cpu") == pgd.run_key()
+    assert {run_key(r) for _, r in table.iterrows()} == {(4, "cpu")}  # the fixture ran with batch_size=4
 
 
 def test_cell_key_is_stable_and_normalised():
@@ -153,6 +156,8 @@ def test_cell_key_is_stable_and_normalised():
              severity=None, seed=0, n=20, dataset="samples", params=(("random_start", False), ("steps", 3)))
     assert a == b and a.key() == b.key() and a.cell_id() == b.cell_id() and re.fullmatch(r"[0-9a-f]{16}", a.cell_id())
     assert a.cell_id() != Cell(**{**a.__dict__, "seed": 1}).cell_id()
+    assert a.cell_id() != Cell(**{**a.__dict__, "batch_size": 100}).cell_id() != \
+        Cell(**{**a.__dict__, "batch_size": 100, "device": "cuda"}).cell_id()
     assert batch_seed(0, 0) == batch_seed(0, 0) != batch_seed(0, 1) != batch_seed(1, 1)
 
 

@@ -156,8 +156,11 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(BadInput, match="larger than the training set"):
         train("resnet20", ds, ds, batch_size=32, **kw)
     if not torch.cuda.is_available():
-        with pytest.raises(BadInput, match="device 'cuda' is not available here; valid choices: cpu"):
+        with pytest.raises(BadInput, match="'cuda' is not available here.*valid choices: cpu"):
             train("resnet20", ds, ds, device="cuda", **kw)
+    for bad in ("gpu", "meta", "cuda:99"):
+        with pytest.raises(BadInput, match="valid choices: cpu"):
+            train("resnet20", ds, ds, device=bad, **kw)
     with pytest.raises(BadInput, match="unknown model"):
         train("resnet21", ds, ds, **kw)
     assert not (tmp_path / "run").exists() and not (tmp_path / "zoo").exists()

@@ -21,11 +21,13 @@ from robench.results import wilson
 Z95 = 1.959963984540054
 # Columns before an analysis' own columns, and the provenance columns after them, in table order.
 ID_COLUMNS = ("analysis", "model", "scheme", "lam", "origin", "dataset", "n", "seed")
+RUN_COLUMNS = ("host", "device_name", "precision", "memory_format", "batch_size", "cuda_version", "cudnn_version",
+               "pyautoattack_version")
 PROVENANCE_COLUMNS = ("seconds", "device", "robench_version", "torch_version", "art_version", "foolbox_version",
-                      "git_sha", "timestamp", "data_sha256", "weights_sha256", "card_sha256", "data_label")
+                      "git_sha", "timestamp", "data_sha256", "weights_sha256", "card_sha256", "data_label", *RUN_COLUMNS)
 STRING_COLUMNS = ("analysis", "model", "scheme", "origin", "dataset", "device", "robench_version", "torch_version",
                   "art_version", "foolbox_version", "git_sha", "timestamp", "data_sha256", "weights_sha256",
-                  "card_sha256", "data_label")
+                  "card_sha256", "data_label", *(c for c in RUN_COLUMNS if c != "batch_size"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +80,13 @@ def model_lam(model: torch.nn.Module, scheme: str) -> float:
 
 
 def load_model(spec: ModelSpec, device: torch.device) -> Loaded:
+    """The zoo model on ``device`` in its memory format, eval mode, parameters frozen."""
     import model_zoo
 
-    entry = model_zoo.load_entry(spec.name, lam=spec.lam)
-    model = entry.model.to(device).eval()
+    from robench.devices import memory_format
+
+    entry = model_zoo.load_entry(spec.name, lam=spec.lam, map_location=str(device))
+    model = entry.model.to(device, memory_format=memory_format(device)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     scheme = str(entry.card.scheme)
@@ -91,10 +96,11 @@ def load_model(spec: ModelSpec, device: torch.device) -> Loaded:
 
 def load_inputs(dataset: str | None, data_dir: str | os.PathLike | None, n: int | None, device: torch.device):
     from robench.data import load_dataset
+    from robench.devices import to_format
 
     ds = load_dataset(dataset, data_dir, n=n)
     x, y = ds.as_float(device)
-    return ds, x, y
+    return ds, to_format(x), y
 
 
 def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
@@ -142,6 +148,7 @@ def finish(records: list[dict], columns: Sequence[str]) -> pd.DataFrame:
         df[c] = df[c].astype("string")
     for c in ("n", "seed"):
         df[c] = df[c].astype("int64")
+    df["batch_size"] = df["batch_size"].astype("Int64")
     return df
 
 
@@ -295,35 +302,45 @@ def check_pixels(v, what: str) -> float:
     return float(v)
 
 
+def analysis_batch_size(batch_size, device: torch.device, job: str = "analysis") -> int:
+    """``batch_size`` checked, or the device's default for the job (:func:`robench.devices.default_batch_size`)."""
+    from robench.devices import default_batch_size
+
+    return default_batch_size(device, job) if batch_size is None else check_positive(batch_size, "batch size")
+
+
 def run_models(analysis: str, specs: Sequence[ModelSpec], compute: Callable, *, dataset, data_dir, n, seed: int,
-               device, log: Callable[[str], None] | None,
+               device, batch_size: int | None, log: Callable[[str], None] | None,
                on_model: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Load the data once, then per model: ``compute(model, x, y, on_batch) -> rows``; each row gets the
-    ID and provenance columns and the model's wall seconds. Progress goes to ``log`` after every batch;
-    ``on_model`` gets the records so far after every model (the CLI writes them, so a kill loses at most
-    the model in flight)."""
+    """Resolve the device, load the data once, then per model: ``compute(model, x, y, batch_size, on_batch)
+    -> rows``; each row gets the ID and provenance columns (the batch size among them) and the model's
+    wall seconds. Runs under :func:`robench.devices.determinism`. Progress goes to ``log`` after every
+    batch; ``on_model`` gets the records so far after every model (the CLI writes them, so a kill loses
+    at most the model in flight)."""
     from robench.data import data_label
-    from robench.devices import resolve_device
+    from robench.devices import determinism, resolve_device
 
     dev = resolve_device(device)
+    batch_size = analysis_batch_size(batch_size, dev)
     ds, x, y = load_inputs(dataset, data_dir, n, dev)
-    context = provenance(dev)
+    context = {**provenance(dev), "batch_size": batch_size}
     say = log or (lambda s: print(s, file=sys.stderr))
     records = []
-    for spec in specs:
-        loaded = load_model(spec, dev)
-        t0 = time.perf_counter()
-        done = [0]
+    with determinism(dev):
+        for spec in specs:
+            loaded = load_model(spec, dev)
+            t0 = time.perf_counter()
+            done = [0]
 
-        def progress(k: float, what: str = "", label=spec.label()) -> None:
-            done[0] += k
-            say(progress_line(analysis, label, done[0], len(y), time.perf_counter() - t0, what))
+            def progress(k: float, what: str = "", label=spec.label()) -> None:
+                done[0] += k
+                say(progress_line(analysis, label, done[0], len(y), time.perf_counter() - t0, what))
 
-        rows = compute(loaded.model, x, y, progress)
-        base = {"analysis": analysis, **loaded.meta, "dataset": ds.name, "n": len(y), "seed": int(seed),
-                "seconds": time.perf_counter() - t0, **context, "data_sha256": ds.sha256,
-                "data_label": data_label(ds)}
-        records += [{**base, **row} for row in rows]
-        if on_model is not None:
-            on_model(records)
+            rows = compute(loaded.model, x, y, batch_size, progress)
+            base = {"analysis": analysis, **loaded.meta, "dataset": ds.name, "n": len(y), "seed": int(seed),
+                    "seconds": time.perf_counter() - t0, **context, "data_sha256": ds.sha256,
+                    "data_label": data_label(ds)}
+            records += [{**base, **row} for row in rows]
+            if on_model is not None:
+                on_model(records)
     return records

@@ -62,9 +62,11 @@ def pgd_direction(model, x, y, *, eps: float, seed: int, backend: str | None = N
     """The robench PGD L∞ perturbation at ε, scaled to unit L∞ norm per example."""
     from robench.attacks import make_attack
 
-    x_adv = make_attack("pgd", eps=eps, backend=backend, seed=seed)(model, x, y)
-    d = x_adv - x
-    peak = d.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+    return _unit_linf(make_attack("pgd", eps=eps, backend=backend, seed=seed)(model, x, y) - x)
+
+
+def _unit_linf(d: torch.Tensor) -> torch.Tensor:
+    peak = d.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (d.dim() - 1)))
     return d / peak
 
 
@@ -86,18 +88,19 @@ def check_directions(directions: Sequence[str]) -> list[str]:
 
 @torch.no_grad()
 def _evaluate(model, x, y, d: torch.Tensor, ts: np.ndarray, d2: torch.Tensor | None = None,
-              ts2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """loss and correctness of clip(x + t·d [+ t2·d2]) → arrays [len(ts)(, len(ts2)), N]."""
+              ts2: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """loss and correctness of clip(x + t·d [+ t2·d2]) → tensors [len(ts)(, len(ts2)), N] on x's device
+    (filled there, read by the caller once: no host round trip per grid point)."""
     grid = [(t, None) for t in ts] if d2 is None else [(t, t2) for t in ts for t2 in ts2]
-    loss = np.empty((len(grid), len(y)), dtype=np.float64)
-    correct = np.empty((len(grid), len(y)), dtype=bool)
+    loss = torch.empty((len(grid), len(y)), dtype=torch.float32, device=x.device)
+    correct = torch.empty((len(grid), len(y)), dtype=torch.bool, device=x.device)
     for i, (t, t2) in enumerate(grid):
         xt = x + float(t) * d
         if d2 is not None:
             xt = xt + float(t2) * d2
         logits = model(xt.clamp_(0.0, 1.0))
-        loss[i] = F.cross_entropy(logits, y, reduction="none").double().cpu().numpy()
-        correct[i] = (logits.argmax(1) == y).cpu().numpy()
+        loss[i] = F.cross_entropy(logits.float(), y, reduction="none")
+        correct[i] = logits.argmax(1) == y
     if d2 is not None:
         loss, correct = loss.reshape(len(ts), len(ts2), -1), correct.reshape(len(ts), len(ts2), -1)
     return loss, correct
@@ -121,9 +124,15 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, dir
         if grid2d else None
     n = len(y)
     check_size(len(ts), len(ts2) if grid2d else 0, n, n_random)
-    rand = [random_signs(tuple(x.shape), seed, k).to(x.device) for k in range(n_random)] \
+    rand = [random_signs(tuple(x.shape), seed, k).to(x.device, x.dtype) for k in range(n_random)] \
         if ("random" in directions or grid2d) else []
     parts: dict[tuple, list] = {}
+    if "pgd" in directions:  # checked once for the whole set; each batch's PGD then runs without a host read
+        from robench.attacks import make_attack
+        from robench.attacks.base import check_bound, no_excess
+
+        pgd_classes = make_attack("pgd", eps=pgd_eps, backend=backend).prepare(model, x, y)
+        pgd_excess = no_excess(x.device)
     for b, i in enumerate(range(0, n, batch_size)):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         dirs: list[tuple[tuple, torch.Tensor]] = []
@@ -132,7 +141,10 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, dir
             dirs.append((("grad_sign", 0), gsign))
         if "pgd" in directions:
             bseed = int(np.random.SeedSequence([int(seed), b]).generate_state(1)[0])
-            dirs.append((("pgd", 0), pgd_direction(model, xb, yb, eps=pgd_eps, seed=bseed, backend=backend)))
+            atk = make_attack("pgd", eps=pgd_eps, backend=backend, seed=bseed)
+            (out,), excess = atk.run_batch(model, xb, yb, [pgd_eps], num_classes=pgd_classes, score=False)
+            pgd_excess = torch.maximum(pgd_excess, excess)
+            dirs.append((("pgd", 0), _unit_linf(out.x_adv - xb)))
         if "random" in directions:
             dirs += [(("random", k), r[i:i + batch_size]) for k, r in enumerate(rand)]
         steps = len(dirs) + int(grid2d)
@@ -144,10 +156,12 @@ def per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, dir
             parts.setdefault(("grad_sign×random", 0), []).append(_evaluate(model, xb, yb, gsign, ts, rand[0][i:i + batch_size], ts2))
             if on_batch is not None:
                 on_batch(len(yb) / steps, "2-D grid")
+    if "pgd" in directions:
+        check_bound(pgd_excess, atk)
     out = {}
-    for key, chunks in parts.items():
-        loss = np.concatenate([c[0] for c in chunks], axis=-1)
-        correct = np.concatenate([c[1] for c in chunks], axis=-1)
+    for key, chunks in parts.items():  # one device → host copy per direction
+        loss = torch.cat([c[0] for c in chunks], dim=-1).cpu().numpy().astype(np.float64)
+        correct = torch.cat([c[1] for c in chunks], dim=-1).cpu().numpy()
         out[key] = (ts, ts2, loss, correct) if key[0] == "grad_sign×random" else (ts, loss, correct)
     return out
 
@@ -180,10 +194,11 @@ def aggregate(values: dict) -> list[dict]:
 def landscape(*, models: Sequence[str | ModelSpec], dataset: str | None = None, data_dir=None, n: int | None = None,
               seed: int = 0, directions: Sequence[str] = DIRECTIONS, radius: float = 16 / 255, points: int = 41,
               n_random: int = 1, pgd_eps: float = 8 / 255, backend: str | None = None, grid2d: bool = False,
-              points2d: int = 21, batch_size: int = 250, device: str | torch.device = "cpu",
+              points2d: int = 21, batch_size: int | None = None, device: str | torch.device = "cpu",
               log: Callable[[str], None] | None = None,
               on_model: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
-    """The landscape table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images."""
+    """The landscape table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images
+    (``batch_size`` None: the device's default, :func:`robench.devices.default_batch_size`)."""
     specs = specs_of(models)
     seed = check_seed(seed)
     t_grid(radius, points)  # check the grid and directions before loading anything
@@ -195,13 +210,13 @@ def landscape(*, models: Sequence[str | ModelSpec], dataset: str | None = None, 
     if n is not None:
         check_size(points + 2, points2d + 1 if grid2d else 0, check_positive(n, "n"), n_random)
 
-    def compute(model, x, y, on_batch):
+    def compute(model, x, y, batch, on_batch):
         return aggregate(per_example(model, x, y, directions=directions, radius=radius, points=points,
                                      n_random=n_random, seed=seed, pgd_eps=pgd_eps, backend=backend, grid2d=grid2d,
-                                     points2d=points2d, batch_size=batch_size, on_batch=on_batch))
+                                     points2d=points2d, batch_size=batch, on_batch=on_batch))
 
     records = run_models("landscape", specs, compute, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
-                         device=device, log=log, on_model=None if on_model is None else lambda r: on_model(_table(r)))
+                         device=device, batch_size=batch_size, log=log, on_model=None if on_model is None else lambda r: on_model(_table(r)))
     return _table(records)
 
 

@@ -46,8 +46,9 @@ def file_statistics(images: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndar
 
 @torch.no_grad()
 def _correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> np.ndarray:
-    return np.concatenate([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu().numpy()
-                           for i in range(0, len(y), batch_size)])
+    """Per-example correctness, gathered on the device and read once."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
+                      for i in range(0, len(y), batch_size)]).cpu().numpy()
 
 
 def evaluate_file(model: torch.nn.Module, corruption_dir: str | os.PathLike, name: str, *, n: int | None = None,
@@ -55,6 +56,7 @@ def evaluate_file(model: torch.nn.Module, corruption_dir: str | os.PathLike, nam
     """Rows for one model and one corruption file: per-severity and pooled accuracy under both protocols.
     ``labels``: the clean test labels every severity's labels must equal (see ``load_cifar10c``)."""
     from robench.corruptions import load_cifar10c
+    from robench.devices import to_format
 
     batch_size = check_positive(batch_size, "batch size")
     mean_buf, std_buf = getattr(model, "mean", None), getattr(model, "std", None)
@@ -70,6 +72,7 @@ def evaluate_file(model: torch.nn.Module, corruption_dir: str | os.PathLike, nam
     for s, ds in enumerate(full, start=1):
         ds = ds.first(n)
         x, y = ds.as_float(device)
+        x = to_format(x)
         z = (x - fm) / fs  # the reference's input tensor
         flags = {"standard": _correct(model, x, y, batch_size),
                  "reference": _correct(model, z * std_buf + mean_buf, y, batch_size)}
@@ -89,24 +92,26 @@ def _row(name, protocol, severity, flags, fmean, fstd) -> dict:
 
 
 def noise_protocol(*, models: Sequence[str | ModelSpec], corruption_dir: str | os.PathLike,
-                   corruptions: Sequence[str] = REFERENCE_NOISE, n: int | None = None, batch_size: int = 500,
+                   corruptions: Sequence[str] = REFERENCE_NOISE, n: int | None = None, batch_size: int | None = None,
                    device: str | torch.device = "cpu", data_dir: str | os.PathLike | None = None,
                    log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Both protocols for zoo models on the CIFAR-10-C files in ``corruption_dir`` (tidy table, Wilson intervals).
 
-    ``n`` is per severity; the pooled row has 5·n examples. Deterministic: no random draws. The clean
-    CIFAR-10 test split (``data_dir``, default the fetched copy) is read for its labels only: every
-    severity's labels in CIFAR-10-C must equal them, so a reordered ``labels.npy`` is refused.
+    ``n`` is per severity; the pooled row has 5·n examples. Deterministic: no random draws. ``batch_size``
+    None: the device's default (:func:`robench.devices.default_batch_size`). The clean CIFAR-10 test
+    split (``data_dir``, default the fetched copy) is read for its labels only: every severity's labels
+    in CIFAR-10-C must equal them, so a reordered ``labels.npy`` is refused.
     """
-    from robench.devices import resolve_device
-    from robench.fileio import sha256_file
+    from robench.analysis.common import analysis_batch_size
+    from robench.devices import determinism, resolve_device
     from robench.corruptions import load_cifar10c
 
+    dev = resolve_device(device)  # before anything is read
     specs = specs_of(models)
     if not corruptions:
         raise BadInput(f"give at least one corruption, e.g. {', '.join(REFERENCE_NOISE)}")
-    dev = resolve_device(device)
-    context = provenance(dev)
+    batch_size = analysis_batch_size(batch_size, dev, "noise")
+    context = {**provenance(dev), "batch_size": batch_size}
     say = log or (lambda s: print(s, file=sys.stderr))
     from robench.datahome import resolve_data_dir
 
@@ -123,7 +128,9 @@ def noise_protocol(*, models: Sequence[str | ModelSpec], corruption_dir: str | o
         loaded = load_model(spec, dev)
         for c in corruptions:
             t0 = time.perf_counter()
-            rows = evaluate_file(loaded.model, corruption_dir, c, n=n, batch_size=batch_size, device=dev, labels=labels)
+            with determinism(dev):
+                rows = evaluate_file(loaded.model, corruption_dir, c, n=n, batch_size=batch_size, device=dev,
+                                     labels=labels)
             seconds = time.perf_counter() - t0
             total = rows[-1]["total"]
             say(f"noise protocol {spec.label()} {c}: " + ", ".join(

@@ -153,21 +153,22 @@ def aggregate(model: torch.nn.Module, values: dict[str, np.ndarray]) -> list[dic
 
 
 def stability(*, models: Sequence[str | ModelSpec], dataset: str | None = None, data_dir=None, n: int | None = None,
-              seed: int = 0, eps: float = 1 / 255, iters: int = 20, batch_size: int = 250,
+              seed: int = 0, eps: float = 1 / 255, iters: int = 20, batch_size: int | None = None,
               device: str | torch.device = "cpu", log: Callable[[str], None] | None = None,
               on_model: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
-    """The stability table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images."""
+    """The stability table of zoo models (``NAME`` or ``NAME@LAM``) on the first ``n`` images
+    (``batch_size`` None: the device's default, :func:`robench.devices.default_batch_size`)."""
     specs = specs_of(models)
     seed = check_seed(seed)
     eps = check_pixels(eps, "stability ε (--eps)")  # before loading anything
     iters = check_count(iters, "power iterations (--iters)", MAX_ITERS)
 
-    def compute(model, x, y, on_batch):
-        return aggregate(model, per_example(model, x, y, eps=eps, seed=seed, iters=iters, batch_size=batch_size,
+    def compute(model, x, y, batch, on_batch):
+        return aggregate(model, per_example(model, x, y, eps=eps, seed=seed, iters=iters, batch_size=batch,
                                             on_batch=on_batch))
 
     records = run_models("stability", specs, compute, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
-                         device=device, log=log, on_model=None if on_model is None else lambda r: on_model(_table(r)))
+                         device=device, batch_size=batch_size, log=log, on_model=None if on_model is None else lambda r: on_model(_table(r)))
     return _table(records)
 
 

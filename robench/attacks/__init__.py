@@ -30,9 +30,11 @@ The first backend listed is the default (ART, except where Foolbox's implementat
 faster: cw_l2, deepfool, hsj). Budget times were measured on a shared 2-core CPU (briefly trained
 ResNet-20) and are indicative only.
 
-``autoattack`` is the standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5000; see
-``art_backend._StandardAutoAttack``); ``autoattack_lite`` is the cheaper composition robench called
-``autoattack`` before (APGD-CE + APGD-DLR + Square 1000).
+``autoattack`` is the standard AutoAttack run by the authors' own code (``pyautoattack``, the
+fra31/auto-attack package, ``version="standard"``: APGD-CE, APGD-T, FAB-T, Square 5000; see
+``pyautoattack_backend``) on the model's device; ``autoattack_art`` is the same composition built from
+ART's components (``art_backend._StandardAutoAttack``), kept to cross-check it; ``autoattack_lite`` is
+the cheaper composition robench called ``autoattack`` before (APGD-CE + APGD-DLR + Square 1000).
 
 Seed-paper protocol: ``fgsm`` (one step of ε), ``ifgsm`` (20 × 1/255), ``pgd`` (20 × 1/255, random
 start). Unlike the seed code, which centres the PGD projection on the random start, the ε-ball is
@@ -40,7 +42,7 @@ centred on the clean image. ``pgd10`` is the common PGD-10 (step 2.5·ε/10).
 """
 from robench.attacks.base import Attack, AttackOutput, FixedEpsAttack, MinimalNormAttack, make_attack
 # the backends register themselves (robench.attacks.registry.BACKENDS); the wrapper imports neither
-from robench.attacks import art_backend, foolbox_backend  # noqa: E402,F401
+from robench.attacks import art_backend, foolbox_backend, pyautoattack_backend  # noqa: E402,F401
 from robench.attacks.registry import (AttackKind, attack_defaults, backends_for, defaults_markdown, list_attacks,
                                       param_ranges, ranges_markdown)
 

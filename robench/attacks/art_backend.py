@@ -168,7 +168,8 @@ class _WorstCase:
 
 
 class _StandardAutoAttack:
-    """Standard AutoAttack L∞ (Croce & Hein 2020; fra31/auto-attack ``version='standard'``):
+    """``autoattack_art``: standard AutoAttack L∞ (Croce & Hein 2020; fra31/auto-attack ``version='standard'``)
+    composed from ART, kept to cross-check ``autoattack`` (the authors' code, ``pyautoattack_backend``):
     APGD-CE (1 restart, ``steps`` iterations, η⁰ = 2ε), APGD-T (DLR loss, 1 restart per target,
     the ``target_classes`` highest non-true logits of the clean image as targets), FAB-T (1 restart
     per target, same targets, the authors' implementation from ``pyautoattack``; ART has no FAB) and
@@ -290,7 +291,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "deepfool": _deepfool,
     "square": _square,
     "hsj": _hsj,
-    "autoattack": _autoattack,
+    "autoattack_art": _autoattack,
     "autoattack_lite": _autoattack_lite,
 }
 

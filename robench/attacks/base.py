@@ -182,9 +182,32 @@ class Attack:
         [0,1], robust flags scored on it. A fixed-ε attack runs once per ε, each run seeded exactly
         as ``run`` with that ε (same seed → same x_adv); a minimal-norm attack searches once and
         projects/scores the one result at every ε."""
-        if isinstance(eps_list, (str, bytes)) or not isinstance(eps_list, Sequence) or not eps_list:
-            raise BadInput(f"eps_list must be a non-empty list of ε in pixel units, got {eps_list!r}")
+        _check_eps_list(eps_list)
         return self._outputs(model, x, y, eps_list, score=True)
+
+    @final
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Check ``(model, x, y)`` as every call does (one host read) and return the model's number of
+        classes: run once on a whole set before :meth:`run_batch` on its batches."""
+        x, y = _check_inputs(model, x, y)
+        with frozen_eval(model), torch.no_grad():
+            return _num_classes(model, x, y)
+
+    @final
+    def run_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
+                  num_classes: int, score: bool = True) -> tuple[list[AttackOutput], torch.Tensor]:
+        """:meth:`run_eps` for a loop over batches of a set checked once by :meth:`prepare` (robench's
+        executor), with no host synchronisation of its own: the batch is not checked again, and the
+        ε-ball / [0,1] bound and the scoring logits' finiteness come back as a pair on x's device (see
+        :meth:`_finish`), for the caller to fold with ``torch.maximum`` and read once after its loop
+        (:func:`check_bound`).
+        The outputs are those of :meth:`run_eps` with the same seed (``score=False``: ``robust`` empty,
+        as for ``__call__``)."""
+        _check_eps_list(eps_list)
+        y = torch.as_tensor(y).to(device=x.device, dtype=torch.long)
+        finished = self._run(model, x.detach(), y, [_check_eps(e, self.norm) for e in eps_list], num_classes,
+                             score=score)
+        return [out for out, _ in finished], torch.stack([excess for _, excess in finished]).amax(dim=0)
 
     # -- the shared wrapper ------------------------------------------------------------------
     def _outputs(self, model, x, y, eps_list, *, score: bool) -> list[AttackOutput]:
@@ -193,6 +216,12 @@ class Attack:
         with frozen_eval(model):
             with torch.no_grad():
                 num_classes = _num_classes(model, x, y)
+        finished = self._run(model, x, y, eps_values, num_classes, score=score)
+        check_bound(torch.stack([excess for _, excess in finished]).amax(dim=0), self)
+        return [out for out, _ in finished]
+
+    def _run(self, model, x, y, eps_values, num_classes, *, score: bool) -> list[tuple[AttackOutput, torch.Tensor]]:
+        with frozen_eval(model):
             raws = self._raw(model, x, y, eps_values, num_classes)
             return [self._finish(model, x, y, raw, eps, score, num_classes) for raw, eps in zip(raws, eps_values)]
 
@@ -209,31 +238,50 @@ class Attack:
         return torch.where(torch.isfinite(raw), raw, x)
 
     def _finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, raw: torch.Tensor | None,
-                eps: float, score: bool, num_classes: int = 0) -> AttackOutput:
-        """Project into the ε-ball around x and [0,1], check the bound, score (unless not asked:
-        ``__call__`` returns x_adv only and saves the scoring forward). The scoring logits must have
-        the shape (N, classes) and be finite: an argmax of NaN logits (class 0) is no prediction.
-        The bound and finiteness checks share one host sync."""
+                eps: float, score: bool, num_classes: int = 0) -> tuple[AttackOutput, torch.Tensor]:
+        """Project into the ε-ball around x and [0,1] and score (unless not asked: ``__call__``
+        returns x_adv only and saves the scoring forward). Nothing is read on the host here: the
+        second value, a float64 pair on x's device, is how far the result lies outside the bound
+        (≤ 0 inside) and whether the scoring logits had a NaN or Inf (an argmax of NaN logits, class
+        0, is no prediction); the caller reads it once (:func:`check_bound`). The logits' shape
+        (N, classes) is host metadata and is checked on every batch."""
         x_adv = x.clone() if raw is None or eps == 0.0 else project(x, raw, eps, self.norm)
         norms = perturbation_norm(x_adv - x, self.norm)
         robust = torch.zeros(0, dtype=torch.bool, device=x.device)
         if not x.shape[0]:
-            return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float())
-        stats = [norms.max(), x_adv.min().double(), x_adv.max().double()]
+            return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float()), no_excess(x.device)
+        lo, hi = torch.aminmax(x_adv.detach())
+        bound = torch.stack([norms.max() - (eps + NORM_TOL), -lo.double(), hi.double() - 1.0]).amax()
+        nonfinite = torch.zeros((), dtype=torch.float64, device=x.device)
         if score:
             with torch.no_grad():
                 logits = model(x_adv)
             _check_logits(logits, x.shape[0], num_classes, f"{self.name}/{self.backend}")
             robust = logits.argmax(dim=1) == y
-            stats.append((~torch.isfinite(logits).all()).double())
-        worst, lo, hi, *nonfinite = torch.stack(stats).tolist()  # the one host sync
-        if worst > eps + NORM_TOL or lo < 0.0 or hi > 1.0:
-            raise RuntimeError(f"{self.name}/{self.backend} left its {self.norm} ε-ball "
-                               f"(‖δ‖={worst:.3g} > ε={eps:g}) or [0,1]; this is a robench bug")
-        if nonfinite and nonfinite[0]:
-            raise NonFiniteLogits(f"{self.name}/{self.backend} at ε={eps:g}: the model returned non-finite logits "
-                                  "(NaN or Inf) on the adversarial images; they cannot be scored (check the weights)")
-        return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float())
+            nonfinite = (~torch.isfinite(logits).all()).double()
+        return AttackOutput(x_adv=x_adv, robust=robust, perturbation_norm=norms.float()), torch.stack([bound, nonfinite])
+
+
+def no_excess(device) -> torch.Tensor:
+    """The start of a running :func:`check_bound` maximum: inside the bound, logits finite."""
+    return torch.tensor([-1.0, 0.0], dtype=torch.float64, device=device)
+
+
+def check_bound(excess: torch.Tensor, attack: "Attack") -> None:
+    """Raise when an attack's output left its ε-ball or [0,1], or its scoring logits were not finite:
+    ``excess`` is the element-wise maximum of :meth:`Attack.run_batch`'s second values (one host read)."""
+    worst, nonfinite = excess.tolist()
+    if nonfinite:
+        raise NonFiniteLogits(f"{attack.name}/{attack.backend}: the model returned non-finite logits (NaN or Inf) on "
+                              "the adversarial images; they cannot be scored (check the weights)")
+    if worst > 0.0:
+        raise RuntimeError(f"{attack.name}/{attack.backend} left its {attack.norm} ε-ball or [0,1] by {worst:.3g} "
+                           "(pixels); this is a robench bug")
+
+
+def _check_eps_list(eps_list: Any) -> None:
+    if isinstance(eps_list, (str, bytes)) or not isinstance(eps_list, Sequence) or not eps_list:
+        raise BadInput(f"eps_list must be a non-empty list of ε in pixel units, got {eps_list!r}")
 
 
 @final

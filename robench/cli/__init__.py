@@ -15,6 +15,9 @@ from robench.errors import BadInput
 @click.version_option(package_name="robench", prog_name="robench")
 def cli() -> None:
     """robench: how robust is this architecture, and does damping / multistep discretisation help?"""
+    from robench.devices import prepare_cuda_env
+
+    prepare_cuda_env()  # CUBLAS_WORKSPACE_CONFIG before any command can create a cuBLAS handle
 
 
 def _one_line(msg: str) -> str:

@@ -9,7 +9,7 @@ from robench.cli.options import Int, SafeEcho as _Stdout, parse_param, silence a
 
 
 def build_spec(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir, n,
-               batch_size, device, seeds, backend, threads, config):
+               batch_size, device, seeds, backend, threads, config, tf32=False):
     """The options (and ``--config FILE.toml`` underneath them) → an unvalidated EvalSpec; an option
     given on the command line replaces the config's value."""
     from robench.spec import EvalSpec, load_spec
@@ -24,7 +24,7 @@ def build_spec(models, lams, attacks, eps, params, corruptions, severities, data
         "eps": split_list(eps) or None, "corruptions": split_list(corruptions) or None,
         "severities": split_list(severities) or None, "seeds": split_list(seeds) or None, "data_dir": data_dir,
         "dataset": dataset, "corruption_dir": corruption_dir, "n": n, "batch_size": batch_size, "device": device,
-        "backend": backend, "threads": threads,
+        "backend": backend, "threads": threads, "tf32": True if tf32 else None,
     }
     changes = {k: v for k, v in given.items() if v is not None}
     return base.replace(**changes, attack_params=attack_params)
@@ -48,8 +48,11 @@ def build_spec(models, lams, attacks, eps, params, corruptions, severities, data
               help="Folder holding CIFAR-10-C (<corruption>.npy, labels.npy; `robench data fetch cifar10c` puts it in "
                    "~/.cache/robench/data/CIFAR-10-C); needs the clean CIFAR-10 split.")
 @click.option("--n", "n", type=Int(1), default=None, help="Evaluate the first N test images (default: all).")
-@click.option("--batch-size", type=Int(1), default=None, help="Images per batch (default 256).")
+@click.option("--batch-size", type=Int(1), default=None,
+              help="Images per batch (default: 256 on CPU, 1000 on CUDA); part of a cell's identity.")
 @click.option("--device", default=None, help="cpu or cuda[:i] (default cpu).")
+@click.option("--tf32", is_flag=True, default=None,
+              help="Allow TensorFloat-32 convolutions and matmuls on CUDA (default: IEEE fp32, deterministic).")
 @click.option("--seed", "seeds", multiple=True, help="Seed(s) of attacks and corruptions (comma list; default 0).")
 @click.option("--backend", default=None, help="Attack library: art or foolbox (default: each attack's own).")
 @click.option("--threads", default=None, type=Int(1),
@@ -61,7 +64,7 @@ def build_spec(models, lams, attacks, eps, params, corruptions, severities, data
 @click.option("--checks/--no-checks", "run_checks", default=True, show_default=True,
               help="Run the gradient-masking and sanity checks on the cells afterwards (OUT_checks.parquet/.csv).")
 def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir, n,
-             batch_size, device, seeds, backend, threads, config, out, force, run_checks) -> None:
+             batch_size, device, tf32, seeds, backend, threads, config, out, force, run_checks) -> None:
     """Evaluate zoo models on clean data, attacks and corruptions; one row per cell with a Wilson 95% CI.
 
     The first line names the checkpoints used (shipped / user zoo / file, and the path). Files are
@@ -72,8 +75,11 @@ def eval_cmd(models, lams, attacks, eps, params, corruptions, severities, data_d
     from robench.fileio import output_lock
     from robench.results import check_out, table_paths, write_csv_stream, write_table_or_rescue
 
+    from robench.devices import resolve_device
+
     spec = build_spec(models, lams, attacks, eps, params, corruptions, severities, data_dir, dataset, corruption_dir,
-                      n, batch_size, device, seeds, backend, threads, config)
+                      n, batch_size, device, seeds, backend, threads, config, tf32)
+    resolve_device(spec.device)  # one line before anything is read
     to_stdout = out == "-"
     checks_out = None if out is None or to_stdout else checks_stem(out)
     lock = contextlib.nullcontext()

@@ -5,6 +5,7 @@ import click
 
 from robench.cli import cli
 from robench.cli.options import Int, Number, SafeEcho, data_options, split_list as _split
+from robench.devices import resolve_device
 from robench.results import check_out
 
 
@@ -34,6 +35,7 @@ def landscape_cmd(models, directions, radius, points, n_random, pgd_eps, grid2d,
     from robench.analysis.plots import model_label
     from robench.results import write_table
 
+    resolve_device(device)  # one line before anything is read
     check_out(out, force=force)
     df = landscape(models=_split(models), directions=_split(directions) or DIRECTIONS, radius=radius,
                    points=points, n_random=n_random, pgd_eps=pgd_eps, grid2d=grid2d, points2d=points2d,

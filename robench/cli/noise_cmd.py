@@ -23,8 +23,8 @@ from robench.results import check_out
 @click.option("--protocol", type=click.Choice(["both", "standard", "reference"]), default="both", show_default=True,
               help="reference: per-file mean/std normalisation, severities pooled; standard: robench's per-severity.")
 @click.option("--n", "n", default=None, type=Int(1), help="The first N images of each severity (default: all).")
-@click.option("--batch-size", default=500, type=Int(1), show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=None, type=Int(1), help="Images per batch (default: 500 on CPU, 2500 on CUDA).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:i.")
 @click.option("--out", default=None, help="Write OUT.parquet and OUT.csv.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT table.")
 def noise_cmd(models, corruption_dir, data_dir, corruptions, protocol, n, batch_size, device, out, force) -> None:
@@ -33,6 +33,9 @@ def noise_cmd(models, corruption_dir, data_dir, corruptions, protocol, n, batch_
     from robench.analysis.noise_protocol import REFERENCE_NOISE, noise_protocol
     from robench.results import write_table
 
+    from robench.devices import resolve_device
+
+    resolve_device(device)  # one line before anything is read
     if out is not None:
         check_out(out, force=force)
     df = noise_protocol(models=_split(models), corruption_dir=corruption_dir,

@@ -101,8 +101,9 @@ def data_options(fn):
                           "--dataset, else the 20 bundled samples)."),
         click.option("--dataset", type=click.Choice(["samples", "cifar10", "cifar100"]), default=None),
         click.option("--n", "n", default=None, type=Int(1), help="The first N test images (default: all)."),
-        click.option("--batch-size", default=250, type=Int(1), show_default=True),
-        click.option("--device", default="cpu", show_default=True),
+        click.option("--batch-size", default=None, type=Int(1),
+                     help="Images per batch (default: 250 on CPU, 1000 on CUDA)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:i (mps where there is one)."),
     ]):
         fn = opt(fn)
     return fn

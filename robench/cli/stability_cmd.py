@@ -5,6 +5,7 @@ import click
 
 from robench.cli import cli
 from robench.cli.options import Int, Number, SafeEcho, data_options, split_list as _split
+from robench.devices import resolve_device
 from robench.results import check_out
 
 
@@ -25,6 +26,7 @@ def stability_cmd(models, eps, iters, data_dir, dataset, n, seed, batch_size, de
     from robench.analysis.stability import stability
     from robench.results import write_table
 
+    resolve_device(device)  # one line before anything is read
     check_out(out, force=force)
     df = stability(models=_split(models), eps=eps, iters=iters, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
                    batch_size=batch_size, device=device, log=echo,

@@ -28,6 +28,7 @@ RAY_ONLY = ("--gpus-per-task", "--retries", "--batches-per-task", "--ray-timeout
 @click.option("--threads", default=None, type=Int(1), metavar="N",
               help="CPU threads (default: the config's, $ROBENCH_THREADS, else min(cores, 4)); with --executor ray "
                    "the CPUs each task reserves and its threads (default 1).")
+@click.option("--tf32", is_flag=True, help="Allow TensorFloat-32 on CUDA (overrides the config's tf32; default IEEE fp32).")
 @click.option("--gpus-per-task", "gpus", default=None, type=float, metavar="F",
               help="Ray, device cuda: GPUs each task reserves (default 1; 0.25 packs four tasks on a GPU).")
 @click.option("--retries", default=None, type=int, metavar="N",
@@ -40,8 +41,8 @@ RAY_ONLY = ("--gpus-per-task", "--retries", "--batches-per-task", "--ray-timeout
 @click.option("--checks/--no-checks", "run_checks", default=True, show_default=True,
               help="Run the gradient-masking and sanity checks on the finished table (OUT/checks.parquet/.csv); "
                    "with --executor ray on the cluster.")
-def sweep_cmd(config, out, data_dir, dry_run, executor, address, threads, gpus, retries, batches_per_task, ray_timeout, force,
-              run_checks) -> None:
+def sweep_cmd(config, out, data_dir, dry_run, executor, address, threads, tf32, gpus, retries, batches_per_task,
+              ray_timeout, force, run_checks) -> None:
     """Run the grid of a TOML CONFIG resumably: finished cells are kept, a rerun does only the rest.
 
     A line per finished cell with a counter over the whole plan (it goes on after a resume) and an
@@ -73,6 +74,12 @@ def sweep_cmd(config, out, data_dir, dry_run, executor, address, threads, gpus, 
         spec = spec.replace(threads=threads)
     if data_dir is not None:
         spec = spec.replace(data_dir=data_dir)
+    if tf32:
+        spec = spec.replace(tf32=True)
+    if executor == "local":
+        from robench.devices import resolve_device
+
+        resolve_device(spec.device)  # one line before anything is read (Ray workers check their own)
     plan = plan_sweep(spec, out=out, executor=executor, force=force)
     if ray_options is not None:
         ray_options.validate(plan.config.device)

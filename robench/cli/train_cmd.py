@@ -41,6 +41,7 @@ _PLAN_SETTINGS = {"recipe": "--recipe", "epochs": "--epochs", "batch_size": "--b
 @click.option("--lr", type=float, default=None, help="Override the recipe's peak learning rate.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i].")
 @click.option("--amp/--no-amp", default=False, help="bf16 autocast.")
+@click.option("--tf32", is_flag=True, help="Allow TensorFloat-32 convolutions and matmuls on CUDA (default: IEEE fp32).")
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the models (no CUDA graphs then).")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None,
               help="Replay the pack's step as a CUDA graph (default: on with --device cuda).")
@@ -56,8 +57,8 @@ _PLAN_SETTINGS = {"recipe": "--recipe", "epochs": "--epochs", "batch_size": "--b
               help="CPU threads (default: $ROBENCH_THREADS, else min(cores, 4)).")
 @click.option("--force/--no-force", default=False, help="Replace an existing run folder or zoo entry.")
 @click.pass_context
-def train_cmd(ctx, models, lam, seeds, tag, plan, data_dir, dataset, recipe, epochs, batch_size, lr, device, amp, compile_,
-              cuda_graphs, out, run_dir, resume, data_label, n, threads, force) -> None:
+def train_cmd(ctx, models, lam, seeds, tag, plan, data_dir, dataset, recipe, epochs, batch_size, lr, device, amp, tf32,
+              compile_, cuda_graphs, out, run_dir, resume, data_label, n, threads, force) -> None:
     """Train zoo models on CIFAR and put each final checkpoint, with its card, into a zoo.
 
     Several --model / --lam / --seed values train a pack: every combination, in one process, each member
@@ -66,6 +67,7 @@ def train_cmd(ctx, models, lam, seeds, tag, plan, data_dir, dataset, recipe, epo
     import model_zoo
     from model_zoo.checkpoint import user_zoo
     from robench.data import load_cifar
+    from robench.devices import device_label
     from robench.errors import BadInput
     from robench.machine import resolve_threads
     from robench.packed import load_plan, members_from_lists, pack_digest
@@ -93,6 +95,8 @@ def train_cmd(ctx, models, lam, seeds, tag, plan, data_dir, dataset, recipe, epo
         members = [dataclasses.replace(members[0], tag=tag)]
     n_threads = resolve_threads(threads)
     dev = _device(device)  # refused before any data is read
+    if tf32 and dev.type != "cuda":
+        raise BadInput(f"--tf32 applies to CUDA devices, not {device}; drop it or use --device cuda")
     if cuda_graphs and (dev.type != "cuda" or compile_):
         raise BadInput("--cuda-graphs needs --device cuda and no --compile")
     out = Path(out) if out else user_zoo()
@@ -107,7 +111,8 @@ def train_cmd(ctx, models, lam, seeds, tag, plan, data_dir, dataset, recipe, epo
     import torch
 
     torch.set_num_threads(n_threads)
-    common = (f"on {dataset}: {len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {dev}, "
+    common = (f"on {dataset}: {len(train_set)} train / {len(test_set)} test, recipe {recipe}, device {device_label(dev)}"
+              f"{' (tf32)' if tf32 else ''}, "
               f"{n_threads} threads; run dir {run_dir}")
     if single:
         m = members[0]
@@ -116,8 +121,8 @@ def train_cmd(ctx, models, lam, seeds, tag, plan, data_dir, dataset, recipe, epo
     else:
         echo(f"training a pack of {len(members)}: {', '.join(m.id for m in members)} {common}")
     result = train_pack(members, train_set, test_set, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
-                        device=dev, amp=amp, compile=compile_, cuda_graphs=cuda_graphs, run_dir=run_dir, resume=resume,
-                        out=out, data_label_text=data_label,
+                        device=dev, amp=amp, tf32=tf32, compile=compile_, cuda_graphs=cuda_graphs, run_dir=run_dir,
+                        resume=resume, out=out, data_label_text=data_label,
                         progress=os.environ.get("ROBENCH_PROGRESS", "1") != "0", force=force,
                         log=echo)
     if result["diverged"]:
