@@ -141,8 +141,7 @@ batch_size = 10
 n_train = 20
 replaces = true
 [[jobs.packs]]
-models = ["resnet20"]
-seeds = [0]
+members = [{{model = ["resnet20", "inresnet20"], lam = 0.5, seed = 0}}, {{model = "lambda_inresnet20", seed = 0}}]
 
 [[jobs]]
 name = "study"
@@ -169,9 +168,7 @@ epochs = 1
 batch_size = 10
 n_train = 20
 [[jobs.packs]]
-models = ["inresnet20"]
-lams = [0.5]
-seeds = [1]
+members = [{{model = "inresnet20", lam = 0.5, seed = 1}}]
 '''
 
 

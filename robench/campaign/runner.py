@@ -501,25 +501,28 @@ class Campaign:
         run_dir = self.work / "runs" / task.id
         zoo = self.work / "home" / "zoo"
         resume = self._resume_from(rec, run_dir)
-        argv = train_argv(members, task.job.train, device=self.device.type, data_dir=self.data_dir, out=zoo,
-                          run_dir=run_dir, resume=resume)
+        plan_file = self.work / "packs" / f"{task.id}.toml"
+        plan_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = train_argv(members, task.job.train, plan_file=plan_file, device=self.device.type,
+                          data_dir=self.data_dir, out=zoo, run_dir=run_dir, resume=resume)
         rec["command"] = ["robench", *argv]
+        rec["members"] = [m.id for m in members]
         rc, wall, tail = run_command([sys.executable, "-m", "robench", *argv], cwd=self.root, env=self.env,
                                      timeout_s=self.remaining(), log=self.log, prefix=f"{task.id}: ")
         if not self._finish(task, rec, rc, wall, tail, "robench train", run_dir):
             return
         outputs, files = {}, []
         for m in members:
-            stem = zoo / m.stem
+            stem = zoo / m.id
             try:
                 entry = model_zoo.load_entry(stem)
             except BadInput as e:
-                raise BadInput(f"robench train ended without a usable checkpoint of {m.stem}: {e}") from None
+                raise BadInput(f"robench train ended without a usable checkpoint of {m.id}: {e}") from None
             card = entry.card
-            outputs[m.stem] = {"model": m.model, "lam": m.lam, "seed": m.seed, "tag": m.tag,
+            outputs[m.id] = {"model": m.model, "lam": m.lam, "seed": m.seed, "tag": m.tag,
                                "weights_sha256": card.weights_sha256, "card_sha256": entry.card_sha256,
                                "test_acc": card.metrics.get("test_acc"), "n_test": card.metrics.get("n_test")}
-            files += [(f"{m.stem}.safetensors", entry.path), (f"{m.stem}.json", stem.parent / f"{m.stem}.json")]
+            files += [(f"{m.id}.safetensors", entry.path), (f"{m.id}.json", stem.parent / f"{m.id}.json")]
         rec["files"] = write_bundle(self.out, f"zoo-{task.id}", files)
         rec.update(status="done", reason="", outputs=outputs, run_files=[])
         accs = ", ".join(f"{s} {o['test_acc']}" for s, o in outputs.items())

@@ -32,8 +32,11 @@ def show_cmd(plan, state_path) -> None:
         status = rec.get("status", "pending") if rec.get("fingerprint") in (None, t.fingerprint) else "changed"
         head = f"[p{t.job.priority}] {t.id} ({status})" + (f" needs {', '.join(t.job.needs)}" if t.job.needs else "")
         if t.job.kind == "train":
-            argv = train_argv(t.members(), t.job.train, device="cuda", data_dir="DATA", out="ZOO", run_dir="RUN")
-            click.echo(f"{head}: {len(t.members())} members: robench {shlex.join(argv)}")
+            members = t.members()
+            argv = train_argv(members, t.job.train, plan_file=None, device="cuda", data_dir="DATA", out="ZOO",
+                              run_dir="RUN")
+            click.echo(f"{head}: {len(members)} members ({', '.join(m.ref for m in members)}): "
+                       f"robench {shlex.join(argv)}")
         else:
             spec = t.spec.validate(check_device=False)
             click.echo(f"{head}: robench sweep: {len(spec.pairs())} models × {len(spec.seeds)} seeds, attacks "
