@@ -62,7 +62,7 @@ def dry_run(tmp_path_factory):
         mp.setenv("ROBENCH_PROGRESS", "0")
         mp.setattr(model_zoo.checkpoint, "SHIPPED_ZOO", empty)
         manifest = prepare(carry, tarball=tarball, converter=conv, wheels_dir=src / "wheels", root=repo,
-                           log=logs["prepare"].append)
+                           log=logs["prepare"].append).manifest
         # the zoo already holds a resnet20 (today's CPU weights): fam says replaces = true
         stale = model_zoo.save(model_zoo.create_model("resnet20"), root / "zoo" / "resnet20",
                                {"training": {"trainer": "cpu"}})
@@ -440,6 +440,8 @@ def test_committed_plan_packs_each_depth_and_seed_as_issue_23_orders():
                      "d110.p1": ["resnet110", "inresnet110", "lmresnet110"],
                      **{f"d56-s{k}.p1": [f"resnet56{t}", f"inresnet56{t}"] for k, t in ((0, ""), (1, ".s1"), (2, ".s2"))}}
     assert [t.id for t in plan.tasks() if t.job.kind == "train"] == list(packs)  # priority order
+    # depth 56 never trains before priorities 1-3 have (its checkpoints would travel in every later call)
+    assert all(set(plan.job(f"d56-s{k}").needs) == {"d20-s0", "d20-s1", "d20-s2", "d110"} for k in range(3))
     assert all(t.job.train.recipe == "paper" and t.job.train.amp for t in plan.tasks() if t.job.kind == "train")
 
 
@@ -633,3 +635,130 @@ def test_campaign_commands_show_the_plan_and_refuse_bad_input_in_one_line(tmp_pa
             main(argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+# -- what a device call sends -----------------------------------------------------------------------------------
+def test_a_window_carrying_the_test_split_only_evaluates_and_leaves_training_for_later(dry_run, tmp_path):
+    """Once only evaluations are wanted, prepare carries the tarball's test split (checked byte for byte against the
+    CPU copy's test batch) instead of the whole tarball; the window unpacks it to that same test batch, runs the
+    evaluation (its rows verify at ingest), and leaves the train task pending with the reason, though it fits."""
+    from robench.fileio import sha256_file
+
+    root = dry_run["root"]
+    plan = toy_plan(tmp_path / "plan.toml", tmp_path / "none.py", late_estimate=1)
+    text = plan.read_text().replace("[cuda_tests]", "[cuda_tests]\nenabled = false").replace(
+        "[probe]", "[probe]\nenabled = false").replace('needs = ["fam"]\n', "")
+    plan.write_text(text[:text.index("[[jobs]]")] + text[text.index('[[jobs]]\nname = "study"'):])
+    repo = tmp_path / "repo"
+    carry = repo / ".carry"
+    cpu_test = dry_run["data_dir"] / "cifar-10-batches-py" / "test_batch"
+    kw = dict(tarball=root / "src" / "cifar10-jpeg.tar.gz", converter=root / "src" / "cifar10_from_jpeg.py",
+              root=repo, plan=plan, data_dir=dry_run["data_dir"], log=_quiet)
+    assert prepare(carry, **kw).manifest["data"]["carried"] == "full"  # auto: late.p1 still trains
+    done = prepare(carry, data="test", **kw)
+    assert done.manifest["data"] == {"test_batch_sha256": sha256_file(cpu_test), "from": str(dry_run["data_dir"]),
+                                     "carried": "test", "n_train": 50}
+    assert sorted(p.name for p in (carry / "data").iterdir()) == ["cifar10-jpeg-test.tar.gz"]
+    assert (carry / "data" / "cifar10-jpeg-test.tar.gz").stat().st_size < (root / "src" / "cifar10-jpeg.tar.gz").stat().st_size / 2
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBENCH_HOME", str(tmp_path / "home"))
+        mp.setenv("ROBENCH_THREADS", "1")
+        rc = run_campaign(RunOptions(plan=plan, out=tmp_path / "out", deadline_s=600, carry=carry,
+                                     work=tmp_path / "work"), echo=lines.append)
+    assert rc == 0, "\n".join(lines[-20:])
+    s = load_state(tmp_path / "out" / "campaign.json")
+    (w,) = s["windows"]
+    assert w["steps"]["data"]["how"] == "unpacked (test split only)" and w["steps"]["data"]["n_train"] == 0
+    assert w["steps"]["data"]["test_batch_sha256"] == sha256_file(cpu_test)
+    assert w["tasks_run"] == ["study"] and s["tasks"]["study"]["status"] == "done"
+    assert s["tasks"]["late.p1"]["status"] == "pending"
+    assert s["tasks"]["late.p1"]["reason"].startswith("needs the training data, which this window did not carry")
+    # the study evaluated the repository's resnet20 (the sweep's zoo) on the test split: its rows verify
+    report = ingest(tmp_path / "out", plan=plan, data_dir=dry_run["data_dir"], zoo=ROOT / "model_zoo" / "weights",
+                    root=tmp_path, carry=tmp_path / "carry2", threads=1, log=_quiet)
+    assert report.ok and report.installed == [tmp_path / "results" / "toy_study.parquet",
+                                              tmp_path / "results" / "toy_study.csv"]
+
+
+def test_prepare_refuses_a_test_split_that_is_not_the_cpu_copys(dry_run, tmp_path):
+    root = dry_run["root"]
+    other = tmp_path / "other" / "cifar-10-batches-py"
+    other.mkdir(parents=True)
+    (other / "test_batch").write_bytes(b"another copy")
+    carry = tmp_path / "repo" / ".carry"
+    with pytest.raises(BadInput, match="is not .* test batch .*carry the whole tarball"):
+        prepare(carry, tarball=root / "src" / "cifar10-jpeg.tar.gz", converter=root / "src" / "cifar10_from_jpeg.py",
+                root=tmp_path / "repo", data="test", data_dir=other.parent, log=_quiet)
+    assert not (carry / "data" / "cifar10-jpeg-test.tar.gz").exists()
+    with pytest.raises(BadInput, match="--data test needs --data-dir"):
+        prepare(carry, tarball=root / "src" / "cifar10-jpeg.tar.gz", converter=root / "src" / "cifar10_from_jpeg.py",
+                root=tmp_path / "repo", data="test", log=_quiet)
+
+
+def _git(repo: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def test_travel_report_counts_what_a_call_sends_and_projects_the_zoo_growth(tmp_path, monkeypatch, capsys):
+    """The exact bytes of a call (tracked and untracked-not-ignored files, the carried folder by part, nothing
+    ignored), which remaining task needs the training data, what each train task's checkpoints add once installed
+    (a replaced checkpoint adds nothing), the sizes of later calls, and a call over the limit said loudly."""
+    from robench.campaign import travel
+    from robench.cli import main
+
+    repo = tmp_path / "repo"
+    weights = repo / "model_zoo" / "weights"
+    weights.mkdir(parents=True)
+    (weights / "resnet20.safetensors").write_bytes(b"w" * 1_000_000)
+    (weights / "resnet20.json").write_bytes(b"{}" * 500)
+    (repo / ".gitignore").write_text("/.carry/\n/ignored.bin\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "zoo")
+    (repo / "untracked.txt").write_bytes(b"u" * 3000)
+    (repo / "ignored.bin").write_bytes(b"i" * 10_000_000)
+    carry = repo / ".carry"
+    for name, size in (("data/cifar10-jpeg.tar.gz", 2_000_000), ("wheels/a.whl", 300_000), ("tools/c.py", 100),
+                       ("state/run-x.1.tar.gz", 50_000), ("manifest.json", 700)):
+        (carry / name).parent.mkdir(parents=True, exist_ok=True)
+        (carry / name).write_bytes(b"c" * size)
+    plan = toy_plan(tmp_path / "plan.toml", tmp_path / "t.py")
+    r = travel.report(repo, carry, load_plan(plan), None)
+    checkout = 1_000_000 + 1000 + len("/.carry/\n/ignored.bin\n") + 3000
+    assert r["checkout"] == checkout and r["zoo_weights"] == 1_001_000
+    assert r["carry"] == {"data": 2_000_000, "wheels": 300_000, "state": 50_000, "other": 800}
+    assert r["total"] == checkout + 2_350_800 and not r["over"] and r["data"] == "full"
+    assert [(n["task"], n["train_data"]) for n in r["remaining"]] == [("fam.p1", True), ("study", False),
+                                                                       ("late.p1", True)]
+    fam, late = r["remaining"][0]["adds"], r["remaining"][2]["adds"]
+    # resnet20 is there (replaced: +0); inresnet20 at λ 0.5 and lambda_inresnet20 are new: the size of resnet20's
+    # checkpoint file each (same architecture) plus a card
+    assert fam == 2 * (travel.checkpoint_bytes("inresnet20", weights)) and late == fam // 2
+    assert travel.checkpoint_bytes("inresnet20", weights) == int(model_zoo.model_info("inresnet20").params * 4 * 1.016) \
+        + (16 << 10) + travel.CARD_BYTES
+    (p1, p2) = r["projection"]
+    base = r["total"] - 2_000_000
+    assert p1 == {"after": "fam.p1", "adds": fam, "with_training_data": base + fam + travel.FULL_DATA_BYTES,
+                  "test_split_only": base + fam + travel.TEST_DATA_BYTES, "trains_left": True}
+    assert p2["with_training_data"] == base + fam + late + travel.FULL_DATA_BYTES and not p2["trains_left"]
+    text = "\n".join(travel.describe(r))
+    assert "late.p1 (pending): trains; needs the training data" in text and "OVER" not in text
+    monkeypatch.setattr(travel, "LIMIT", r["total"] - 200_000)
+    text = "\n".join(travel.describe(travel.report(repo, carry, load_plan(plan), None)))
+    assert "WARNING: 0.2 MiB over the limit: the device tool will refuse the call" in text and "(OVER)" in text
+    # the command says it and exits 1 (after writing the carried folder)
+    import robench.campaign.prepare as prepare_mod
+
+    monkeypatch.setattr(prepare_mod, "repo_root", lambda: repo)
+    (tmp_path / "conv.py").write_text("")
+    (tmp_path / "d.tar.gz").write_bytes(b"d" * 2_000_000)
+    with pytest.raises(SystemExit) as e:
+        main(["campaign", "prepare", str(carry), "--tarball", str(tmp_path / "d.tar.gz"), "--converter",
+              str(tmp_path / "conv.py"), "--no-wheels", "--plan", str(plan), "--data", "full"])
+    out = capsys.readouterr().out
+    assert e.value.code == 1 and "WARNING:" in out and "over the limit" in out

@@ -18,8 +18,8 @@ The TOML file::
 A train job is a list of *packs*; a pack is one ``robench train --plan`` call training its members
 at once, any set of members of one depth (a member is :class:`robench.packed.Member`: model, λ, seed; its
 ``id`` is the zoo stem it is saved and installed under, its ``ref`` the name evaluation uses).
-:func:`train_argv` is the one place that turns a pack's members into that command line and its plan file. An eval job is one ``robench sweep``, or one per model / attack /
-ε with ``split``. The unit the campaign schedules, records and returns is a *task*: one pack
+:func:`train_argv` is the one place that turns a pack's members into that command line and its plan
+file. An eval job is one ``robench sweep``, or one per model / attack / ε with ``split``. The unit the campaign schedules, records and returns is a *task*: one pack
 (``JOB.p1``, ``JOB.p2``…), one eval job (``JOB``) or one part of a split one (``JOB.resnet20.autoattack``);
 a task's table goes to the job's ``out`` (``OUT.parquet``), a split task's to ``OUT/PART.parquet``.
 """
