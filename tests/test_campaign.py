@@ -638,10 +638,12 @@ def test_campaign_commands_show_the_plan_and_refuse_bad_input_in_one_line(tmp_pa
 
 
 # -- what a device call sends -----------------------------------------------------------------------------------
-def test_a_window_carrying_the_test_split_only_evaluates_and_leaves_training_for_later(dry_run, tmp_path):
-    """Once only evaluations are wanted, prepare carries the tarball's test split (checked byte for byte against the
-    CPU copy's test batch) instead of the whole tarball; the window unpacks it to that same test batch, runs the
+def test_a_window_carrying_the_test_split_only_evaluates_and_leaves_training_for_later(dry_run, tmp_path,
+                                                                                      monkeypatch):
+    """When the whole tarball would take the call over the limit, prepare carries the tarball's test split (checked
+    byte for byte against the CPU copy's test batch) instead; the window unpacks it to that same test batch, runs the
     evaluation (its rows verify at ingest), and leaves the train task pending with the reason, though it fits."""
+    from robench.campaign import travel
     from robench.fileio import sha256_file
 
     root = dry_run["root"]
@@ -650,12 +652,20 @@ def test_a_window_carrying_the_test_split_only_evaluates_and_leaves_training_for
         "[probe]", "[probe]\nenabled = false").replace('needs = ["fam"]\n', "")
     plan.write_text(text[:text.index("[[jobs]]")] + text[text.index('[[jobs]]\nname = "study"'):])
     repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".gitignore").write_text("/.carry/\n")
+    _git(repo, "init", "-q")
     carry = repo / ".carry"
     cpu_test = dry_run["data_dir"] / "cifar-10-batches-py" / "test_batch"
     kw = dict(tarball=root / "src" / "cifar10-jpeg.tar.gz", converter=root / "src" / "cifar10_from_jpeg.py",
-              root=repo, plan=plan, data_dir=dry_run["data_dir"], log=_quiet)
-    assert prepare(carry, **kw).manifest["data"]["carried"] == "full"  # auto: late.p1 still trains
-    done = prepare(carry, data="test", **kw)
+              root=repo, plan=plan, data_dir=dry_run["data_dir"])
+    full = prepare(carry, log=_quiet, **kw)
+    assert full.manifest["data"]["carried"] == "full" and not full.over  # auto: late.p1 can train
+    monkeypatch.setattr(travel, "LIMIT", full.travel["total"] - 1)  # now the whole tarball does not fit
+    said: list[str] = []
+    done = prepare(carry, log=said.append, **kw)
+    assert "data: the whole tarball makes the call " in said[1] and "late.p1 wait for a call with room" in said[1]
+    assert done.travel["total"] < full.travel["total"] and not done.over
     assert done.manifest["data"] == {"test_batch_sha256": sha256_file(cpu_test), "from": str(dry_run["data_dir"]),
                                      "carried": "test", "n_train": 50}
     assert sorted(p.name for p in (carry / "data").iterdir()) == ["cifar10-jpeg-test.tar.gz"]
@@ -735,6 +745,7 @@ def test_travel_report_counts_what_a_call_sends_and_projects_the_zoo_growth(tmp_
     assert r["total"] == checkout + 2_350_800 and not r["over"] and r["data"] == "full"
     assert [(n["task"], n["train_data"]) for n in r["remaining"]] == [("fam.p1", True), ("study", False),
                                                                        ("late.p1", True)]
+    assert [n["waits"] for n in r["remaining"]] == [(), ("fam",), ()]
     fam, late = r["remaining"][0]["adds"], r["remaining"][2]["adds"]
     # resnet20 is there (replaced: +0); inresnet20 at λ 0.5 and lambda_inresnet20 are new: the size of resnet20's
     # checkpoint file each (same architecture) plus a card
@@ -748,6 +759,8 @@ def test_travel_report_counts_what_a_call_sends_and_projects_the_zoo_growth(tmp_
     assert p2["with_training_data"] == base + fam + late + travel.FULL_DATA_BYTES and not p2["trains_left"]
     text = "\n".join(travel.describe(r))
     assert "late.p1 (pending): trains; needs the training data" in text and "OVER" not in text
+    assert "the training data is needed next by fam.p1, late.p1" in text and "needs the test split and the wheels; " \
+        "waits for fam" in text
     monkeypatch.setattr(travel, "LIMIT", r["total"] - 200_000)
     text = "\n".join(travel.describe(travel.report(repo, carry, load_plan(plan), None)))
     assert "WARNING: 0.2 MiB over the limit: the device tool will refuse the call" in text and "(OVER)" in text

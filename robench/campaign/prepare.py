@@ -1,9 +1,9 @@
 """``robench campaign prepare DIR``: the git-ignored folder a GPU window carries besides the repository.
 
-    DIR/data/cifar10-jpeg.tar.gz      the data, while a remaining task trains (the converter reads it from
+    DIR/data/cifar10-jpeg.tar.gz      the data, while a train task can start (the converter reads it from
                                       ../data beside itself) …
-    DIR/data/cifar10-jpeg-test.tar.gz … or its test split alone, once only evaluations remain (≈ 3 of 19 MiB;
-                                      :mod:`robench.campaign.carried_data`)
+    DIR/data/cifar10-jpeg-test.tar.gz … or its test split alone, when none can or the whole tarball would
+                                      take the call over 64 MiB (≈ 3 of 19 MiB; :mod:`~.carried_data`)
     DIR/tools/cifar10_from_jpeg.py    the converter to the official python layout
     DIR/wheels/*.whl, DIR/wheels/src  ART, Foolbox and their small dependencies; pyautoattack's sources
     DIR/manifest.json                 sha256 of each file, the checkout's git sha and code fingerprint, the
@@ -62,18 +62,40 @@ class Prepared:
 
 
 def _data_choice(data: str, plan, state: dict | None, root: Path, log: Callable[[str], None]) -> str:
+    """``full`` or ``test``: ``auto`` is full when a remaining train task can start (the jobs it needs are
+    done), else test; :func:`prepare` falls back to test when full would be over the limit."""
     if data not in DATA_CHOICES:
         raise BadInput(f"--data {data!r}: valid choices: {', '.join(DATA_CHOICES)}")
     if data != "auto":
         return data
     if plan is None:
         return "full"
-    trains = [n.task for n in travel.needs(plan, state, root / "model_zoo" / "weights") if n.train_data]
+    trains = [n.task for n in travel.needs(plan, state, root / "model_zoo" / "weights")
+              if n.train_data and not n.waits]
     if trains:
-        log(f"data: the whole tarball ({', '.join(trains)} still train)")
+        log(f"data: the whole tarball ({', '.join(trains)} can train)")
         return "full"
-    log("data: the test split only (no remaining task trains)")
+    log("data: the test split only (no remaining train task can start)")
     return "test"
+
+
+def _carry_data(split: str, dest: Path, tarball: Path, expected: str | None, data_dir) -> dict | None:
+    """Put the data into ``dest/data``: the whole tarball, or its test split checked against the CPU copy's
+    test batch (sha256 ``expected``); → the tarball's image counts for the test split."""
+    if split == "full":
+        _copy(tarball, dest / "data" / TARBALL)
+        (dest / "data" / TEST_TARBALL).unlink(missing_ok=True)
+        return None
+    counts = write_test_tarball(tarball, dest / "data" / TEST_TARBALL)
+    with tempfile.TemporaryDirectory(prefix="robench-prepare-") as tmp:
+        got = sha256_file(unpack_test_split(dest / "data" / TEST_TARBALL, dest / "tools" / "cifar10_from_jpeg.py",
+                                            tmp, n_train=counts["train"]))
+    if got != expected:
+        (dest / "data" / TEST_TARBALL).unlink()
+        raise BadInput(f"the test split decoded from {tarball} (sha256 {got[:12]}…) is not {data_dir}'s test "
+                       f"batch ({expected[:12]}…); carry the whole tarball (--data full)")
+    (dest / "data" / TARBALL).unlink(missing_ok=True)
+    return counts
 
 
 def prepare(dest: str | os.PathLike, *, tarball: str | os.PathLike, converter: str | os.PathLike,
@@ -85,8 +107,8 @@ def prepare(dest: str | os.PathLike, *, tarball: str | os.PathLike, converter: s
     ``wheels_script`` runs ``gpu_wheels.sh``-style (``bash SCRIPT DIR``); ``wheels_dir`` copies a folder of
     wheels instead; neither: no wheels. ``data_dir``: the CPU copy whose test batch ingest will verify
     against. ``data``: ``full`` (the whole tarball), ``test`` (its test split, checked against ``data_dir``'s
-    test batch byte for byte) or ``auto`` (the test split when ``plan`` has no train task left in the state
-    ``dest/state/campaign.json``)."""
+    test batch byte for byte) or ``auto``: the whole tarball when a train task of ``plan`` can start (state:
+    ``dest/state/campaign.json``) and the call stays within the limit with it, else the test split."""
     from robench.campaign.plan import load_plan
 
     the_plan = load_plan(plan) if plan is not None else None
@@ -126,20 +148,7 @@ def prepare(dest: str | os.PathLike, *, tarball: str | os.PathLike, converter: s
         raise BadInput(f"{dest} is not ignored by git; add /{dest_abs.relative_to(root.resolve())}/ to .gitignore or "
                        ".git/info/exclude (data and wheels are never committed)")
     _copy(converter, dest / "tools" / "cifar10_from_jpeg.py")
-    counts = None
-    if split == "full":
-        _copy(tarball, dest / "data" / TARBALL)
-        (dest / "data" / TEST_TARBALL).unlink(missing_ok=True)
-    else:
-        counts = write_test_tarball(tarball, dest / "data" / TEST_TARBALL)
-        with tempfile.TemporaryDirectory(prefix="robench-prepare-") as tmp:
-            got = sha256_file(unpack_test_split(dest / "data" / TEST_TARBALL, dest / "tools" / "cifar10_from_jpeg.py",
-                                                tmp, n_train=counts["train"]))
-        if got != expected:
-            (dest / "data" / TEST_TARBALL).unlink()
-            raise BadInput(f"the test split decoded from {tarball} (sha256 {got[:12]}…) is not {data_dir}'s test "
-                           f"batch ({expected[:12]}…); carry the whole tarball (--data full)")
-        (dest / "data" / TARBALL).unlink(missing_ok=True)
+    counts = _carry_data(split, dest, tarball, expected, data_dir)
     wheels = dest / "wheels"
     if wheels_script is not None or wheels_dir is not None:
         tmp = dest / "wheels.tmp"
@@ -153,6 +162,27 @@ def prepare(dest: str | os.PathLike, *, tarball: str | os.PathLike, converter: s
             shutil.copytree(wheels_dir, tmp)
         shutil.rmtree(wheels, ignore_errors=True)
         os.replace(tmp, wheels)
+    manifest, report = _finish(dest, root, the_plan, state, expected, data_dir, split, counts)
+    if data == "auto" and split == "full" and report is not None and report["over"]:
+        if expected is None:
+            log(f"data: the whole tarball makes the call {travel.mib(report['total'])}, over the limit; with "
+                "--data-dir the test split alone would be carried instead")
+        else:
+            waiting = [n["task"] for n in report.get("remaining", []) if n["train_data"] and not n["waits"]]
+            log(f"data: the whole tarball makes the call {travel.mib(report['total'])}, over the limit: the test "
+                f"split only ({', '.join(waiting)} wait for a call with room for the training data)")
+            split = "test"
+            counts = _carry_data(split, dest, tarball, expected, data_dir)
+            manifest, report = _finish(dest, root, the_plan, state, expected, data_dir, split, counts)
+    size = sum(b.stat().st_size for _, b in files_under(dest))
+    log(f"prepared {dest}: {len(manifest['files'])} files, {travel.mib(size)}")
+    for line in travel.describe(report):
+        log(line)
+    return Prepared(manifest, report)
+
+
+def _finish(dest: Path, root: Path, plan, state, expected, data_dir, split: str, counts) -> tuple[dict, dict | None]:
+    """Write the manifest; → it and what the next device call sends."""
     git = _git(root, "rev-parse", "HEAD")
     dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     manifest = {"created": now(), "git_sha": git.stdout.decode().strip() if git is not None and git.returncode == 0
@@ -163,9 +193,4 @@ def prepare(dest: str | os.PathLike, *, tarball: str | os.PathLike, converter: s
                 "files": {n: sha256_file(p) for n, p in files_under(dest)
                           if n.split("/")[0] in ("data", "tools", "wheels")}}
     atomic_write_text(dest / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-    report = travel.report(root, dest, the_plan, state)
-    size = sum(b.stat().st_size for _, b in files_under(dest))
-    log(f"prepared {dest}: {len(manifest['files'])} files, {travel.mib(size)}")
-    for line in travel.describe(report):
-        log(line)
-    return Prepared(manifest, report)
+    return manifest, travel.report(root, dest, plan, state)

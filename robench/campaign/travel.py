@@ -67,22 +67,30 @@ class Need:
     wheels: bool              # needs the carried attack libraries (evaluations do)
     adds: int                 # bytes its checkpoints add to the tracked zoo once ingested (replacements: 0)
     reads: tuple[str, ...]    # zoo checkpoints an evaluation reads (tracked: they travel anyway)
+    waits: tuple[str, ...]    # the jobs it needs that are not done yet (it cannot start in the next window)
 
 
 def needs(plan, state: dict | None, zoo: Path) -> list[Need]:
     """The plan's tasks not done in ``state`` (a campaign.json), in priority order, with their inputs."""
     tasks = (state or {}).get("tasks") or {}
-    out = []
-    for t in plan.tasks():
+
+    def done(t) -> bool:
         rec = tasks.get(t.id) or {}
-        if rec.get("status") == "done" and rec.get("fingerprint") == t.fingerprint:
+        return rec.get("status") == "done" and rec.get("fingerprint") == t.fingerprint
+
+    all_tasks = plan.tasks()
+    out = []
+    for t in all_tasks:
+        if done(t):
             continue
+        status = (tasks.get(t.id) or {}).get("status", "pending")
+        waits = tuple(n for n in t.job.needs if not all(done(x) for x in all_tasks if x.job.name == n))
         if t.job.kind == "train":
             adds = sum(0 if (zoo / f"{m.id}.safetensors").is_file() else checkpoint_bytes(m.model, zoo)
                        for m in t.members())
-            out.append(Need(t.id, "train", rec.get("status", "pending"), True, False, adds, ()))
+            out.append(Need(t.id, "train", status, True, False, adds, (), waits))
         else:
-            out.append(Need(t.id, "eval", rec.get("status", "pending"), False, True, 0, tuple(t.spec.models)))
+            out.append(Need(t.id, "eval", status, False, True, 0, tuple(t.spec.models), waits))
     return out
 
 
@@ -110,7 +118,7 @@ def report(root: Path, carry: Path, plan=None, state: dict | None = None) -> dic
     zoo = root / "model_zoo" / "weights"
     remaining = needs(plan, state, zoo)
     out["remaining"] = [dataclasses.asdict(n) for n in remaining]
-    out["train_data_needed"] = any(n.train_data for n in remaining)
+    out["train_data_needed"] = any(n.train_data and not n.waits for n in remaining)
     # later calls: the carry without its data, plus the data they will need (the whole tarball while a
     # train task remains, the test split once none does), plus the checkpoints landed by then
     base = total - parts["data"]
@@ -145,16 +153,18 @@ def describe(r: dict[str, Any] | None) -> list[str]:
     rem = r["remaining"]
     if not rem:
         return lines + ["the plan has no remaining task"]
-    train = [n["task"] for n in rem if n["train_data"]]
-    lines.append(f"{len(rem)} remaining tasks; the training data is needed by {', '.join(train) if train else 'none'}"
+    train = [n["task"] for n in rem if n["train_data"] and not n["waits"]]
+    lines.append(f"{len(rem)} remaining tasks; the training data is needed next by "
+                 f"{', '.join(train) if train else 'none'}"
                  + ("" if train or r["data"] != "full" else " (carry the test split only: --data test)"))
     for n in rem:
+        wait = f"; waits for {', '.join(n['waits'])}" if n["waits"] else ""
         if n["kind"] == "train":
             lines.append(f"  {n['task']} ({n['status']}): trains; needs the training data; its checkpoints add "
-                         f"{mib(n['adds'])} to every later call once installed")
+                         f"{mib(n['adds'])} to every later call once installed{wait}")
         else:
             lines.append(f"  {n['task']} ({n['status']}): evaluates {', '.join(n['reads'])}; needs the test split "
-                         "and the wheels")
+                         f"and the wheels{wait}")
     for p in r.get("projection", []):
         with_data, test_only = p["with_training_data"], p["test_split_only"]
         lines.append(f"  once {p['after']} is installed: a call sends {mib(with_data)} with the training data"
