@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model_zoo.checkpoint import zoo_stem
-from model_zoo.registry import check_model_name, model_entry, model_info, split_tag, train_tag
+from model_zoo.registry import check_model_name, join_tag, model_entry, model_info, seed_tag, split_tag, train_tag
 from robench.data import EpochDraws, crop_flip
 from robench.errors import BadInput
 from robench.spec import parse_int, parse_lam
@@ -56,6 +56,12 @@ class Member:
     def id(self) -> str:
         """The member's zoo stem, unique in a pack: ``inresnet20__lam0.5.s2``."""
         return zoo_stem(self.model, self.lam, tag=self.tag)
+
+    @property
+    def ref(self) -> str:
+        """How evaluation names it (``robench eval --model``, sweep configs): ``NAME[@λ][.TAG]``, e.g.
+        ``inresnet20@0.5.s1`` for the checkpoint ``inresnet20__lam0.5.s1``."""
+        return join_tag(self.model if self.lam is None else f"{self.model}@{self.lam:g}", self.tag)
 
     def as_dict(self) -> dict:
         return {"model": self.model, "lam": self.lam, "seed": self.seed, "tag": self.tag}
@@ -126,10 +132,29 @@ def _as_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
 
 
+def members_from_tables(tables: Any, where: str) -> list[Member]:
+    """Members from ``[[members]]`` tables (``model``, optional ``lam`` and ``seed``, each a value or a
+    list, expanded like the command-line lists by :func:`members_from_lists`), validated as one pack.
+    ``where`` starts every error line (``plan FILE``)."""
+    if not (isinstance(tables, list) and tables and all(isinstance(t, dict) for t in tables)):
+        raise BadInput(f"{where} needs [[members]] tables, each with a model (e.g. model = \"resnet20\")")
+    members: list[Member] = []
+    for i, t in enumerate(tables, 1):
+        extra = sorted(set(t) - {"model", "lam", "seed"})
+        if extra or "model" not in t:
+            raise BadInput(f"{where}: members table {i} needs model and may have lam and seed"
+                           + (f" (unknown: {', '.join(extra)})" if extra else ""))
+        models = _as_list(t["model"])
+        if not all(isinstance(m, str) for m in models):
+            raise BadInput(f"{where}: members table {i}: model must be a name or a list of names")
+        members += members_from_lists(models, _as_list(t["lam"]) if "lam" in t else None,
+                                      _as_list(t["seed"]) if "seed" in t else None)
+    return check_pack(members)
+
+
 def load_plan(path: str | Path) -> dict:
-    """A TOML plan: ``[[members]]`` tables (``model``, optional ``lam`` and ``seed``, each a value or a
-    list, expanded like the command-line lists) and optional ``recipe``, ``epochs``, ``batch_size``,
-    ``lr``. Returns ``{"members": [Member, ...], **settings}``."""
+    """A TOML plan: ``[[members]]`` tables (:func:`members_from_tables`) and optional ``recipe``, ``epochs``,
+    ``batch_size``, ``lr``. Returns ``{"members": [Member, ...], **settings}``."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -140,20 +165,7 @@ def load_plan(path: str | Path) -> dict:
     unknown = sorted(set(data) - set(PLAN_KEYS))
     if unknown:
         raise BadInput(f"plan {path}: unknown key(s) {', '.join(unknown)}; valid choices: {', '.join(PLAN_KEYS)}")
-    tables = data.get("members")
-    if not (isinstance(tables, list) and tables and all(isinstance(t, dict) for t in tables)):
-        raise BadInput(f"plan {path} needs [[members]] tables, each with a model (e.g. model = \"resnet20\")")
-    members: list[Member] = []
-    for i, t in enumerate(tables, 1):
-        extra = sorted(set(t) - {"model", "lam", "seed"})
-        if extra or "model" not in t:
-            raise BadInput(f"plan {path}: members table {i} needs model and may have lam and seed"
-                           + (f" (unknown: {', '.join(extra)})" if extra else ""))
-        models = _as_list(t["model"])
-        if not all(isinstance(m, str) for m in models):
-            raise BadInput(f"plan {path}: members table {i}: model must be a name or a list of names")
-        members += members_from_lists(models, _as_list(t["lam"]) if "lam" in t else None,
-                                      _as_list(t["seed"]) if "seed" in t else None)
+    members = members_from_tables(data.get("members"), f"plan {path}")
     settings = {k: data[k] for k in ("recipe", "epochs", "batch_size", "lr") if k in data}
     for k in ("epochs", "batch_size"):
         if k in settings:
@@ -162,7 +174,20 @@ def load_plan(path: str | Path) -> dict:
         raise BadInput(f"plan {path}: lr must be a number, got {settings['lr']!r}")
     if "recipe" in settings and not isinstance(settings["recipe"], str):
         raise BadInput(f"plan {path}: recipe must be a name, got {settings['recipe']!r}")
-    return {"members": check_pack(members), **settings}
+    return {"members": members, **settings}
+
+
+def plan_text(members: Sequence[Member]) -> str:
+    """The plan :func:`load_plan` reads back as exactly ``members``, in order: one ``[[members]]`` table
+    each. A plan names members by model, λ and seed, so each tag must be its seed's (``s1`` for seed 1)."""
+    lines = []
+    for m in check_pack(members):
+        if m.tag != seed_tag(m.seed):
+            raise BadInput(f"member {m.id}: a plan names members by model, λ and seed, and tag {m.tag!r} is not "
+                           f"seed {m.seed}'s")
+        lines += ["[[members]]", f'model = "{m.model}"'] + ([] if m.lam is None else [f"lam = {float(m.lam)!r}"]) \
+            + [f"seed = {m.seed}", ""]
+    return "\n".join(lines)
 
 
 def pack_digest(members: Sequence[Member]) -> str:

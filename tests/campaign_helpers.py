@@ -17,37 +17,54 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 # Same contract as ../shared/tools/cifar10_from_jpeg.py: reads ../data/cifar10-jpeg.tar.gz beside itself
 # (train/<class>/<id>.jpg, test/<class>/<id>.jpg) and writes OUT_DIR/cifar-10-batches-py in the official
-# layout (five training batches, test_batch, batches.meta), shuffled with a fixed seed.
+# layout (five training batches, test_batch, batches.meta); JPEGs sorted by name, the training images shuffled
+# with default_rng(0), then the test images with the same generator; CLASSES and write_batch(path, x, y, name)
+# at module level and main() only as a script (what robench.campaign.carried_data uses for the test split).
 CONVERTER = r'''
 import io, os, pickle, sys, tarfile
 import numpy as np
 from PIL import Image
 CLASSES = %r
-here = os.path.dirname(os.path.abspath(__file__))
-items = []
-with tarfile.open(os.path.join(here, "..", "data", "cifar10-jpeg.tar.gz"), "r:gz") as tar:
-    for m in tar:
-        if m.isfile() and m.name.endswith(".jpg"):
-            part, cls, _ = m.name.split("/")[-3:]
-            img = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB"), dtype=np.uint8)
-            items.append((m.name, part, img, CLASSES.index(cls)))
-items.sort(key=lambda t: t[0])
-out = os.path.join(sys.argv[1], "cifar-10-batches-py")
-os.makedirs(out, exist_ok=True)
-rng = np.random.default_rng(0)
-def dump(name, rows):
-    p = rng.permutation(len(rows))
-    x = np.stack([rows[i][2] for i in p]).transpose(0, 3, 1, 2).reshape(len(rows), -1)
-    with open(os.path.join(out, name), "wb") as f:
-        pickle.dump({b"data": np.ascontiguousarray(x), b"labels": [int(rows[i][3]) for i in p]}, f, protocol=2)
-train = [t for t in items if t[1] == "train"]
-k = len(train) // 5
-for i in range(5):
-    dump(f"data_batch_{i + 1}", train[i * k:(i + 1) * k])
-dump("test_batch", [t for t in items if t[1] == "test"])
-with open(os.path.join(out, "batches.meta"), "wb") as f:
-    pickle.dump({b"label_names": [c.encode() for c in CLASSES]}, f, protocol=2)
-print(f"wrote {out}")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write_batch(path, x, y, name):
+    data = np.ascontiguousarray(x.transpose(0, 3, 1, 2).reshape(len(x), -1))
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": [int(v) for v in y]}, f, protocol=2)
+
+
+def main():
+    items = []
+    with tarfile.open(os.path.join(HERE, "..", "data", "cifar10-jpeg.tar.gz"), "r:gz") as tar:
+        for m in tar:
+            if m.isfile() and m.name.endswith(".jpg"):
+                part, cls, _ = m.name.split("/")[-3:]
+                img = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB"), dtype=np.uint8)
+                items.append((m.name, part, img, CLASSES.index(cls)))
+    items.sort(key=lambda t: t[0])
+    out = os.path.join(sys.argv[1], "cifar-10-batches-py")
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(0)
+    train = [t for t in items if t[1] == "train"]
+    xtr, ytr = np.stack([t[2] for t in train]), np.asarray([t[3] for t in train])
+    p = rng.permutation(len(ytr))
+    xtr, ytr = xtr[p], ytr[p]
+    k = len(ytr) // 5
+    for i in range(5):
+        write_batch(os.path.join(out, f"data_batch_{i + 1}"), xtr[i * k:(i + 1) * k], ytr[i * k:(i + 1) * k],
+                    f"training batch {i + 1} of 5")
+    test = [t for t in items if t[1] == "test"]
+    xte, yte = np.stack([t[2] for t in test]), np.asarray([t[3] for t in test])
+    p = rng.permutation(len(yte))
+    write_batch(os.path.join(out, "test_batch"), xte[p], yte[p], "testing batch 1 of 1")
+    with open(os.path.join(out, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CLASSES]}, f, protocol=2)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
 ''' % (CLASSES,)
 
 
@@ -141,8 +158,7 @@ batch_size = 10
 n_train = 20
 replaces = true
 [[jobs.packs]]
-models = ["resnet20"]
-seeds = [0]
+members = [{{model = ["resnet20", "inresnet20"], lam = 0.5, seed = 0}}, {{model = "lambda_inresnet20", seed = 0}}]
 
 [[jobs]]
 name = "study"
@@ -169,9 +185,7 @@ epochs = 1
 batch_size = 10
 n_train = 20
 [[jobs.packs]]
-models = ["inresnet20"]
-lams = [0.5]
-seeds = [1]
+members = [{{model = "inresnet20", lam = 0.5, seed = 1}}]
 '''
 
 

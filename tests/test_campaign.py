@@ -8,6 +8,8 @@ runs) → ingest; then tampered returns are refused.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import json
 import os
@@ -23,11 +25,13 @@ from campaign_helpers import CUDA_TESTS, converter, jpeg_tarball, tiny_wheel, to
 from robench.campaign import outdir
 from robench.campaign.ingest import ingest
 from robench.campaign.outdir import OutDir, extract_bundle, out_problems, write_bundle
-from robench.campaign.plan import Member, TrainSettings, load_plan, train_argv
+from robench.campaign.plan import TrainSettings, load_plan, train_argv
 from robench.campaign.prepare import prepare
 from robench.campaign.runner import RunOptions, pytest_summary, run_campaign, run_command, toml_text
 from robench.campaign.state import load_state
 from robench.errors import BadInput
+from robench.packed import Member
+from robench.packed import load_plan as load_pack_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +62,10 @@ def dry_run(tmp_path_factory):
         mp.setenv("ROBENCH_PROGRESS", "0")
         mp.setattr(model_zoo.checkpoint, "SHIPPED_ZOO", empty)
         manifest = prepare(carry, tarball=tarball, converter=conv, wheels_dir=src / "wheels", root=repo,
-                           log=logs["prepare"].append)
+                           log=logs["prepare"].append).manifest
+        # the zoo already holds a resnet20 (today's CPU weights): fam says replaces = true
+        stale = model_zoo.save(model_zoo.create_model("resnet20"), root / "zoo" / "resnet20",
+                               {"training": {"trainer": "cpu"}})
         rc1 = run_campaign(RunOptions(plan=plan, out=root / "out1", deadline_s=600, carry=carry, work=root / "work1"),
                            echo=logs["run1"].append)
         state1 = load_state(root / "out1" / "campaign.json")
@@ -70,6 +77,7 @@ def dry_run(tmp_path_factory):
         ingest2 = ingest(root / "out2", log=logs["ingest2"].append, **kw)
     assert sys.path == path_before  # the runner puts sys.path back
     return dict(root=root, repo=repo, carry=carry, plan=plan, manifest=manifest, rc1=rc1, rc2=rc2, state1=state1,
+                stale=stale,
                 state2=load_state(root / "out2" / "campaign.json"), ingest1=ingest1, ingest2=ingest2, logs=logs,
                 data_dir=data_dir, kw=kw)
 
@@ -94,12 +102,20 @@ def test_window_1_runs_every_step_and_skips_what_does_not_fit(dry_run):
     assert steps["preflight"]["ceilings"]["status"] == "skipped"
     probe = steps["probe"]["result"]
     assert set(probe["train"]["resnet20"]) == {"1", "2"} and probe["eval"]["pgd20_images_per_s"] > 0
+    assert probe["how"].startswith("robench.train.time_pack_step")
     assert s["done"] == ["fam.p1", "study"]
     assert [r["task"] for r in s["remaining"]] == ["late.p1"]
     assert s["remaining"][0]["reason"].startswith("does not fit: estimated 5000 s (plan)")
+    assert w["tasks_run"] == ["fam.p1", "study"]  # the job that does not fit was never started
     fam = s["tasks"]["fam.p1"]
-    assert fam["command"][:6] == ["robench", "train", "--model", "resnet20", "--seed", "0"]
-    assert fam["outputs"]["resnet20"]["n_test"] == 20 and fam["estimate"]["source"] == "probe"
+    # a pack that is no product of models × λ × seeds (inresnet20 at λ 0.5, lambda_inresnet20 learned) is one
+    # real `robench train --plan` call, its members in the plan file the campaign wrote
+    assert fam["command"][:3] == ["robench", "train", "--plan"]
+    pack = ["resnet20", "inresnet20__lam0.5", "lambda_inresnet20"]
+    assert fam["members"] == pack and list(fam["outputs"]) == pack
+    assert [m.id for m in load_pack_plan(fam["command"][3])["members"]] == pack
+    assert all(o["n_test"] == 20 for o in fam["outputs"].values()) and fam["estimate"]["source"] == "probe"
+    assert fam["estimate"]["k"] == 3
     assert "campaign toy: window 1" in (out / "campaign.log").read_text()
 
 
@@ -123,10 +139,15 @@ def test_ingest_verifies_and_installs_both_windows(dry_run):
     r1, r2 = dry_run["ingest1"], dry_run["ingest2"]
     assert r1.ok and r2.ok, (r1.refused, r2.refused)
     zoo = dry_run["root"] / "zoo"
-    assert sorted(p.name for p in zoo.iterdir()) == ["inresnet20__lam0.5.s1.json", "inresnet20__lam0.5.s1.safetensors",
-                                                    "resnet20.json", "resnet20.safetensors"]
+    stems = ["inresnet20__lam0.5", "inresnet20__lam0.5.s1", "lambda_inresnet20", "resnet20"]
+    assert sorted(p.name for p in zoo.iterdir()) == sorted(f"{s}{e}" for s in stems for e in (".json", ".safetensors"))
     entry = model_zoo.load_entry(zoo / "inresnet20__lam0.5.s1")
     assert entry.card.tag == "s1" and entry.card.lam == 0.5 and entry.card.training["trainer"] == "packed"
+    # seed 0 installs under the untagged name: the stale resnet20 was replaced (fam says replaces = true)
+    new = model_zoo.load_entry(zoo / "resnet20").card
+    assert new.tag is None and new.training["seed"] == 0 and new.training["pack"] == ["resnet20", "inresnet20__lam0.5",
+                                                                                      "lambda_inresnet20"]
+    assert new.weights_sha256 != dry_run["stale"].weights_sha256
     from robench.results import read_table
 
     table = read_table(dry_run["repo"] / "results" / "toy_study.parquet")
@@ -134,6 +155,46 @@ def test_ingest_verifies_and_installs_both_windows(dry_run):
     kept = load_state(dry_run["carry"] / "state" / "campaign.json")
     assert kept["done"] == ["fam.p1", "study", "late.p1"]
     assert any(ln.startswith("installed resnet20: CPU accuracy") for ln in dry_run["logs"]["ingest1"])
+
+
+def test_ingest_requires_exactly_the_card_the_packed_trainer_writes(dry_run):
+    """Every field ingest requires is on the card a real packed `robench train` wrote, with the values the plan
+    asked for (trainer packed, the pack's members in order, precision from amp, recipe/epochs/batch, seed, device,
+    data); a card lacking any one of them, or saying another pack, trainer or precision, is refused."""
+    from robench.campaign.ingest import CARD_FIELDS, card_problems
+
+    plan = load_plan(dry_run["plan"])
+    task = next(t for t in plan.tasks() if t.id == "fam.p1")
+    zoo = dry_run["root"] / "zoo"
+    test_sha = model_zoo.load_entry(zoo / "resnet20").card.dataset["test_batch_sha256"]
+    kw = dict(test_sha=test_sha, n_test=20, n_train=50, gpu=False)
+    for m in task.members():
+        card = model_zoo.load_entry(zoo / m.id).card
+        assert card_problems(card, m, task, **kw) == [], m.id
+    m = task.members()[1]
+    card = model_zoo.load_entry(zoo / m.id).card
+    assert card.training["pack"] == [x.id for x in task.members()] and card.training["precision"] == "fp32"
+    for field in CARD_FIELDS:
+        bad = copy.deepcopy(card)
+        *path, last = field.split(".")
+        d = getattr(bad, path[0])
+        for part in path[1:]:
+            d = d[part]
+        del d[last]
+        assert card_problems(bad, m, task, **kw) == [f"card lacks {field}"], field
+    for edit, problem in ((lambda t: t.update(trainer="single"), "trainer 'single'"),
+                          (lambda t: t.update(pack=t["pack"][:2]), "card says pack"),
+                          (lambda t: t.update(precision="bfloat16-autocast"), "precision 'bfloat16-autocast'"),
+                          (lambda t: t["recipe"].update(epochs=2), "recipe epochs 2"),
+                          (lambda t: t.update(seed=1), "seed 1")):
+        bad = copy.deepcopy(card)
+        edit(bad.training)
+        (got,) = card_problems(bad, m, task, **kw)
+        assert problem in got
+    assert "the card says device 'cpu:" in card_problems(card, m, task, **{**kw, "gpu": True})[0]
+    # the job trains on n_train = 20 of the window's 50; a window with only 10 could not have
+    assert card.dataset["n_train"] == 20
+    assert card_problems(card, m, task, **{**kw, "n_train": 10}) == ["card says 20 training images, the plan 10"]
 
 
 def _returned_copy(dry_run, tmp_path) -> Path:
@@ -206,6 +267,42 @@ def test_ingest_refuses_a_checkpoint_whose_card_accuracy_is_not_what_the_cpu_mea
     assert not (tmp_path / "zoo" / f"{stem}.safetensors").exists()
 
 
+def test_ingest_refuses_a_tampered_checkpoint(dry_run, tmp_path):
+    """Weights changed inside the bundle, with the bundle's sha256 in campaign.json made to match: the checkpoint no
+    longer is the one its card names, so it does not load and is not installed."""
+    from robench.fileio import sha256_file
+
+    returned = _returned_copy(dry_run, tmp_path)
+    bundle = returned / "zoo-late.p1.tar.gz"
+    stem = "inresnet20__lam0.5.s1"
+
+    def edit(members):
+        w = bytearray(members[f"{stem}.safetensors"])
+        w[-3] ^= 0x40  # a bit of the last weight
+        members[f"{stem}.safetensors"] = bytes(w)
+        return members
+
+    _rebuild(bundle, edit)
+    state = json.loads((returned / "campaign.json").read_text())
+    state["tasks"]["late.p1"]["files"][0]["sha256"] = sha256_file(bundle)
+    (returned / "campaign.json").write_text(json.dumps(state))
+    report, _ = _ingest(dry_run, returned, tmp_path)
+    (what, why), = report.refused
+    assert what == f"{stem} (late.p1)" and "sha256" in why
+    assert not (tmp_path / "zoo" / f"{stem}.safetensors").exists()
+
+
+def test_ingest_replaces_an_installed_checkpoint_only_where_the_job_says_so(dry_run, tmp_path):
+    """late (seed 1, no replaces) finds other weights under its name in the zoo: refused, the zoo's copy untouched."""
+    returned = _returned_copy(dry_run, tmp_path)
+    other = model_zoo.save(model_zoo.create_model("inresnet20", lam=0.5), tmp_path / "zoo" / "inresnet20__lam0.5.s1",
+                           {"training": {"seed": 1}}, tag="s1")
+    report, _ = _ingest(dry_run, returned, tmp_path)
+    (what, why), = report.refused
+    assert what == "inresnet20__lam0.5.s1 (late.p1)" and "does not replace (replaces = true in the plan)" in why
+    assert model_zoo.load_entry(tmp_path / "zoo" / "inresnet20__lam0.5.s1").card.weights_sha256 == other.weights_sha256
+
+
 def test_ingest_refuses_files_campaign_json_does_not_list(dry_run, tmp_path):
     returned = _returned_copy(dry_run, tmp_path)
     shutil.copy(dry_run["root"] / "out1" / "zoo-fam.p1.tar.gz", returned / "zoo-fam.p2.tar.gz")
@@ -267,34 +364,52 @@ def _settings():
     return TrainSettings(recipe="paper", amp=True, data_label="CIFAR-10 (JPEG copy)")
 
 
-def test_train_argv_is_the_packed_trainers_contract():
-    """One pack → one command: repeated --model, λ and seeds as comma lists (λ only for damped models); a set of
-    members that is not such a product is refused rather than trained differently."""
-    members = [Member("resnet20", None, s) for s in (1, 2)] + \
-        [Member("inresnet20", lam, s) for lam in (None, 0.5) for s in (1, 2)]
-    argv = train_argv(members, _settings(), device="cuda", data_dir="D", out="Z", run_dir="R")
-    assert argv[:10] == ["train", "--model", "resnet20", "--model", "inresnet20", "--lam", "learned,0.5", "--seed",
-                         "1,2", "--recipe"]
-    assert argv[10:] == ["paper", "--amp", "--device", "cuda", "--data-dir", "D", "--out", "Z", "--run-dir", "R",
-                         "--data-label", "CIFAR-10 (JPEG copy)"]
-    one = train_argv([Member("inresnet20", 0.5, 1)], _settings(), device="cpu", data_dir="D", out="Z", run_dir="R",
-                     resume=True)
-    assert one[:7] == ["train", "--model", "inresnet20", "--lam", "0.5", "--seed", "1"] and one[-1] == "--resume"
-    with pytest.raises(BadInput, match="not one product"):
-        train_argv([Member("inresnet20", 0.5, 1), Member("lambda_inresnet20", None, 1)], _settings(), device="cpu",
-                   data_dir="D", out="Z", run_dir="R")
+def test_train_argv_is_one_call_for_any_member_set(tmp_path):
+    """One pack → one `robench train --plan` call: the members go into the pack's plan file in the trainer's own
+    format (read back by robench.packed.load_plan as exactly those members, in order), the settings on the command
+    line. A set that is no product of models × λ × seeds (the depth-20 family of 8: resnet20, inresnet20 learned and
+    at four λ, lambda_inresnet20 learned, lmresnet20) is one call too."""
+    members = [Member("resnet20", None, 0)] + [Member("inresnet20", lam, 0) for lam in (None, 0.25, 0.5, 0.75, 1.0)] \
+        + [Member("lambda_inresnet20", None, 0), Member("lmresnet20", None, 0)]
+    plan = tmp_path / "packs" / "d20.toml"
+    plan.parent.mkdir()
+    argv = train_argv(members, _settings(), plan_file=plan, device="cuda", data_dir="D", out="Z", run_dir="R")
+    assert argv == ["train", "--plan", str(plan), "--recipe", "paper", "--amp", "--device", "cuda", "--data-dir", "D",
+                    "--out", "Z", "--run-dir", "R", "--data-label", "CIFAR-10 (JPEG copy)"]
+    back = load_pack_plan(plan)
+    assert back == {"members": members}
+    assert [m.ref for m in back["members"]][:3] == ["resnet20", "inresnet20", "inresnet20@0.25"]
+    seeds = [Member("inresnet20", 0.5, s) for s in (1, 2)] + [Member("lmresnet20", None, 2)]
+    one = train_argv(seeds, dataclasses.replace(_settings(), amp=False, epochs=3, n_train=100), plan_file=plan,
+                     device="cpu", data_dir="D", out="Z", run_dir="R", resume=True)
+    assert one[-7:] == ["--epochs", "3", "--n", "100", "--data-label", "CIFAR-10 (JPEG copy)", "--resume"]
+    assert "--no-amp" in one and [m.id for m in load_pack_plan(plan)["members"]] == ["inresnet20__lam0.5.s1",
+                                                                                     "inresnet20__lam0.5.s2",
+                                                                                     "lmresnet20.s2"]
+    shown = train_argv(members, _settings(), plan_file=None, device="cuda", data_dir="D", out="Z", run_dir="R")
+    assert shown[:3] == ["train", "--plan", "PACK.toml"]
+    with pytest.raises(BadInput, match="one architecture"):
+        train_argv([Member("resnet20", None, 0), Member("resnet110", None, 0)], _settings(), plan_file=None,
+                   device="cpu", data_dir="D", out="Z", run_dir="R")
 
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace('name = "toy"', 'name = "toy"\nextra = 1'), "unknown key extra"),
     (lambda t: t.replace('needs = ["fam"]', 'needs = ["nope"]'), "needs 'nope', which is not a job defined above it"),
-    (lambda t: t.replace('models = ["inresnet20"]', 'models = ["resnet20"]'), "a fixed λ applies to damped models"),
+    (lambda t: t.replace('{model = "inresnet20", lam = 0.5, seed = 1}', '{model = "resnet20", lam = 0.5, seed = 1}'),
+     r"λ \(--lam\) does not apply to resnet20"),
+    (lambda t: t.replace('{model = "lambda_inresnet20", seed = 0}', '{model = "resnet110", seed = 0}'),
+     "a pack trains models of one architecture"),
+    (lambda t: t.replace('{model = "lambda_inresnet20", seed = 0}', '{model = "lambda_inresnet20", seeds = 0}'),
+     r"members table 2 needs model and may have lam and seed \(unknown: seeds\)"),
+    (lambda t: t.replace('members = [{model = "inresnet20", lam = 0.5, seed = 1}]', 'models = ["inresnet20"]'),
+     "unknown key models; valid keys: members"),
     (lambda t: t.replace("batch_size = 20\n", 'batch_size = 20\nout = "x"\n'), "out is set by the campaign"),
     (lambda t: t.replace('checks = false', 'checks = false\nsplit = ["layers"]'), "unknown axis layers"),
     (lambda t: t.replace('recipe = "fast"', 'recipe = "slow"', 1), "unknown recipe 'slow'"),
-    (lambda t: t.replace('lams = [0.5]\nseeds = [1]', 'seeds = [0]').replace('models = ["inresnet20"]',
-                                                                            'models = ["resnet20"]'),
+    (lambda t: t.replace('{model = "inresnet20", lam = 0.5, seed = 1}', '{model = "resnet20"}'),
      "resnet20 is trained by job fam and job late"),
+    (lambda t: t.replace("[probe]\n", '[probe]\nrecipe = "slow"\n'), r"\[probe\].recipe: unknown recipe 'slow'"),
 ])
 def test_plan_errors_are_one_line(tmp_path, edit, message):
     plan = toy_plan(tmp_path / "plan.toml", tmp_path / "t.py")
@@ -303,24 +418,65 @@ def test_plan_errors_are_one_line(tmp_path, edit, message):
         load_plan(plan)
 
 
-def test_committed_plan_follows_issue_23():
-    """configs/campaign_gpu.toml keeps issue 23's order: depth-20 family seed 0 (replacing the CPU weights) and its
-    λ study on 10k images, then seeds 1 and 2, depth 110, the AutoAttack cross-check, depth 56 × 3 seeds."""
+def _committed_plan(validate: bool = True):
     from robench.attacks import list_attacks
 
-    if "autoattack_art" not in list_attacks():
+    if validate and "autoattack_art" not in list_attacks():
         pytest.skip("autoattack_art (the ART composition's own name) comes with the engine branch")
-    plan = load_plan(ROOT / "configs" / "campaign_gpu.toml").validate_specs()
+    plan = load_plan(ROOT / "configs" / "campaign_gpu.toml")
+    return plan.validate_specs() if validate else plan
+
+
+D20 = ["resnet20", "inresnet20", "inresnet20__lam0.25", "inresnet20__lam0.5", "inresnet20__lam0.75", "inresnet20__lam1",
+       "lambda_inresnet20", "lmresnet20"]
+
+
+def test_committed_plan_packs_each_depth_and_seed_as_issue_23_orders():
+    """configs/campaign_gpu.toml (structure only: no attack registry needed): the depth-20 family of 8 at seed 0 is
+    one pack (one call), seeds 1 and 2 one pack of 8 each, depth 110 one pack of 3, depth 56 one pack per seed."""
+    plan = _committed_plan(validate=False)
+    packs = {t.id: [m.id for m in t.members()] for t in plan.tasks() if t.job.kind == "train"}
+    assert packs == {"d20-s0.p1": D20, "d20-s1.p1": [f"{s}.s1" for s in D20], "d20-s2.p1": [f"{s}.s2" for s in D20],
+                     "d110.p1": ["resnet110", "inresnet110", "lmresnet110"],
+                     **{f"d56-s{k}.p1": [f"resnet56{t}", f"inresnet56{t}"] for k, t in ((0, ""), (1, ".s1"), (2, ".s2"))}}
+    assert [t.id for t in plan.tasks() if t.job.kind == "train"] == list(packs)  # priority order
+    # depth 56 never trains before priorities 1-3 have (its checkpoints would travel in every later call)
+    assert all(set(plan.job(f"d56-s{k}").needs) == {"d20-s0", "d20-s1", "d20-s2", "d110"} for k in range(3))
+    assert all(t.job.train.recipe == "paper" and t.job.train.amp for t in plan.tasks() if t.job.kind == "train")
+
+
+def test_committed_plan_installs_seed_0_over_the_shipped_weights_and_seeds_under_their_tags():
+    """What ingest installs is each member's id (the zoo stem of model, λ and seed's tag): the seed-0 members are the
+    untagged names of the shipped CPU checkpoints, so their jobs say replaces = true; seeds 1 and 2 are new tagged
+    entries (nothing shipped under those names) and do not replace."""
+    plan = _committed_plan(validate=False)
+    shipped = {p.stem for p in (ROOT / "model_zoo" / "weights").glob("*.json")}  # the repository's, as committed
+    for job in plan.jobs:
+        if job.kind != "train":
+            continue
+        ids = {m.id for m in job.members()}
+        if job.name in ("d20-s0", "d110"):
+            assert job.replaces and all(m.seed == 0 and m.tag is None for m in job.members())
+        if ids & shipped:
+            assert job.replaces, f"{job.name} would be refused at ingest: {sorted(ids & shipped)} are shipped"
+        if any(m.seed for m in job.members()):
+            assert not job.replaces and not ids & shipped
+            assert all(m.id.endswith(f".s{m.seed}") and m.ref.endswith(f".s{m.seed}") for m in job.members())
+    assert set(D20) <= shipped and {"resnet110", "inresnet110"} <= shipped
+
+
+def test_committed_plan_follows_issue_23():
+    """configs/campaign_gpu.toml keeps issue 23's order: depth-20 family seed 0 (replacing the CPU weights) and its
+    λ study on 10k images, then seeds 1 and 2, depth 110, the AutoAttack cross-check, depth 56 × 3 seeds; each eval
+    job evaluates exactly the members its train job makes (by their eval names)."""
+    plan = _committed_plan()
     jobs = plan.ordered()
     assert [j.name for j in jobs if j.kind == "train"] == ["d20-s0", "d20-s1", "d20-s2", "d110", "d56-s0", "d56-s1",
                                                            "d56-s2"]
-    d20 = plan.job("d20-s0")
-    assert sorted(m.stem for m in d20.members()) == sorted(
-        ["resnet20", "inresnet20", "inresnet20__lam0.25", "inresnet20__lam0.5", "inresnet20__lam0.75",
-         "inresnet20__lam1", "lambda_inresnet20", "lmresnet20"])
-    assert d20.replaces and plan.job("d110").replaces and not plan.job("d20-s1").replaces
-    assert {m.tag for m in plan.job("d20-s2").members()} == {"s2"}
-    assert all(j.train.recipe == "paper" for j in jobs if j.kind == "train")
+    for job in jobs:
+        if job.kind == "eval" and job.name.startswith(("study", "aa-d")):
+            made = [m.ref for n in job.needs for m in plan.job(n).members()]
+            assert list(job.spec.models) == made, job.name
     study = plan.job("study-d20-s0").spec.validate(check_device=False)
     assert study.n == 10000 and study.attacks == ("fgsm", "ifgsm", "pgd") and len(study.corruptions) == 4
     assert [f"{e * 255:.0f}" for e in study.eps] == ["1", "2", "4", "8"] and len(study.pairs()) == 8
@@ -419,7 +575,7 @@ def test_estimates_use_the_probe_and_fall_back_to_the_plan():
     p, est = ProbeSettings(), Estimates()
     probe = {"train": {"resnet20": {"1": 2.0, "8": 1.0, "16": 0.5}, "resnet110": {"2": 9.0}}, "eval": {"pass_us": 10.0}}
     assert step_ms(probe, p, est, 12, 1.0, 128) == (0.75, "probe")  # between K=8 and K=16
-    assert step_ms(None, p, est, 12, 1.0, 128) == (3.0, "default")
+    assert step_ms(None, p, est, 12, 1.0, 128) == (est.step_ms, "default")
     ms110, _ = step_ms(probe, p, est, 2, model_zoo.model_info("resnet110").params
                        / model_zoo.model_info("resnet20").params, 128)
     assert ms110 == pytest.approx(9.0)  # the measured depth-110 point is reproduced
@@ -435,6 +591,30 @@ def test_estimates_use_the_probe_and_fall_back_to_the_plan():
     assert strong["image_passes"] > 10 * cheap["image_passes"]  # AutoAttack's 4 components against PGD-20
 
 
+def test_probe_times_the_packed_trainers_own_step(monkeypatch, tmp_path):
+    """The probe's ms per model-step are robench.train.time_pack_step's (what `robench train` runs: the plan's recipe,
+    batch, steps, warm-up and amp; CUDA graphs by the trainer's default), for each K of both depths."""
+    import torch
+
+    import robench.train
+    from robench.campaign import probe as probe_mod
+    from robench.campaign.plan import ProbeSettings
+
+    calls = []
+
+    def fake(model, k, **kw):
+        calls.append((model, k, kw))
+        return 0.5 * k
+
+    monkeypatch.setattr(robench.train, "time_pack_step", fake)
+    monkeypatch.setattr(probe_mod, "_probe_eval", lambda *a, **kw: None)
+    settings = ProbeSettings(recipe="fast", train_batch=64, steps=4, warmup=2, ks=(1, 8), deep_ks=(2,), amp=False)
+    out = probe_mod.run_probe(settings, device=torch.device("cpu"), data_dir=tmp_path, log=_quiet)
+    kw = dict(recipe="fast", batch_size=64, steps=4, warmup=2, device=torch.device("cpu"), amp=False, cuda_graphs=None)
+    assert calls == [("resnet20", 1, kw), ("resnet20", 8, kw), ("resnet110", 2, kw)]
+    assert out["train"] == {"resnet20": {"1": 0.5, "8": 4.0}, "resnet110": {"2": 1.0}} and out["recipe"] == "fast"
+
+
 def test_campaign_commands_show_the_plan_and_refuse_bad_input_in_one_line(tmp_path, capsys):
     from robench.cli import main
 
@@ -442,8 +622,9 @@ def test_campaign_commands_show_the_plan_and_refuse_bad_input_in_one_line(tmp_pa
     with pytest.raises(SystemExit) as e:
         main(["campaign", "show", str(plan)])
     out = capsys.readouterr().out
-    assert e.value.code == 0 and "[p1] fam.p1 (pending): 1 members: robench train --model resnet20 --seed 0" in out
-    assert "[p2] late.p1 (pending): 1 members: robench train --model inresnet20 --lam 0.5 --seed 1" in out
+    assert e.value.code == 0 and ("[p1] fam.p1 (pending): 3 members (resnet20, inresnet20@0.5, lambda_inresnet20): "
+                                  "robench train --plan PACK.toml --recipe fast --no-amp --device cuda") in out
+    assert "[p2] late.p1 (pending): 1 members (inresnet20@0.5.s1): robench train --plan PACK.toml" in out
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("x")
     for argv, message in ((["campaign", "run", str(plan), "--out", str(tmp_path / "out")], "is not empty"),
@@ -454,3 +635,143 @@ def test_campaign_commands_show_the_plan_and_refuse_bad_input_in_one_line(tmp_pa
             main(argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+# -- what a device call sends -----------------------------------------------------------------------------------
+def test_a_window_carrying_the_test_split_only_evaluates_and_leaves_training_for_later(dry_run, tmp_path,
+                                                                                      monkeypatch):
+    """When the whole tarball would take the call over the limit, prepare carries the tarball's test split (checked
+    byte for byte against the CPU copy's test batch) instead; the window unpacks it to that same test batch, runs the
+    evaluation (its rows verify at ingest), and leaves the train task pending with the reason, though it fits."""
+    from robench.campaign import travel
+    from robench.fileio import sha256_file
+
+    root = dry_run["root"]
+    plan = toy_plan(tmp_path / "plan.toml", tmp_path / "none.py", late_estimate=1)
+    text = plan.read_text().replace("[cuda_tests]", "[cuda_tests]\nenabled = false").replace(
+        "[probe]", "[probe]\nenabled = false").replace('needs = ["fam"]\n', "")
+    plan.write_text(text[:text.index("[[jobs]]")] + text[text.index('[[jobs]]\nname = "study"'):])
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".gitignore").write_text("/.carry/\n")
+    _git(repo, "init", "-q")
+    carry = repo / ".carry"
+    cpu_test = dry_run["data_dir"] / "cifar-10-batches-py" / "test_batch"
+    kw = dict(tarball=root / "src" / "cifar10-jpeg.tar.gz", converter=root / "src" / "cifar10_from_jpeg.py",
+              root=repo, plan=plan, data_dir=dry_run["data_dir"])
+    full = prepare(carry, log=_quiet, **kw)
+    assert full.manifest["data"]["carried"] == "full" and not full.over  # auto: late.p1 can train
+    monkeypatch.setattr(travel, "LIMIT", full.travel["total"] - 1)  # now the whole tarball does not fit
+    said: list[str] = []
+    done = prepare(carry, log=said.append, **kw)
+    assert "data: the whole tarball makes the call " in said[1] and "late.p1 wait for a call with room" in said[1]
+    assert done.travel["total"] < full.travel["total"] and not done.over
+    assert done.manifest["data"] == {"test_batch_sha256": sha256_file(cpu_test), "from": str(dry_run["data_dir"]),
+                                     "carried": "test", "n_train": 50}
+    assert sorted(p.name for p in (carry / "data").iterdir()) == ["cifar10-jpeg-test.tar.gz"]
+    assert (carry / "data" / "cifar10-jpeg-test.tar.gz").stat().st_size < (root / "src" / "cifar10-jpeg.tar.gz").stat().st_size / 2
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBENCH_HOME", str(tmp_path / "home"))
+        mp.setenv("ROBENCH_THREADS", "1")
+        rc = run_campaign(RunOptions(plan=plan, out=tmp_path / "out", deadline_s=600, carry=carry,
+                                     work=tmp_path / "work"), echo=lines.append)
+    assert rc == 0, "\n".join(lines[-20:])
+    s = load_state(tmp_path / "out" / "campaign.json")
+    (w,) = s["windows"]
+    assert w["steps"]["data"]["how"] == "unpacked (test split only)" and w["steps"]["data"]["n_train"] == 0
+    assert w["steps"]["data"]["test_batch_sha256"] == sha256_file(cpu_test)
+    assert w["tasks_run"] == ["study"] and s["tasks"]["study"]["status"] == "done"
+    assert s["tasks"]["late.p1"]["status"] == "pending"
+    assert s["tasks"]["late.p1"]["reason"].startswith("needs the training data, which this window did not carry")
+    # the study evaluated the repository's resnet20 (the sweep's zoo) on the test split: its rows verify
+    report = ingest(tmp_path / "out", plan=plan, data_dir=dry_run["data_dir"], zoo=ROOT / "model_zoo" / "weights",
+                    root=tmp_path, carry=tmp_path / "carry2", threads=1, log=_quiet)
+    assert report.ok and report.installed == [tmp_path / "results" / "toy_study.parquet",
+                                              tmp_path / "results" / "toy_study.csv"]
+
+
+def test_prepare_refuses_a_test_split_that_is_not_the_cpu_copys(dry_run, tmp_path):
+    root = dry_run["root"]
+    other = tmp_path / "other" / "cifar-10-batches-py"
+    other.mkdir(parents=True)
+    (other / "test_batch").write_bytes(b"another copy")
+    carry = tmp_path / "repo" / ".carry"
+    with pytest.raises(BadInput, match="is not .* test batch .*carry the whole tarball"):
+        prepare(carry, tarball=root / "src" / "cifar10-jpeg.tar.gz", converter=root / "src" / "cifar10_from_jpeg.py",
+                root=tmp_path / "repo", data="test", data_dir=other.parent, log=_quiet)
+    assert not (carry / "data" / "cifar10-jpeg-test.tar.gz").exists()
+    with pytest.raises(BadInput, match="--data test needs --data-dir"):
+        prepare(carry, tarball=root / "src" / "cifar10-jpeg.tar.gz", converter=root / "src" / "cifar10_from_jpeg.py",
+                root=tmp_path / "repo", data="test", log=_quiet)
+
+
+def _git(repo: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def test_travel_report_counts_what_a_call_sends_and_projects_the_zoo_growth(tmp_path, monkeypatch, capsys):
+    """The exact bytes of a call (tracked and untracked-not-ignored files, the carried folder by part, nothing
+    ignored), which remaining task needs the training data, what each train task's checkpoints add once installed
+    (a replaced checkpoint adds nothing), the sizes of later calls, and a call over the limit said loudly."""
+    from robench.campaign import travel
+    from robench.cli import main
+
+    repo = tmp_path / "repo"
+    weights = repo / "model_zoo" / "weights"
+    weights.mkdir(parents=True)
+    (weights / "resnet20.safetensors").write_bytes(b"w" * 1_000_000)
+    (weights / "resnet20.json").write_bytes(b"{}" * 500)
+    (repo / ".gitignore").write_text("/.carry/\n/ignored.bin\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "zoo")
+    (repo / "untracked.txt").write_bytes(b"u" * 3000)
+    (repo / "ignored.bin").write_bytes(b"i" * 10_000_000)
+    carry = repo / ".carry"
+    for name, size in (("data/cifar10-jpeg.tar.gz", 2_000_000), ("wheels/a.whl", 300_000), ("tools/c.py", 100),
+                       ("state/run-x.1.tar.gz", 50_000), ("manifest.json", 700)):
+        (carry / name).parent.mkdir(parents=True, exist_ok=True)
+        (carry / name).write_bytes(b"c" * size)
+    plan = toy_plan(tmp_path / "plan.toml", tmp_path / "t.py")
+    r = travel.report(repo, carry, load_plan(plan), None)
+    checkout = 1_000_000 + 1000 + len("/.carry/\n/ignored.bin\n") + 3000
+    assert r["checkout"] == checkout and r["zoo_weights"] == 1_001_000
+    assert r["carry"] == {"data": 2_000_000, "wheels": 300_000, "state": 50_000, "other": 800}
+    assert r["total"] == checkout + 2_350_800 and not r["over"] and r["data"] == "full"
+    assert [(n["task"], n["train_data"]) for n in r["remaining"]] == [("fam.p1", True), ("study", False),
+                                                                       ("late.p1", True)]
+    assert [n["waits"] for n in r["remaining"]] == [(), ("fam",), ()]
+    fam, late = r["remaining"][0]["adds"], r["remaining"][2]["adds"]
+    # resnet20 is there (replaced: +0); inresnet20 at λ 0.5 and lambda_inresnet20 are new: the size of resnet20's
+    # checkpoint file each (same architecture) plus a card
+    assert fam == 2 * (travel.checkpoint_bytes("inresnet20", weights)) and late == fam // 2
+    assert travel.checkpoint_bytes("inresnet20", weights) == int(model_zoo.model_info("inresnet20").params * 4 * 1.016) \
+        + (16 << 10) + travel.CARD_BYTES
+    (p1, p2) = r["projection"]
+    base = r["total"] - 2_000_000
+    assert p1 == {"after": "fam.p1", "adds": fam, "with_training_data": base + fam + travel.FULL_DATA_BYTES,
+                  "test_split_only": base + fam + travel.TEST_DATA_BYTES, "trains_left": True}
+    assert p2["with_training_data"] == base + fam + late + travel.FULL_DATA_BYTES and not p2["trains_left"]
+    text = "\n".join(travel.describe(r))
+    assert "late.p1 (pending): trains; needs the training data" in text and "OVER" not in text
+    assert "the training data is needed next by fam.p1, late.p1" in text and "needs the test split and the wheels; " \
+        "waits for fam" in text
+    monkeypatch.setattr(travel, "LIMIT", r["total"] - 200_000)
+    text = "\n".join(travel.describe(travel.report(repo, carry, load_plan(plan), None)))
+    assert "WARNING: 0.2 MiB over the limit: the device tool will refuse the call" in text and "(OVER)" in text
+    # the command says it and exits 1 (after writing the carried folder)
+    import robench.campaign.prepare as prepare_mod
+
+    monkeypatch.setattr(prepare_mod, "repo_root", lambda: repo)
+    (tmp_path / "conv.py").write_text("")
+    (tmp_path / "d.tar.gz").write_bytes(b"d" * 2_000_000)
+    with pytest.raises(SystemExit) as e:
+        main(["campaign", "prepare", str(carry), "--tarball", str(tmp_path / "d.tar.gz"), "--converter",
+              str(tmp_path / "conv.py"), "--no-wheels", "--plan", str(plan), "--data", "full"])
+    out = capsys.readouterr().out
+    assert e.value.code == 1 and "WARNING:" in out and "over the limit" in out

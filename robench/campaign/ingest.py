@@ -5,10 +5,14 @@ A checkpoint is installed into the zoo folder only when all of these hold:
 - its bundle is the file ``campaign.json`` lists (sha256), and holds exactly the pack's members;
 - it loads (:func:`model_zoo.load_entry`: weights sha256, architecture header, finite tensors) and its
   weights and card are the ones the window recorded;
-- its card is complete: ``training.trainer``, ``training.device`` (a GPU when the window ran on one),
-  ``training.precision`` (or ``training.amp``), ``training.recipe`` (the job's recipe and epochs),
-  ``training.seed`` (the member's), ``dataset.test_batch_sha256`` (the local test split's),
-  ``metrics.test_acc`` and ``metrics.n_test`` (the local split's size);
+- its card is the packed trainer's, complete (:data:`CARD_FIELDS`) and the one the plan asked for:
+  ``training.trainer == "packed"``, ``training.pack`` (the task's members, in order), ``training.precision``
+  (the job's ``amp``), ``training.recipe`` (the job's recipe, epochs and batch size), ``training.seed`` (the
+  member's), ``training.device`` (a GPU when the window ran on one), ``dataset.n_train`` (the job's
+  ``n_train`` or the window's training split), ``dataset.test_batch_sha256`` (the local test split's),
+  ``metrics.test_acc`` and ``metrics.n_test`` (the local split's size); the card's model, λ and tag are
+  the member's, so a seed-0 member installs under the untagged name (replacing the shipped checkpoint
+  only with ``replaces = true``) and seed s under ``NAME.s<s>``;
 - its clean accuracy on the local test split, evaluated on the CPU with :func:`robench.evaluate`, equals
   the card's within one image in a thousand;
 - the zoo has no other checkpoint of that name, unless the plan's job says ``replaces = true``.
@@ -27,14 +31,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robench.campaign.outdir import extract_bundle
-from robench.campaign.plan import Member, Plan, Task, load_plan
+from robench.campaign.plan import Plan, Task, load_plan
 from robench.campaign.state import load_state, summarise, to_json
 from robench.errors import BadInput
 from robench.fileio import atomic_write_text, sha256_file
+from robench.packed import Member
 
 TOLERANCE = 1 / 1000  # accuracy: within one image in a thousand of the card's
-CARD_FIELDS = ("training.trainer", "training.device", "training.precision|training.amp", "training.recipe",
-               "training.seed", "dataset.test_batch_sha256", "metrics.test_acc", "metrics.n_test")
+# what the packed trainer writes on every card (robench.train._export) and ingest requires
+CARD_FIELDS = ("training.trainer", "training.pack", "training.precision", "training.recipe.name",
+               "training.recipe.epochs", "training.recipe.batch_size", "training.seed", "training.device",
+               "dataset.test_batch_sha256", "dataset.n_train", "metrics.test_acc", "metrics.n_test")
 
 
 @dataclasses.dataclass
@@ -51,34 +58,49 @@ class IngestReport:
 
 
 def _get(d: dict, dotted: str) -> Any:
-    for alt in dotted.split("|"):
-        v: Any = d
-        for part in alt.split("."):
-            v = v.get(part) if isinstance(v, dict) else None
-        if v not in (None, ""):
-            return v
-    return None
+    v: Any = d
+    for part in dotted.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    return None if v == "" else v
 
 
-def card_problems(card, member: Member, job, *, test_sha: str, n_test: int, gpu: bool) -> list[str]:
-    """What makes a card incomplete or not the one the plan asked for (empty: complete)."""
+def expected_precision(amp: bool) -> str:
+    """The card's ``training.precision`` for a job's ``amp`` (the packed trainer's spelling; bf16 autocast on
+    the GPU, where the trainer refuses float16)."""
+    return "bfloat16-autocast" if amp else "fp32"
+
+
+def card_problems(card, member: Member, task: Task, *, test_sha: str, n_test: int, n_train: int | None,
+                  gpu: bool) -> list[str]:
+    """What makes a card incomplete or not the one the plan asked for (empty: complete): the packed
+    trainer's card of ``member``, trained in ``task``'s pack with its job's recipe, epochs, batch size and
+    precision, on the local data."""
     raw = dataclasses.asdict(card)
     missing = [f for f in CARD_FIELDS if _get(raw, f) is None]
     if missing:
         return [f"card lacks {', '.join(missing)}"]
-    t = raw["training"]
+    t, tr = raw["training"], task.job.train
     problems = []
     if (card.name, card.lam, card.tag) != (member.model, member.lam, member.tag):
-        problems.append(f"card is {card.name} λ={card.lam} tag={card.tag}, not {member.stem}")
+        problems.append(f"card is {card.name} λ={card.lam} tag={card.tag}, not {member.id}")
+    if t["trainer"] != "packed":
+        problems.append(f"card says trainer {t['trainer']!r}, not the packed trainer's")
+    pack = [m.id for m in task.members()]
+    if t["pack"] != pack:
+        problems.append(f"card says pack {t['pack']}, the plan {pack}")
     if t["seed"] != member.seed:
         problems.append(f"card says seed {t['seed']}, the plan {member.seed}")
-    recipe = t["recipe"] if isinstance(t["recipe"], dict) else {}
-    if recipe.get("name") != job.train.recipe:
-        problems.append(f"card says recipe {recipe.get('name')!r}, the plan {job.train.recipe!r}")
-    if recipe.get("epochs") != job.train.epochs_():
-        problems.append(f"card says {recipe.get('epochs')} epochs, the plan {job.train.epochs_()}")
+    for key, want in (("name", tr.recipe), ("epochs", tr.epochs_()), ("batch_size", tr.batch())):
+        if t["recipe"][key] != want:
+            problems.append(f"card says recipe {key} {t['recipe'][key]!r}, the plan {want!r}")
+    if t["precision"] != expected_precision(tr.amp):
+        problems.append(f"card says precision {t['precision']!r}, the plan's amp = {str(tr.amp).lower()} is "
+                        f"{expected_precision(tr.amp)!r}")
     if gpu and not str(t["device"]).startswith("cuda"):
         problems.append(f"the window ran on a GPU but the card says device {t['device']!r}")
+    known = [x for x in (tr.n_train, n_train) if x is not None]
+    if known and raw["dataset"]["n_train"] != min(known):
+        problems.append(f"card says {raw['dataset']['n_train']} training images, the plan {min(known)}")
     if raw["dataset"]["test_batch_sha256"] != test_sha:
         problems.append(f"trained against test batch {raw['dataset']['test_batch_sha256'][:12]}…, the local split is "
                         f"{test_sha[:12]}… (other data)")
@@ -140,10 +162,16 @@ class Ingest:
                 return []
         return paths
 
+    def _window(self, rec: dict) -> dict:
+        return next((x for x in self.state["windows"] if x.get("window") == rec.get("window")), {})
+
     def window_on_gpu(self, rec: dict) -> bool:
-        w = rec.get("window")
-        win = next((x for x in self.state["windows"] if x.get("window") == w), {})
-        return str(win.get("device", "cpu")) != "cpu"
+        return str(self._window(rec).get("device", "cpu")) != "cpu"
+
+    def window_n_train(self, rec: dict) -> int | None:
+        """The training images the window had (its data step), or None when it did not say."""
+        n = ((self._window(rec).get("steps") or {}).get("data") or {}).get("n_train")
+        return n if isinstance(n, int) and not isinstance(n, bool) else None
 
     def train(self, task: Task, rec: dict) -> None:
         import model_zoo
@@ -163,7 +191,7 @@ class Ingest:
         dest = self.scratch / task.id
         names = extract_bundle(paths, dest)
         members = task.members()
-        expected = {f"{m.stem}{ext}" for m in members for ext in (".safetensors", ".json")}
+        expected = {f"{m.id}{ext}" for m in members for ext in (".safetensors", ".json")}
         if set(names) != expected:
             extra, lack = sorted(set(names) - expected), sorted(expected - set(names))
             self.refuse(task.id, task.id, f"bundle holds {', '.join(extra) or 'nothing extra'} beyond the pack and "
@@ -171,13 +199,13 @@ class Ingest:
             return
         gpu = self.window_on_gpu(rec)
         for m in members:
-            self.member(task, rec, m, dest / m.stem, gpu)
+            self.member(task, rec, m, dest / m.id, gpu)
 
     def member(self, task: Task, rec: dict, m: Member, stem_path: Path, gpu: bool) -> None:
         import model_zoo
 
-        what = f"{m.stem} ({task.id})"
-        out = (rec.get("outputs") or {}).get(m.stem) or {}
+        what = f"{m.id} ({task.id})"
+        out = (rec.get("outputs") or {}).get(m.id) or {}
         try:
             entry = model_zoo.load_entry(stem_path)
         except BadInput as e:
@@ -185,29 +213,30 @@ class Ingest:
         card = entry.card
         if card.weights_sha256 != out.get("weights_sha256") or entry.card_sha256 != out.get("card_sha256"):
             return self.refuse(task.id, what, "weights or card differ from what the window recorded")
-        problems = card_problems(card, m, task.job, test_sha=self.test.sha256, n_test=len(self.test), gpu=gpu)
+        problems = card_problems(card, m, task, test_sha=self.test.sha256, n_test=len(self.test),
+                                 n_train=self.window_n_train(rec), gpu=gpu)
         if problems:
             return self.refuse(task.id, what, "; ".join(problems))
         n = len(self.test)
-        correct = cpu_accuracy(entry.model, m.stem, self.data_dir, n, self.threads)
+        correct = cpu_accuracy(entry.model, m.id, self.data_dir, n, self.threads)
         acc = float(card.metrics["test_acc"])
         if abs(correct - acc * n) > TOLERANCE * n + 1e-6:
             return self.refuse(task.id, what, f"CPU accuracy {correct}/{n} = {correct / n:.4f}, the card says "
                                               f"{acc:.4f} (more than one image in a thousand apart)")
-        target = self.zoo / f"{m.stem}.json"
+        target = self.zoo / f"{m.id}.json"
         if target.is_file():
             old = model_zoo.ModelCard.from_file(target)
             if old.weights_sha256 == card.weights_sha256:
-                self.report.kept.append(m.stem)
-                self.log(f"kept {m.stem}: already installed")
+                self.report.kept.append(m.id)
+                self.log(f"kept {m.id}: already installed")
                 return
             if not task.job.replaces:
                 return self.refuse(task.id, what, f"{target} holds other weights and job {task.job.name} does not "
                                                   "replace (replaces = true in the plan)")
-        _install(stem_path, self.zoo, m.stem)
-        model_zoo.load_entry(self.zoo / m.stem)  # the installed copy verifies too
-        self.report.installed += [self.zoo / f"{m.stem}.safetensors", self.zoo / f"{m.stem}.json"]
-        self.log(f"installed {m.stem}: CPU accuracy {correct}/{n}, card {acc:.4f}, trainer "
+        _install(stem_path, self.zoo, m.id)
+        model_zoo.load_entry(self.zoo / m.id)  # the installed copy verifies too
+        self.report.installed += [self.zoo / f"{m.id}.safetensors", self.zoo / f"{m.id}.json"]
+        self.log(f"installed {m.id}: CPU accuracy {correct}/{n}, card {acc:.4f}, trainer "
                  f"{card.training.get('trainer')}, {card.training.get('device')}")
 
     def expected_sha(self, model: str, lam) -> str | None:

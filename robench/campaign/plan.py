@@ -8,16 +8,18 @@ The TOML file::
     [probe]       model, train_batch, steps, warmup, ks, deep_model, deep_ks, amp, eval_n, eval_batch, budget_s
     [estimates]   train_overhead_s, eval_overhead_s, step_ms, pass_us, margin_s (used where the probe is missing)
     [[jobs]]      name, kind = "train" | "eval", priority (1 first), needs = [job names], estimate_s (optional)
-      train:      recipe, amp, epochs, batch_size, n_train, replaces, and [[jobs.packs]] models / lams / seeds
+      train:      recipe, amp, epochs, batch_size, n_train, replaces, and [[jobs.packs]] with
+                  members = [{model, lam, seed}, …]: the packed trainer's [[members]] tables
+                  (robench.packed.members_from_tables: each key a value or a list, λ only for damped models)
       eval:       out (the table's path in the repository), checks, split (a list of "models", "attacks",
                   "eps": one task per model / attack / ε, for grids too long for one window), and
                   [jobs.spec]: the keys of a sweep config except out, data_dir and device (the campaign's)
 
-A train job is a list of *packs*; a pack is one ``robench train`` call training every member of
-``models`` × ``lams`` × ``seeds`` at once, where ``lams`` applies to the models whose scheme takes λ and
-the others train once (the rule of ``robench eval --lam``). :func:`train_argv` is the one place that
-turns members into that command line. An eval job is one ``robench sweep``, or one per model / attack /
-ε with ``split``. The unit the campaign schedules, records and returns is a *task*: one pack
+A train job is a list of *packs*; a pack is one ``robench train --plan`` call training its members
+at once, any set of members of one depth (a member is :class:`robench.packed.Member`: model, λ, seed; its
+``id`` is the zoo stem it is saved and installed under, its ``ref`` the name evaluation uses).
+:func:`train_argv` is the one place that turns a pack's members into that command line and its plan
+file. An eval job is one ``robench sweep``, or one per model / attack / ε with ``split``. The unit the campaign schedules, records and returns is a *task*: one pack
 (``JOB.p1``, ``JOB.p2``…), one eval job (``JOB``) or one part of a split one (``JOB.resnet20.autoattack``);
 a task's table goes to the job's ``out`` (``OUT.parquet``), a split task's to ``OUT/PART.parquet``.
 """
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from robench.errors import BadInput
+from robench.fileio import atomic_write_text
+from robench.packed import Member, members_from_tables, plan_text
 
 try:
     import tomllib
@@ -45,7 +49,7 @@ JOB_KEYS = {"train": ("name", "kind", "priority", "needs", "estimate_s", "recipe
                       "n_train", "replaces", "packs"),
             "eval": ("name", "kind", "priority", "needs", "estimate_s", "out", "checks", "split", "spec")}
 SPLIT_AXES = ("models", "attacks", "eps")
-PACK_KEYS = ("models", "lams", "seeds")
+PACK_KEYS = ("members",)
 SPEC_KEYS_SET_BY_CAMPAIGN = ("out", "data_dir", "device")
 TRAIN_SIZE = 50_000  # CIFAR-10's training split, for estimates before the data is unpacked
 TEST_SIZE = 10_000
@@ -60,10 +64,12 @@ class CudaTests:
 
 @dataclasses.dataclass(frozen=True)
 class ProbeSettings:
-    """What the probe times (≤ ``budget_s``): ms per model-step of the trainer for K = ``ks`` members of
-    ``model`` and ``deep_ks`` of ``deep_model``; PGD-20 through ``robench.evaluate`` against its floor."""
+    """What the probe times (≤ ``budget_s``): ms per model-step of the packed trainer
+    (:func:`robench.train.time_pack_step` with ``recipe``) for K = ``ks`` members of ``model`` and ``deep_ks``
+    of ``deep_model``; PGD-20 through ``robench.evaluate`` against its floor."""
 
     enabled: bool = True
+    recipe: str = "paper"
     model: str = "resnet20"
     train_batch: int = 128
     steps: int = 10
@@ -84,59 +90,17 @@ class Estimates:
 
     train_overhead_s: float = 30.0   # per pack: process start, data to the device, warm-up / graph capture
     eval_overhead_s: float = 20.0    # per eval job: process start, weights, data
-    step_ms: float = 3.0             # ms per model-step of ResNet-20 at the probe's batch (eager, unpacked)
+    step_ms: float = 1.0             # ms per model-step of ResNet-20 at the probe's batch (packed, CUDA graph;
+                                     # issue 22's arithmetic says ≈ 0.5, eager unpacked steps ≈ 3)
     pass_us: float = 30.0            # µs per image forward+backward pass of ResNet-20 in evaluation
     margin_s: float = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
-class Member:
-    """One model a train job makes: registered name, λ (None: learned or none) and training seed."""
-
-    model: str
-    lam: float | None
-    seed: int
-
-    @property
-    def tag(self) -> str | None:
-        from model_zoo import seed_tag
-
-        return seed_tag(self.seed)
-
-    @property
-    def stem(self) -> str:
-        """The zoo stem its checkpoint is saved under (``inresnet20__lam0.5.s1``)."""
-        from model_zoo import zoo_stem
-
-        return zoo_stem(self.model, self.lam, self.tag)
-
-    @property
-    def ref(self) -> str:
-        """How an eval spec names it (``inresnet20@0.5.s1``)."""
-        base = self.model if self.lam is None else f"{self.model}@{self.lam:g}"
-        return base if self.tag is None else f"{base}.{self.tag}"
-
-
-def _takes_lam(model: str) -> bool:
-    import model_zoo
-
-    return model_zoo.model_info(model).takes_lam
-
-
-def expand(models: tuple[str, ...], lams: tuple[float | None, ...], seeds: tuple[int, ...]) -> list[Member]:
-    """models × lams × seeds, λ only for models whose scheme takes one (the rule of ``robench eval --lam``)."""
-    return [Member(m, lam, s) for m in models for lam in (lams if lams and _takes_lam(m) else (None,))
-            for s in seeds]
-
-
-@dataclasses.dataclass(frozen=True)
 class Pack:
-    models: tuple[str, ...]
-    lams: tuple[float | None, ...]
-    seeds: tuple[int, ...]
+    """One ``robench train`` call: its members, in the order the trainer packs them."""
 
-    def members(self) -> list[Member]:
-        return expand(self.models, self.lams, self.seeds)
+    members: tuple[Member, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,27 +133,22 @@ class TrainSettings:
         return self.batch_size or RECIPES[self.recipe].batch_size
 
 
-def train_argv(members: list[Member], settings: TrainSettings, *, device: str, data_dir: str | os.PathLike,
-               out: str | os.PathLike, run_dir: str | os.PathLike, resume: bool = False) -> list[str]:
-    """The one ``robench train`` command line that trains ``members`` together (the packed trainer's
-    contract: repeated ``--model``, comma lists for ``--lam`` and ``--seed``, expanded as
-    :func:`expand`); arguments after ``robench``. A member set that is not one such product is refused."""
+def train_argv(members: list[Member], settings: TrainSettings, *, plan_file: str | os.PathLike | None, device: str,
+               data_dir: str | os.PathLike, out: str | os.PathLike, run_dir: str | os.PathLike,
+               resume: bool = False) -> list[str]:
+    """The one ``robench train`` command line that trains exactly ``members`` together (arguments after
+    ``robench``): the members go into the pack's plan file ``plan_file`` (written here, the packed
+    trainer's ``[[members]]`` format: :func:`robench.packed.plan_text`), so any set of members of one
+    depth is one call; the training settings go on the command line. ``plan_file=None`` writes nothing and
+    shows ``PACK.toml`` in its place (for ``robench campaign show``)."""
     if not members:
         raise BadInput("a pack needs at least one member")
-    models = list(dict.fromkeys(m.model for m in members))
-    lams = list(dict.fromkeys(m.lam for m in members if _takes_lam(m.model)))
-    seeds = list(dict.fromkeys(m.seed for m in members))
-    if set(expand(tuple(models), tuple(lams), tuple(seeds))) != set(members) or len(set(members)) != len(members):
-        raise BadInput(f"members {', '.join(m.ref for m in members)} are not one product of models × λ × seeds, so "
-                       "no single `robench train` call trains exactly them; split them into packs")
-    argv = ["train"]
-    for m in models:
-        argv += ["--model", m]
-    if any(lam is not None for lam in lams):
-        argv += ["--lam", ",".join("learned" if lam is None else f"{lam:g}" for lam in lams)]
-    argv += ["--seed", ",".join(str(s) for s in seeds), "--recipe", settings.recipe,
-             "--amp" if settings.amp else "--no-amp", "--device", device, "--data-dir", os.fspath(data_dir),
-             "--out", os.fspath(out), "--run-dir", os.fspath(run_dir)]
+    text = plan_text(members)
+    if plan_file is not None:
+        atomic_write_text(Path(plan_file), text)
+    argv = ["train", "--plan", "PACK.toml" if plan_file is None else os.fspath(plan_file), "--recipe",
+            settings.recipe, "--amp" if settings.amp else "--no-amp", "--device", device, "--data-dir",
+            os.fspath(data_dir), "--out", os.fspath(out), "--run-dir", os.fspath(run_dir)]
     for flag, v in (("--epochs", settings.epochs), ("--batch-size", settings.batch_size), ("--n", settings.n_train),
                     ("--data-label", settings.data_label)):
         if v is not None:
@@ -221,7 +180,7 @@ class Job:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
 
     def members(self) -> list[Member]:
-        return [m for p in self.packs for m in p.members()]
+        return [m for p in self.packs for m in p.members]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +198,7 @@ class Task:
         return hashlib.sha256(f"{self.job.fingerprint()}:{self.id}".encode()).hexdigest()
 
     def members(self) -> list[Member]:
-        return self.pack.members() if self.pack is not None else []
+        return list(self.pack.members) if self.pack is not None else []
 
     @property
     def out(self) -> str | None:
@@ -250,12 +209,12 @@ class Task:
 
 
 def _model_ref(model: str, lam: float | None) -> str:
-    """A (table model column, λ) pair → the spelling that names exactly it (``inresnet20@0.5.s1``)."""
-    from model_zoo import split_tag
+    """A (table model column, λ) pair → the spelling that names exactly it (``inresnet20@0.5.s1``:
+    :attr:`robench.packed.Member.ref`)."""
+    from model_zoo import split_tag, tag_seed
 
     base, tag = split_tag(model)
-    base = base if lam is None else f"{base}@{lam:g}"
-    return base if tag is None else f"{base}.{tag}"
+    return Member(base, lam, tag_seed(tag) or 0, tag).ref
 
 
 def split_eval(job: Job) -> list[Task]:
@@ -386,24 +345,9 @@ def _dataclass_from(cls, raw: Mapping, where: str):
 
 
 def _pack(raw: Any, where: str) -> Pack:
-    import model_zoo
-    from robench.spec import parse_lam
-
     raw = _table(raw, where)
     _unknown(raw, PACK_KEYS, where)
-    models = tuple(dict.fromkeys(str(m) for m in _list(raw.get("models", []), f"{where}.models")))
-    if not models:
-        raise BadInput(f"{where}: models is empty; name the registered models to train")
-    for m in models:
-        model_zoo.registry.check_model_name(m)
-    lams = tuple(dict.fromkeys(parse_lam(v) for v in _list(raw.get("lams", []), f"{where}.lams")))
-    if any(lam is not None for lam in lams) and not any(_takes_lam(m) for m in models):
-        raise BadInput(f"{where}: a fixed λ applies to damped models (inresnet*, lambda_inresnet*), not to "
-                       f"{', '.join(models)}")
-    seeds = tuple(dict.fromkeys(_int(s, f"{where}.seeds") for s in _list(raw.get("seeds", [0]), f"{where}.seeds")))
-    if not seeds:
-        raise BadInput(f"{where}: seeds is empty")
-    return Pack(models, lams, seeds)
+    return Pack(tuple(members_from_tables(raw.get("members"), where)))
 
 
 def _job(raw: Any, index: int, names: set[str], where: str, data_label: str | None) -> Job:
@@ -442,9 +386,9 @@ def _job(raw: Any, index: int, names: set[str], where: str, data_label: str | No
         packs = tuple(_pack(p, f"{where}.packs[{i}]") for i, p in enumerate(_list(raw.get("packs", []),
                                                                                        f"{where}.packs"), start=1))
         if not packs:
-            raise BadInput(f"{where}: a train job needs [[jobs.packs]] (models, lams, seeds)")
-        members = [m for p in packs for m in p.members()]
-        dup = sorted({m.stem for m in members if members.count(m) > 1})
+            raise BadInput(f"{where}: a train job needs [[jobs.packs]] (members = [{{model, lam, seed}}, …])")
+        members = [m for p in packs for m in p.members]
+        dup = sorted({m.id for m in members if members.count(m) > 1})
         if dup:
             raise BadInput(f"{where}: {', '.join(dup)} is trained by two packs")
         return Job(**common, train=settings, packs=packs, replaces=_bool(raw.get("replaces", False),
@@ -502,13 +446,18 @@ def load_plan(path: str | os.PathLike) -> Plan:
     stems: dict[str, str] = {}
     for job in jobs:
         for m in job.members():
-            if m.stem in stems:
-                raise BadInput(f"{p}: {m.stem} is trained by job {stems[m.stem]} and job {job.name}")
-            stems[m.stem] = job.name
+            if m.id in stems:
+                raise BadInput(f"{p}: {m.id} is trained by job {stems[m.id]} and job {job.name}")
+            stems[m.id] = job.name
     desc = raw.get("description", "")
+    probe = _dataclass_from(ProbeSettings, _table(raw.get("probe"), f"{p}: [probe]"), "probe")
+    from robench.train import RECIPES
+
+    if probe.recipe not in RECIPES:
+        raise BadInput(f"{p}: [probe].recipe: unknown recipe {probe.recipe!r}; valid choices: {', '.join(RECIPES)}")
     return Plan(path=p, sha256=hashlib.sha256(data).hexdigest(), name=name, description=str(desc), data_label=label,
                 cuda_tests=_dataclass_from(CudaTests, _table(raw.get("cuda_tests"), f"{p}: [cuda_tests]"),
                                            "cuda_tests"),
-                probe=_dataclass_from(ProbeSettings, _table(raw.get("probe"), f"{p}: [probe]"), "probe"),
+                probe=probe,
                 estimates=_dataclass_from(Estimates, _table(raw.get("estimates"), f"{p}: [estimates]"), "estimates"),
                 jobs=tuple(jobs))

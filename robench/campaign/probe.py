@@ -5,9 +5,10 @@ copy in GB/s (bytes read + written), each the mean of timed repetitions after wa
 
 The probe, on the run's device:
 - ``train``: ms per model-step (one optimizer step of one member on one batch) for K members of the
-  depth-20 model and of the deep model, stepped by :func:`train_step_ms`. Today that is K eager models
-  stepped one after another (channels_last, bf16 autocast with ``amp``, SGD with momentum): the
-  unpacked cost, an upper bound for the packed trainer;
+  depth-20 model and of the deep model, timed by :func:`train_step_ms`: the packed trainer's own step
+  (:func:`robench.train.time_pack_step`: K members packed as ``robench train`` packs them, the plan's
+  recipe, batch and ``amp``; on CUDA one stream per member and the step replayed as a CUDA graph), so
+  the estimates measure what the campaign's train tasks run;
 - ``eval``: PGD-20 at 8/255 through :func:`robench.evaluate` (clean + attack cells, its own batching and
   memory format) in images/s, against its floor: a hand loop of one clean forward and 21 forward+backward
   passes with the input gradient only, on the same images and batch size;
@@ -22,7 +23,8 @@ import math
 import time
 from typing import Any, Callable
 
-from robench.campaign.plan import TEST_SIZE, Estimates, Job, Member, ProbeSettings
+from robench.campaign.plan import TEST_SIZE, Estimates, Job, ProbeSettings
+from robench.packed import Member
 
 # forward+backward passes per image (a forward alone counts 1/3) for each attack at its defaults;
 # an unknown attack counts UNKNOWN_PASSES (conservative)
@@ -106,39 +108,19 @@ def _sync(device) -> None:
 
 
 def train_step_ms(model_name: str, k: int, *, device, batch: int, steps: int, warmup: int, amp: bool,
-                  channels_last: bool = True) -> float:
-    """ms per model-step of ``k`` members of ``model_name`` (the seam where the packed trainer's step goes;
-    today K eager models stepped in turn: the unpacked cost)."""
-    import torch
-    import torch.nn.functional as F
+                  recipe: str = "paper") -> float:
+    """ms per model-step of a pack of ``k`` members of ``model_name``: :func:`robench.train.time_pack_step`,
+    the trainer's own step (CUDA graphs on a CUDA device, as ``robench train`` runs it)."""
+    from robench.train import time_pack_step
 
-    import model_zoo
+    try:
+        return time_pack_step(model_name, k, recipe=recipe, batch_size=batch, steps=steps, warmup=warmup,
+                              device=device, amp=amp, cuda_graphs=None)
+    finally:
+        if device.type == "cuda":
+            import torch
 
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    torch.manual_seed(0)
-    models = [model_zoo.create_model(model_name).to(device).to(memory_format=fmt).train() for _ in range(k)]
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, **fused) for m in models]
-    x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,), device=device)
-    dtype = torch.bfloat16 if amp and (device.type == "cpu" or torch.cuda.is_bf16_supported()) else None
-
-    def step() -> None:
-        for m, o in zip(models, opts):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(m(x), y)
-            o.zero_grad(set_to_none=True)
-            loss.backward()
-            o.step()
-
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return (time.perf_counter() - t0) * 1000 / (steps * k)
+            torch.cuda.empty_cache()  # K = 16 packs leave their graph pools; the next measurement starts clean
 
 
 def floor_s(model, x, y, batch: int, *, channels_last: bool, steps: int = 20) -> float:
@@ -177,10 +159,11 @@ def run_probe(settings: ProbeSettings, *, device, data_dir, threads: int | None 
 
     t_start = time.perf_counter()
     over = lambda: time.perf_counter() - t_start > settings.budget_s  # noqa: E731
-    out: dict[str, Any] = {"how": "K eager models stepped in turn (unpacked; the packed trainer's step plugs in "
-                                  "at robench.campaign.probe.train_step_ms)",
+    out: dict[str, Any] = {"how": "robench.train.time_pack_step: K members packed as robench train packs them"
+                                  + (" (one stream each, the step replayed as a CUDA graph)" if device.type == "cuda"
+                                     else ""),
                            "device": str(device), "train_batch": settings.train_batch, "amp": settings.amp,
-                           "train": {}, "skipped": []}
+                           "recipe": settings.recipe, "train": {}, "skipped": []}
     for model_name, ks in ((settings.model, settings.ks), (settings.deep_model, settings.deep_ks)):
         for k in ks:
             if over():
@@ -188,7 +171,7 @@ def run_probe(settings: ProbeSettings, *, device, data_dir, threads: int | None 
                 continue
             try:
                 ms = train_step_ms(model_name, k, device=device, batch=settings.train_batch, steps=settings.steps,
-                                   warmup=settings.warmup, amp=settings.amp)
+                                   warmup=settings.warmup, amp=settings.amp, recipe=settings.recipe)
             except Exception as e:  # one failed measurement leaves the others (and the defaults) in place
                 out["skipped"].append(f"train {model_name} K={k}: {type(e).__name__}: {e}")
                 log(f"probe: {model_name} K={k} failed: {type(e).__name__}: {e}")

@@ -7,8 +7,10 @@ kept for the last files):
    ``robench campaign ingest``); write ``campaign.json`` at once, so even an early kill returns a state;
 2. install the carried wheels (``CARRY/wheels/*.whl`` with pip ``--no-index --no-deps --target``; the
    sources in ``CARRY/wheels/src``) for this process and the commands it starts;
-3. unpack the carried data (``CARRY/tools/cifar10_from_jpeg.py`` on ``CARRY/data/cifar10-jpeg.tar.gz``), or
-   use ``data_dir``; fingerprint it; a state made on other data is refused;
+3. unpack the carried data (``CARRY/tools/cifar10_from_jpeg.py`` on ``CARRY/data/cifar10-jpeg.tar.gz``; or
+   the test split alone from ``cifar10-jpeg-test.tar.gz``, refused unless it is the test batch ``prepare``
+   checked, and then train tasks wait), or use ``data_dir``; fingerprint it; a state made on other data is
+   refused;
 4. preflight: versions, code and data fingerprints, ceilings (CUDA only);
 5. the ``cuda`` tests (``python -m pytest -m cuda``, bounded; skipped when an earlier window passed them
    with the same code and versions);
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robench.campaign import outdir, probe as probe_mod
+from robench.campaign.carried_data import TARBALL, TEST_TARBALL, unpack_test_split
 from robench.campaign.outdir import OutDir, extract_bundle, files_under, write_bundle
 from robench.campaign.plan import TEST_SIZE, TRAIN_SIZE, Plan, Task, load_plan, train_argv
 from robench.campaign.state import (code_fingerprint, data_fingerprint, load_state, new_state, now, repo_root,
@@ -190,6 +193,7 @@ class Campaign:
         self.device = None
         self.data_dir: Path | None = None
         self.n_train, self.n_test = TRAIN_SIZE, TEST_SIZE
+        self.train_data = True  # False when only the test split was carried (train tasks then wait)
         self.probe: dict | None = None
         self.site = work / "site"
         self.env = dict(os.environ)
@@ -256,39 +260,55 @@ class Campaign:
 
     def unpack_data(self) -> None:
         t0 = time.monotonic()
-        tarball = self.carry / "data" / "cifar10-jpeg.tar.gz"
+        tarball = self.carry / "data" / TARBALL
+        test_only = self.carry / "data" / TEST_TARBALL
+        manifest = self._manifest()
+        expected = (manifest.get("data") or {}).get("test_batch_sha256")
         if self.opts.data_dir is not None:
             self.data_dir = Path(self.opts.data_dir).resolve()
             how, tarball = "given", None
         else:
             converter = self.carry / "tools" / "cifar10_from_jpeg.py"
-            if not tarball.is_file() or not converter.is_file():
-                raise BadInput(f"no carried data: {tarball} and {converter} are made by `robench campaign prepare "
-                               f"{self.carry}` (or pass --data-dir)")
+            if not (tarball.is_file() or test_only.is_file()) or not converter.is_file():
+                raise BadInput(f"no carried data: {tarball} (or {test_only.name}) and {converter} are made by "
+                               f"`robench campaign prepare {self.carry}` (or pass --data-dir)")
             self.data_dir = self.work / "data"
-            rc, wall, tail = run_command([sys.executable, str(converter), str(self.data_dir)], cwd=self.root,
-                                         env=self.env, timeout_s=min(300.0, self.remaining()), log=self.log,
-                                         prefix="data: ")
-            if rc != 0:
-                raise BadInput(f"unpacking {tarball} failed (exit {rc}): {' | '.join(tail[-3:])}")
-            how = "unpacked"
+            if tarball.is_file():
+                rc, wall, tail = run_command([sys.executable, str(converter), str(self.data_dir)], cwd=self.root,
+                                             env=self.env, timeout_s=min(300.0, self.remaining()), log=self.log,
+                                             prefix="data: ")
+                if rc != 0:
+                    raise BadInput(f"unpacking {tarball} failed (exit {rc}): {' | '.join(tail[-3:])}")
+                how = "unpacked"
+            else:
+                # the test split alone: written byte for byte as the converter writes it, which prepare checked;
+                # a test batch other than the one prepare recorded is refused (nothing could be verified)
+                n_train = (manifest.get("data") or {}).get("n_train")
+                if not expected or not isinstance(n_train, int):
+                    raise BadInput(f"{test_only} needs the manifest prepare writes with it (the test batch's sha256 "
+                                   "and the tarball's training image count); run `robench campaign prepare` again")
+                unpack_test_split(test_only, converter, self.data_dir, n_train=n_train)
+                how, tarball = "unpacked (test split only)", test_only
         from robench.data import load_cifar
 
-        self.n_train = len(load_cifar("cifar10", self.data_dir, "train"))
+        self.train_data = how != "unpacked (test split only)"
+        self.n_train = len(load_cifar("cifar10", self.data_dir, "train")) if self.train_data else 0
         self.n_test = len(load_cifar("cifar10", self.data_dir, "test"))
         fp = data_fingerprint(self.data_dir, tarball)
-        manifest = self._manifest()
-        expected = (manifest.get("data") or {}).get("test_batch_sha256")
         rec = {"status": "ok", "how": how, "n_train": self.n_train, **fp, "seconds": round(time.monotonic() - t0, 1),
                "matches_prepared_copy": None if expected is None else expected == fp["test_batch_sha256"]}
         self.window["fingerprints"] = {**self.window.get("fingerprints", {}), "data": fp}
+        if expected is not None and expected != fp["test_batch_sha256"] and not self.train_data:
+            self.step("data", {**rec, "status": "refused"})
+            raise BadInput(f"the test split unpacked from {test_only.name} (sha256 {fp['test_batch_sha256'][:12]}…) "
+                           f"is not the test batch prepare checked ({expected[:12]}…); carry the whole tarball")
         if expected is not None and expected != fp["test_batch_sha256"]:
-            self.log(f"WARNING: the unpacked test batch (sha256 {fp['test_batch_sha256'][:12]}…) differs from the copy "
-                     f"prepare recorded ({expected[:12]}…): checkpoints made here will not verify against it")
+            self.log(f"WARNING: the unpacked test batch (sha256 {fp['test_batch_sha256'][:12]}…) differs from the "
+                     f"copy prepare recorded ({expected[:12]}…): checkpoints made here will not verify against it")
         for w in self.previous:
             old = (w.get("fingerprints") or {}).get("data") or {}
             for k in ("test_batch_sha256", "train_sha256"):
-                if old.get(k) and old[k] != fp[k]:
+                if old.get(k) and fp[k] and old[k] != fp[k]:
                     self.step("data", {**rec, "status": "refused"})
                     raise BadInput(f"the data differs from window {w.get('window')}'s ({k} {old[k][:12]}… → "
                                    f"{fp[k][:12]}…); the campaign would mix data sets. Carry the same tarball, or "
@@ -422,6 +442,10 @@ class Campaign:
                 rec["reason"] = f"waits for {', '.join(waiting)}"
                 self.log(f"{task.id}: {rec['reason']}")
                 continue
+            if task.job.kind == "train" and not self.train_data:
+                rec["reason"] = "needs the training data, which this window did not carry (prepare carried the test split)"
+                self.log(f"{task.id}: {rec['reason']}")
+                continue
             est = self.estimate(task)
             rec["estimate"] = est
             left = self.remaining()
@@ -501,25 +525,28 @@ class Campaign:
         run_dir = self.work / "runs" / task.id
         zoo = self.work / "home" / "zoo"
         resume = self._resume_from(rec, run_dir)
-        argv = train_argv(members, task.job.train, device=self.device.type, data_dir=self.data_dir, out=zoo,
-                          run_dir=run_dir, resume=resume)
+        plan_file = self.work / "packs" / f"{task.id}.toml"
+        plan_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = train_argv(members, task.job.train, plan_file=plan_file, device=self.device.type,
+                          data_dir=self.data_dir, out=zoo, run_dir=run_dir, resume=resume)
         rec["command"] = ["robench", *argv]
+        rec["members"] = [m.id for m in members]
         rc, wall, tail = run_command([sys.executable, "-m", "robench", *argv], cwd=self.root, env=self.env,
                                      timeout_s=self.remaining(), log=self.log, prefix=f"{task.id}: ")
         if not self._finish(task, rec, rc, wall, tail, "robench train", run_dir):
             return
         outputs, files = {}, []
         for m in members:
-            stem = zoo / m.stem
+            stem = zoo / m.id
             try:
                 entry = model_zoo.load_entry(stem)
             except BadInput as e:
-                raise BadInput(f"robench train ended without a usable checkpoint of {m.stem}: {e}") from None
+                raise BadInput(f"robench train ended without a usable checkpoint of {m.id}: {e}") from None
             card = entry.card
-            outputs[m.stem] = {"model": m.model, "lam": m.lam, "seed": m.seed, "tag": m.tag,
+            outputs[m.id] = {"model": m.model, "lam": m.lam, "seed": m.seed, "tag": m.tag,
                                "weights_sha256": card.weights_sha256, "card_sha256": entry.card_sha256,
                                "test_acc": card.metrics.get("test_acc"), "n_test": card.metrics.get("n_test")}
-            files += [(f"{m.stem}.safetensors", entry.path), (f"{m.stem}.json", stem.parent / f"{m.stem}.json")]
+            files += [(f"{m.id}.safetensors", entry.path), (f"{m.id}.json", stem.parent / f"{m.id}.json")]
         rec["files"] = write_bundle(self.out, f"zoo-{task.id}", files)
         rec.update(status="done", reason="", outputs=outputs, run_files=[])
         accs = ", ".join(f"{s} {o['test_acc']}" for s, o in outputs.items())

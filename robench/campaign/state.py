@@ -96,12 +96,15 @@ def versions_fingerprint(v: dict) -> str:
 
 def data_fingerprint(data_dir: Path, tarball: Path | None = None) -> dict[str, str | None]:
     """sha256 of the unpacked test batch (the cards' ``dataset.test_batch_sha256``), of the five training
-    batches together, and of the tarball they came from."""
+    batches together (None when only the test split was carried), and of the tarball they came from."""
     folder = data_dir / "cifar-10-batches-py"
+    train = [folder / f"data_batch_{i}" for i in range(1, 6)]
     h = hashlib.sha256()
-    for i in range(1, 6):
-        h.update(bytes.fromhex(sha256_file(folder / f"data_batch_{i}")))
-    return {"test_batch_sha256": sha256_file(folder / "test_batch"), "train_sha256": h.hexdigest(),
+    for p in train:
+        if p.is_file():
+            h.update(bytes.fromhex(sha256_file(p)))
+    return {"test_batch_sha256": sha256_file(folder / "test_batch"),
+            "train_sha256": h.hexdigest() if all(p.is_file() for p in train) else None,
             "tarball_sha256": sha256_file(tarball) if tarball is not None and tarball.is_file() else None}
 
 

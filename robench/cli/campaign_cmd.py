@@ -32,8 +32,11 @@ def show_cmd(plan, state_path) -> None:
         status = rec.get("status", "pending") if rec.get("fingerprint") in (None, t.fingerprint) else "changed"
         head = f"[p{t.job.priority}] {t.id} ({status})" + (f" needs {', '.join(t.job.needs)}" if t.job.needs else "")
         if t.job.kind == "train":
-            argv = train_argv(t.members(), t.job.train, device="cuda", data_dir="DATA", out="ZOO", run_dir="RUN")
-            click.echo(f"{head}: {len(t.members())} members: robench {shlex.join(argv)}")
+            members = t.members()
+            argv = train_argv(members, t.job.train, plan_file=None, device="cuda", data_dir="DATA", out="ZOO",
+                              run_dir="RUN")
+            click.echo(f"{head}: {len(members)} members ({', '.join(m.ref for m in members)}): "
+                       f"robench {shlex.join(argv)}")
         else:
             spec = t.spec.validate(check_device=False)
             click.echo(f"{head}: robench sweep: {len(spec.pairs())} models × {len(spec.seeds)} seeds, attacks "
@@ -54,13 +57,21 @@ def show_cmd(plan, state_path) -> None:
 @click.option("--no-wheels", is_flag=True, help="Carry no wheels.")
 @click.option("--data-dir", default=None, type=click.Path(),
               help="The CPU copy of the data ingest verifies against (its test batch's sha256 goes in the manifest).")
-def prepare_cmd(dest, tarball, converter, wheels_script, wheels_dir, no_wheels, data_dir) -> None:
-    """Build the git-ignored folder DEST (default .carry) that a GPU window carries: data, converter, wheels."""
+@click.option("--plan", default="configs/campaign_gpu.toml", show_default=True, type=click.Path(),
+              help="The campaign plan: with the state in DEST/state, which tasks remain and what they need.")
+@click.option("--data", "data", type=click.Choice(["auto", "full", "test"]), default="auto", show_default=True,
+              help="Carry the whole tarball (full), its test split only (test: needs --data-dir), or the test split "
+                   "once no remaining task of the plan trains (auto).")
+def prepare_cmd(dest, tarball, converter, wheels_script, wheels_dir, no_wheels, data_dir, plan, data) -> int:
+    """Build the git-ignored folder DEST (default .carry) that a GPU window carries: data, converter, wheels;
+    then say what the next device call sends. Exit 1 when that is over the 64 MiB a call may send."""
     from robench.campaign.prepare import prepare
 
     script = None if (no_wheels or wheels_dir is not None) else wheels_script
-    prepare(dest, tarball=tarball, converter=converter, wheels_script=script,
-            wheels_dir=None if no_wheels else wheels_dir, data_dir=data_dir, log=click.echo)
+    done = prepare(dest, tarball=tarball, converter=converter, wheels_script=script,
+                   wheels_dir=None if no_wheels else wheels_dir, data_dir=data_dir, plan=plan, data=data,
+                   log=click.echo)
+    return 1 if done.over else 0
 
 
 @campaign.command("run")
