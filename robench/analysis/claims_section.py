@@ -29,6 +29,11 @@ def _e(v) -> str:
     return html.escape("" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v))
 
 
+def _count(v) -> str:
+    """A count as a whole number (the claims table stores counts beside NaN, so pandas makes them floats)."""
+    return "–" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(int(v))
+
+
 def _verdict_cell(word: str) -> str:
     return (f'<td class="txt verdict" style="background:{_BACKGROUND.get(word, "#fff")};font-weight:600">'
             f"{_e(word)}</td>")
@@ -84,7 +89,7 @@ def claims_section(rows: pd.DataFrame, plots_dir: str | os.PathLike, report_dir:
         body.append(f'<tr><td class="wrap">{_e(r["statement"])}</td><td class="txt">{_e(r["paper"])}</td>'
                     + _verdict_cell(str(r["verdict"])) + _verdict_cell(str(r["verdict_checkpoints"]))
                     + f'<td>{int(r["supported"])} / {int(r["contradicted"])} of {int(r["rows"])}</td>'
-                    f'<td class="wrap">{_e(r["headline"]) or "–"}</td><td>{_e(r["n_seeds"])}</td>'
+                    f'<td class="wrap">{_e(r["headline"]) or "–"}</td><td>{_count(r["n_seeds"])}</td>'
                     f'<td class="wrap">{_e(r["missing"]) or "–"}</td></tr>')
     parts.append(f'<div class="scroll"><table class="claims">{head}\n' + "\n".join(body) + "</table></div>")
     plot = forest_plot(rows, Path(plots_dir) / FOREST)
@@ -99,7 +104,7 @@ def claims_section(rows: pd.DataFrame, plots_dir: str | os.PathLike, report_dir:
         eff = effect_text(str(r["claim"]), r) if not pd.isna(r["p_holm"]) else "–"
         rbody.append(f'<tr><td class="txt">{_e(r["claim"])}</td><td class="txt">{_e(r["comparison"])}</td>'
                      f'<td class="txt">{_e(r["cell"])}</td><td>{_e(eff)}</td><td class="txt">{_e(r["test"])}</td>'
-                     f'<td>{_e(r["n"])}</td><td>{_e(r["n_seeds"])}</td><td class="txt">{_e(r["models"])}</td>'
+                     f'<td>{_count(r["n"])}</td><td>{_count(r["n_seeds"])}</td><td class="txt">{_e(r["models"])}</td>'
                      + _verdict_cell(str(r["verdict_checkpoints"])) + _verdict_cell(str(r["verdict"]))
                      + f'<td class="wrap">{_e(r["detail"] or r["missing"])}</td></tr>')
     parts.append(f"<details><summary>Every tested row ({len(rows)})</summary>"
