@@ -431,3 +431,29 @@ def test_autoattack_is_the_authors_code_batch_by_batch(trained):
         ref.append((y_adv == y[i:i + 12]).numpy())
     np.testing.assert_array_equal(res.flags, np.concatenate(ref))
     assert 0 < res.flags.sum() < accuracy(trained, x, y) * len(y)  # ε left something and broke something
+
+
+def test_art_pgd_makes_no_forward_passes_beyond_its_steps_and_the_scoring(trained, batch):
+    """ART's PGD computed its success rate (two forward passes over the batch) only to log it, even with
+    nobody listening: 10 % of a PGD-20 (benchmarks/eval_throughput.py). While ART's logger is quiet the
+    rate is not computed; with INFO on, it is, and the adversarial examples are the same."""
+    import logging
+
+    x, y = batch
+    full = []
+    hook = trained.register_forward_hook(lambda m, inp, out: full.append(inp[0].shape[0] == len(x)))
+    try:
+        quiet = make_attack("pgd", eps=8 / 255, seed=3).run(trained, x, y)
+        assert sum(full) == 20 + 1  # 20 gradient steps, then robench's scoring pass
+        art_log = logging.getLogger("art")
+        level = art_log.level
+        art_log.setLevel(logging.INFO)
+        try:
+            full.clear()
+            loud = make_attack("pgd", eps=8 / 255, seed=3).run(trained, x, y)
+        finally:
+            art_log.setLevel(level)
+        assert sum(full) == 20 + 1 + 2  # ART's logged success rate: clean and adversarial predictions
+    finally:
+        hook.remove()
+    assert torch.equal(quiet.x_adv, loud.x_adv) and torch.equal(quiet.robust, loud.robust)

@@ -20,6 +20,25 @@ from robench.attacks.registry import AttackSpec, register_backend
 logging.getLogger("art").setLevel(logging.WARNING)
 
 
+@contextlib.contextmanager
+def _no_unlogged_success_rate() -> Any:
+    """ART's PGD (and BIM, which is PGD) computes its success rate only to log it at INFO level, and
+    computes it even when nobody listens: two forward passes over the batch (clean and adversarial),
+    a tenth of a PGD-20. While ART's logger is not enabled for INFO the rate is not computed (the
+    value is used for nothing else; the adversarial examples are the same)."""
+    from art.attacks.evasion.projected_gradient_descent import projected_gradient_descent_pytorch as pgd
+
+    if logging.getLogger(pgd.__name__).isEnabledFor(logging.INFO):
+        yield
+        return
+    computed = pgd.compute_success
+    pgd.compute_success = lambda *args, **kwargs: float("nan")
+    try:
+        yield
+    finally:
+        pgd.compute_success = computed
+
+
 class _AsDtype(nn.Module):
     """Casts inputs to x's dtype: ART's HopSkipJump L∞ binary search hands the model float64."""
 
@@ -303,7 +322,8 @@ def generate(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tenso
         clf = classifier(model, x, num_classes)
         attack = BUILDERS[spec.name](clf, eps, params, x.shape[0])
         if not spec.kind.needs_starting_points:
-            x_adv = attack.generate(x=x.cpu().numpy().astype(np.float32), y=y.cpu().numpy())
+            with _no_unlogged_success_rate():
+                x_adv = attack.generate(x=x.cpu().numpy().astype(np.float32), y=y.cpu().numpy())
             return torch.from_numpy(np.asarray(x_adv))
         # decision-based: start from seeded noise, attack only where a start was found
         starts, found = noise_starting_points(model, x, y)
