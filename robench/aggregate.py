@@ -39,10 +39,10 @@ def worst_case_records(records: Iterable[Mapping], planned: Mapping[tuple, Itera
     (``planned``: group → attack names, keys as :func:`group_key`); without ``planned`` the attacks
     present are taken as the plan."""
     records = [dict(r) for r in records]
-    clean = {group_key(r)[:-1]: r for r in records if r.get("kind") == "clean" and not missing(r.get("flags"))}
+    clean = {group_key(r)[:-1]: r for r in records if r.get("kind") == "clean" and _given(r.get("flags"))}
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        if r.get("kind") == "attack" and not missing(r.get("flags")):
+        if r.get("kind") == "attack" and _given(r.get("flags")):
             groups.setdefault(group_key(r), []).append(r)
     planned = {tuple(k): set(v) for k, v in (planned or {}).items()}
     out = []
@@ -57,7 +57,7 @@ def worst_case_records(records: Iterable[Mapping], planned: Mapping[tuple, Itera
         names = sorted({str(r["perturbation"]) for r in rows})
         want = planned.get(key, set(names))
         norms = sorted({str(r["norm"]) for r in rows if not missing(r.get("norm"))})
-        params = {str(r["perturbation"]): json.loads(r["params"]) for r in rows if not missing(r.get("params"))}
+        params = {str(r["perturbation"]): json.loads(r["params"]) for r in rows if _given(r.get("params"))}
         out.append({
             **{c: rows[0].get(c) for c in SHARED}, "kind": "worst_case", "perturbation": "worst_case",
             "backend": None, "norm": "+".join(norms) if norms else None, "severity": None, "steps": None,
@@ -67,6 +67,11 @@ def worst_case_records(records: Iterable[Mapping], planned: Mapping[tuple, Itera
             "data_label": rows[0].get("data_label"), "params": canonical_json(params) if params else None,
         })
     return out
+
+
+def _given(value) -> bool:
+    """Whether a text cell holds something (an empty string, as a CSV may hold, is nothing)."""
+    return not missing(value) and str(value) != ""
 
 
 def group_key(record: Mapping) -> tuple:

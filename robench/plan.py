@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from typing import Any
 
 import pandas as pd
@@ -25,6 +26,8 @@ def fmt_eps(eps: float | None) -> str:
     if eps is None or missing(eps):
         return "-"
     k = eps * 255
+    if not math.isfinite(k):
+        return f"{eps:.4g}"
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:.4g}"
 
 

@@ -128,8 +128,10 @@ def compare_cell(base: pd.Series, new: pd.Series, *, alpha: float = ALPHA) -> di
     n0, n1 = int(base["n"]), int(new["n"])
     c0, c1 = int(base["correct"]), int(new["correct"])
     f0, f1 = _flags(base), _flags(new)
-    same_data = (f0 is not None and f1 is not None and n0 == n1 and not pd.isna(base.get("data_sha256"))
-                 and base.get("data_sha256") == new.get("data_sha256"))
+    d0, d1 = base.get("data_sha256"), new.get("data_sha256")
+    # NA on either side: not known to be the same images (and NA == x is NA, no truth value)
+    same_data = (f0 is not None and f1 is not None and n0 == n1 and not pd.isna(d0) and not pd.isna(d1)
+                 and str(d0) == str(d1))
     if same_data:
         worse = int(np.sum(f0 & ~f1))
         better = int(np.sum(~f0 & f1))

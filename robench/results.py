@@ -6,6 +6,7 @@ not apply (LM-ResNet), 0.0 for ResNet (forward Euler is λ=0) and the fixed valu
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from pathlib import Path
@@ -97,7 +98,7 @@ def run_key(row: Any) -> tuple:
 def format_eps(eps: float) -> str:
     """``8/255`` for whole 255ths, else ``%g``: the ε spelling of leaderboard columns and check cells."""
     k = float(eps) * 255.0
-    if abs(k - round(k)) < 1e-6:
+    if math.isfinite(k) and abs(k - round(k)) < 1e-6:  # a huge ε (1e308·255 = inf) is spelt as a number
         return f"{int(round(k))}/255"
     return f"{float(eps):g}"
 
@@ -410,6 +411,14 @@ class TableChecker:
         return pd.Series(out, dtype="boolean")
 
 
+def _json_object(text: str) -> bool:
+    """Whether ``text`` is a JSON object (the ``params`` column: hyper-parameter name → value)."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
 def _flags_ok(hexstr: str, n: int, correct: int) -> str | None:
     """Why the packed flags do not describe ``correct`` of ``n`` examples, or None."""
     want = 2 * ((n + 7) // 8)
@@ -452,6 +461,9 @@ def validate_table(df: pd.DataFrame, where: str, *, row_label: Callable[[int], s
         chk.fail(t[col].isna().to_numpy() | (t[col].fillna("").str.len() == 0).to_numpy(), col, lambda i: "is missing")
     kind = t["kind"].fillna("")
     chk.fail(~kind.isin(KINDS).to_numpy(), "kind", lambda i: f"{_show(kind.iloc[i])} is not one of {', '.join(KINDS)}")
+    params = t["params"]
+    chk.fail(np.array([not (p is pd.NA or p == "" or _json_object(p)) for p in params], dtype=bool), "params",
+             lambda i: f"{_show(params.iloc[i])} is not a JSON object of hyper-parameters")
     n = t["n"].astype("float64").to_numpy()
     correct = t["correct"].astype("float64").to_numpy()
     chk.fail((n < 1) | (n > MAX_N), "n", lambda i: f"must be a whole number in [1, {MAX_N:,}], got {int(n[i])}")

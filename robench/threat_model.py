@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 import pandas as pd
@@ -72,7 +73,7 @@ class ThreatModel:
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         k = v * 255
-        if v > 0 and abs(k - round(k)) < 1e-9 and round(k) < 255:
+        if v > 0 and math.isfinite(k) and abs(k - round(k)) < 1e-9 and round(k) < 255:  # a table's value may be huge
             return f"{round(k)}/255"
         return f"{v:g}"
     return json.dumps(v) if isinstance(v, str) else str(v)

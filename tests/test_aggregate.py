@@ -54,3 +54,17 @@ def test_one_row_order_whatever_order_cells_finished_in():
         got = [(r.model, r.seed, r.kind, r.perturbation, None if np.isnan(r.eps) else r.eps) for r in df.itertuples()]
         assert got == expected
         assert df.loc[df["kind"] == "corruption", "severity"].tolist() == [1, 2]
+
+
+def test_a_row_with_empty_flags_takes_no_part_in_the_worst_case():
+    """Found by the hostile-table property test: a clean row whose flags were "" (a CSV's empty cell)
+    was ANDed as zero examples into its group's worst case (a numpy broadcast error in merge)."""
+    from robench.aggregate import worst_case_records
+    from robench.results import pack_flags
+
+    common = dict(model="resnet20", scheme="euler", lam=0.0, dataset="samples", n=4, seed=0)
+    attack = dict(common, kind="attack", perturbation="pgd", backend="art", eps=8 / 255, correct=2,
+                  flags=pack_flags([True, True, False, False]))
+    clean = dict(common, kind="clean", perturbation="none", eps=None, correct=3, flags="")
+    (wc,) = worst_case_records([clean, attack])
+    assert wc["correct"] == 2 and wc["complete"] is False  # no clean flags: the AND of the attack alone, incomplete

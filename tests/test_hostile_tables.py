@@ -150,9 +150,12 @@ def _sweep(rows: list[dict], root: Path) -> Path:
 
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# The default suite replays a fixed set of examples (CI must not turn red by drawing a new one);
+# the ``slow`` tests below search afresh on every run.
+FIXED = dict(SETTINGS, derandomize=True, database=None)
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=15, **FIXED)
 @given(hostile_tables())
 def test_leaderboard_regress_and_merge_give_an_answer_or_one_line(table):
     rows, drop, fmt = table
@@ -181,7 +184,7 @@ def test_leaderboard_regress_and_merge_give_an_answer_or_one_line(table):
         assert _snapshot(root, out) == before  # nothing outside -o was written or touched
 
 
-@settings(max_examples=5, **SETTINGS)
+@settings(max_examples=5, **FIXED)
 @given(st.one_of(hostile_tables(), hostile_analysis_tables()))
 def test_plot_and_report_give_an_answer_or_one_line(table):
     rows, drop, fmt = table

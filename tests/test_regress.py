@@ -158,3 +158,18 @@ def test_no_matching_cells_and_duplicates_are_bad_input(tmp_path, capsys):
 
     with pytest.raises(BadInput, match="same cell more than once"):
         regress(table(), pd.concat([table(), table().iloc[:1]], ignore_index=True))
+
+
+def test_a_cell_without_a_data_checksum_on_one_side_is_compared_without_pairing():
+    """Found by the hostile-table property test: a new table whose row has no data_sha256 (NA) made the
+    pairing test `NA == sha` (no truth value) raise a TypeError; such cells are compared unpaired."""
+    import pandas as pd
+
+    from robench.regress import compare_cell
+    from robench.results import pack_flags
+
+    flags = [True, True, False, False]
+    base = pd.Series({"n": 4, "correct": 2, "flags": pack_flags(flags), "data_sha256": "d" * 64})
+    new = pd.Series({"n": 4, "correct": 2, "flags": pack_flags(flags), "data_sha256": pd.NA})
+    out = compare_cell(base, new)
+    assert out["test"] != "mcnemar" and not out["regressed"]

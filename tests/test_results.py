@@ -105,3 +105,34 @@ def test_lam_and_accuracy_have_one_notation():
             lam_text(math.nan, "lambda_damped"), lam_text(math.nan, "lm"), lam_text(None, "unknown"),
             lam_text(1.0, "damped")] == ["0", "0.5", "learned", "learned", "–", "–", "1"]
     assert pct(0.869, 0.847, 0.889) == "86.9 [84.7, 88.9]" and pct(math.nan) == "–" and pct(0.0) == "0.0"
+
+
+def test_a_huge_eps_is_spelt_as_a_number_not_an_overflow():
+    """Found by the hostile-table property test: ε = 1e308 (finite, ≥ 0, so a valid table value) made
+    the ε spelling compute round(inf) and raise OverflowError inside regress's cell description."""
+    from robench.plan import fmt_eps
+    from robench.results import format_eps
+
+    assert format_eps(1e308) == "1e+308" and fmt_eps(1e308) == "1e+308"
+    assert format_eps(8 / 255) == "8/255" and fmt_eps(8 / 255) == "8/255"
+    from robench.threat_model import _fmt  # a hyper-parameter's value in the threat-model header
+
+    assert _fmt(1e308) == "1e+308" and _fmt(float("inf")) == "inf" and _fmt(2 / 255) == "2/255"
+
+
+def test_a_params_cell_that_is_not_json_is_refused_when_the_table_is_read(tmp_path):
+    """Found by the hostile-table property test: `results merge` parsed a cell's `params` as JSON while
+    building the worst case and raised JSONDecodeError; a table's params must be a JSON object."""
+    import pytest
+
+    from robench.errors import BadInput
+    from robench.results import read_table, to_frame, wilson, write_table
+
+    lo, hi = wilson(2, 4)
+    row = dict(model="resnet20", scheme="euler", lam=0.0, dataset="samples", n=4, kind="attack", perturbation="pgd",
+               backend="art", eps=8 / 255, seed=0, correct=2, accuracy=0.5, ci_low=lo, ci_high=hi, params="{steps: 20")
+    write_table(to_frame([row]), tmp_path / "t")
+    with pytest.raises(BadInput, match="line 2: params .* is not a JSON object"):
+        read_table(tmp_path / "t.csv")
+    write_table(to_frame([dict(row, params='{"steps": 20}')]), tmp_path / "ok")
+    assert read_table(tmp_path / "ok.csv")["params"].tolist() == ['{"steps": 20}']
