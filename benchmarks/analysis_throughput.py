@@ -65,7 +65,10 @@ def main() -> None:
     ap.add_argument("--note", default="")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from robench.machine import cpu_capability, cpu_label
+    from robench.machine import cpu_capability, cpu_label, keep_freed_memory
+
+    # the allocator setting every robench command runs with (ROBENCH_MALLOC=default: glibc's own)
+    keep_freed_memory()
 
     load = os.getloadavg()
     rows = _rows_from_tables(args.from_tables) if args.from_tables else _measure(args.model, args.n, args.data_dir,

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--note", default="", help="conditions of the run (load, other jobs)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = ap.parse_args(argv)
+    from robench.machine import keep_freed_memory
+
+    keep_freed_memory()  # the allocator setting every robench command runs with (ROBENCH_MALLOC=default: glibc's)
     torch.set_num_threads(args.threads)
 
     import art

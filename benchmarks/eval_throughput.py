@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", action="store_true",
                     help="compare robench's evaluation path with a hand-written loop in the best memory format")
     args = ap.parse_args(argv)
+    from robench.machine import keep_freed_memory
+
+    keep_freed_memory()  # the allocator setting every robench command runs with (ROBENCH_MALLOC=default: glibc's)
     if args.n < 1 or args.rounds < 1:
         ap.error("--n and --rounds must be ≥ 1")
     if args.threads:

@@ -15,7 +15,13 @@ them (``robench.packed.PackStepper``; on CUDA replayed as one graph), and ``torc
 buffers (``stack_module_state`` + ``functional_call``: one batched, grouped-convolution network); both
 train the same K members on the same draws, without evaluation.
 
+With ``--data-dir`` (a folder holding cifar-10-batches-py/) two more rows time the commands a user
+types, each its own process on the first ``batch × steps`` real training images: K sequential
+``robench train --seed s`` runs against one ``robench train --seed 0,1,…`` (start-up, data loading
+and the full 10,000-image test evaluation included, as a user pays them).
+
     python benchmarks/packed_throughput.py --k 4 --threads 1 --steps 20 --rounds 3
+    python benchmarks/packed_throughput.py --k 4 --threads 1 --steps 20 --rounds 3 --data-dir DIR
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import datetime as _dt
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +77,25 @@ def run_packed(model: str, k: int, train_set, test_set, recipe: str, epochs: int
     train_pack([Member(model, None, s) for s in range(k)], train_set, test_set, recipe=recipe, epochs=epochs,
                batch_size=bs, device=device, run_dir=root / "pack", progress=False, log=_quiet)
     return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _train_cmd(model: str, seeds: str, args, root: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "robench", "train", "--model", model, "--seed", seeds, "--recipe", args.recipe,
+            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--n", str(args.batch_size * args.steps),
+            "--threads", str(args.threads or torch.get_num_threads()), "--data-dir", str(args.data_dir),
+            "--out", str(root / f"zoo-{name}"), "--run-dir", str(root / f"run-{name}")]
+
+
+def run_commands(name: str, args, root: Path) -> float:
+    """Wall seconds of the ``robench train`` commands a user types: K single runs, or one pack."""
+    seeds = [str(s) for s in range(args.k)]
+    cmds = ([_train_cmd(args.model, s, args, root, f"seq{s}") for s in seeds] if name == "sequential"
+            else [_train_cmd(args.model, ",".join(seeds), args, root, "pack")])
+    env = dict(__import__("os").environ, ROBENCH_PROGRESS="0")
+    t0 = time.perf_counter()
+    for cmd in cmds:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+    return time.perf_counter() - t0
 
 
 class LoopSteps:
@@ -156,12 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--step-rows", type=int, default=None,
                     help="timed steps of the step-only rows (loop of modules vs vmap); 0 leaves them out "
                          "(default: --steps)")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="real CIFAR-10 (cifar-10-batches-py/ inside): add the rows of the robench train commands")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     ap.add_argument("--note", default="", help="a sentence added to the RESULTS.md section")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    from robench.machine import keep_freed_memory
+
+    kept = keep_freed_memory()  # the allocator setting every robench command runs with (ROBENCH_MALLOC=default: glibc's)
     if min(args.k, args.batch_size, args.steps, args.epochs, args.rounds, args.n_test) < 1:
         ap.error("--k, --batch-size, --steps, --epochs, --rounds and --n-test must be positive")
     if args.threads:
@@ -197,6 +228,19 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
         elapsed = time.perf_counter() - t_start
 
+    cmd_results: dict[str, list[float]] = {}
+    if args.data_dir:
+        names = {"sequential": f"commands: {args.k} × robench train --seed s", "packed":
+                 f"commands: one robench train --seed 0,…,{args.k - 1}"}
+        cmd_results = {v: [] for v in names.values()}
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.rounds):
+                for name in (["sequential", "packed"] if r % 2 == 0 else ["packed", "sequential"]):
+                    secs = run_commands(name, args, Path(tmp) / f"c{r}{name}")
+                    cmd_results[names[name]].append(images / secs)
+                    print(f"  round {r + 1}: {names[name]}: {images / secs:.1f} images/s ({secs:.1f} s wall)",
+                          flush=True)
+
     step_results: dict[str, list[float]] = {}
     if step_rows:
         variants = {"step only: loop of modules (train_pack's step)": LoopSteps,
@@ -215,14 +259,18 @@ def main(argv: list[str] | None = None) -> None:
                 step_results[name].append(ips)
                 print(f"  round {r + 1}: {name}: {ips:.1f} images/s", flush=True)
 
-    med = {k: statistics.median(v) for k, v in {**results, **step_results}.items()}
+    med = {k: statistics.median(v) for k, v in {**results, **cmd_results, **step_results}.items()}
     paired = statistics.median(p / s for p, s in zip(results["packed"], results["sequential"]))
-    rows = [(name, med[name], min(v), max(v)) for name, v in {**results, **step_results}.items()]
+    rows = [(name, med[name], min(v), max(v)) for name, v in {**results, **cmd_results, **step_results}.items()]
     table = ("| variant | images/s (median) | min – max over rounds |\n|---|---:|---:|\n"
              + "".join(f"| {name} | {m:.1f} | {lo:.1f} – {hi:.1f} |\n" for name, m, lo, hi in rows))
     paired_cpu = statistics.median(p / s for p, s in zip(cpu["packed"], cpu["sequential"]))
     summary = (f"packed K={args.k} / {args.k} sequential runs (median of per-round ratios): {paired:.3f}× in images/s "
                f"(target ≥ 1.0×), {paired_cpu:.3f}× in images per CPU-second")
+    if cmd_results:
+        seq_c, pack_c = list(cmd_results)
+        cr = statistics.median(p / s for p, s in zip(cmd_results[pack_c], cmd_results[seq_c]))
+        summary += f"; as commands (one process per run, real data): {cr:.3f}×"
     if step_results:
         names = list(step_results)
         vr = statistics.median(a / b for a, b in zip(step_results[names[0]], step_results[names[1]]))
@@ -235,11 +283,14 @@ def main(argv: list[str] | None = None) -> None:
     body = (f"{heading}\n\n"
             f"- date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
             f"- machine: {machine()}\n"
+            f"- allocator: {'glibc malloc keeping freed memory (robench.machine.keep_freed_memory, as every robench command)' if kept else 'glibc defaults (ROBENCH_MALLOC=default)'}\n"
             f"- command: `` {command} ``\n"
             f"- protocol: {args.rounds} rounds alternating the order; each round trains {args.k} × {args.model} "
             f"({args.recipe} recipe, {args.epochs} epoch(s) of {args.steps} steps of {args.batch_size} synthetic images, "
             f"test evaluation on {args.n_test} images an epoch) once as {args.k} sequential `train` calls and once as one "
-            f"`train_pack`; images/s = trained images / wall time; the step-only rows time {step_rows} steps of the "
+            f"`train_pack`" + (f"; the command rows run the same as {args.k} `robench train` processes and one packed "
+               f"process on the first {n} real training images ({args.data_dir.name}), 10,000 test images an epoch"
+               if cmd_results else "") + f"; images/s = trained images / wall time; the step-only rows time {step_rows} steps of the "
             f"{args.k} members without evaluation.\n"
             f"- {summary}\n\n{table}\n" + (f"{args.note}\n" if args.note else ""))
     write_section(args.results, heading, body)

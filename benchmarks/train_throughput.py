@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="file whose '## train_throughput' section is written")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    from robench.machine import keep_freed_memory
+
+    keep_freed_memory()  # the allocator setting every robench command runs with (ROBENCH_MALLOC=default: glibc's)
     if min(args.batch_size, args.steps, args.rounds) < 1 or args.warmup < 0:
         ap.error("--batch-size, --steps and --rounds must be positive, --warmup non-negative")
     if args.threads:

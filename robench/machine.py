@@ -43,6 +43,45 @@ def cpu_label() -> str:
     return f"{cpu_name()} ({os.cpu_count()} logical cores, {cpu_capability()})"
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+ALLOCATOR_THRESHOLD = 1 << 30  # 1 GiB
+ALLOCATOR_ENV = "ROBENCH_MALLOC"
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the kernel: blocks
+    below 1 GiB come from the heap (not a fresh ``mmap`` each) and the heap is trimmed only when 1 GiB
+    is free at its top. torch's CPU tensors are malloc'd and freed every step; with glibc's defaults a
+    freed activation (8 MiB for a ResNet-20 batch of 128, 65 MiB at an evaluation batch of 1000) goes
+    back to the kernel and is faulted in again on the next step: 1–3 million page faults and 10–15 % of
+    the wall time of a 4 × 20-step ResNet-20 training (benchmarks/RESULTS.md, packed_throughput). The
+    price: a process keeps its peak heap until it exits. Process-wide, so only the CLI calls it (and the
+    Ray executor's tasks, and the benchmarks, to measure what the CLI runs); a library user's process is
+    left as it is. ``ROBENCH_MALLOC=default`` leaves glibc's defaults (``keep``, the default, applies it;
+    anything else is refused). Returns whether it was applied
+    (not on other C libraries or systems)."""
+    from robench.errors import BadInput
+
+    choice = os.environ.get(ALLOCATOR_ENV, "").strip().lower() or "keep"
+    if choice not in ("keep", "default"):
+        raise BadInput(f"{ALLOCATOR_ENV} must be 'keep' (robench's setting) or 'default' (glibc's), got "
+                       f"{os.environ[ALLOCATOR_ENV]!r}")
+    if choice == "default" or platform.system() != "Linux":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another C library: nothing to tune
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # the mmap threshold first: setting either fixes both (glibc stops adapting them), and a trim
+    # threshold alone would leave every block above 128 KiB to mmap: far more page faults, not fewer
+    return bool(mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, ALLOCATOR_THRESHOLD))
+
+
 THREADS_ENV = "ROBENCH_THREADS"
 DEFAULT_MAX_THREADS = 4
 

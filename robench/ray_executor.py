@@ -313,6 +313,15 @@ def check_this_node(expected: dict) -> None:
     _CHECKED[expected["code"]] = True
 
 
+def prepare_this_node(expected: dict) -> None:
+    """First thing in a task: the node check, then the allocator setting the CLI process has
+    (:func:`robench.machine.keep_freed_memory`), so a worker runs a cell as fast as ``robench eval``."""
+    from robench.machine import keep_freed_memory
+
+    check_this_node(expected)
+    keep_freed_memory()
+
+
 def _facts_task(cuda: bool) -> dict:
     return node_facts(cuda)
 
@@ -488,7 +497,7 @@ def _run_task(task: Task, data, model: dict, corrupted, *, device: str, batch_si
     from robench.models import to_format
     from robench.provenance import provenance
 
-    check_this_node(expected)
+    prepare_this_node(expected)
     with torch_threads(threads), determinism(resolve_device(device), tf32=tf32):  # as the local executor runs
         module = _load_shipped(model, device, for_eval=True)
         inputs = _inputs(data, device)
@@ -715,7 +724,7 @@ def _checks_task(table, models: dict, data, *, device: str, batch_size: int, thr
     from robench.executors import torch_threads
 
     try:
-        check_this_node(expected)
+        prepare_this_node(expected)
         with torch_threads(threads):
             payloads = {k: ray.get(ref) for k, ref in models.items()}
             # with the file's sha256, which the table's rows record (the checks compare them)
