@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import os
 import platform
 import shlex
 import statistics
@@ -91,7 +92,7 @@ def run_commands(name: str, args, root: Path) -> float:
     seeds = [str(s) for s in range(args.k)]
     cmds = ([_train_cmd(args.model, s, args, root, f"seq{s}") for s in seeds] if name == "sequential"
             else [_train_cmd(args.model, ",".join(seeds), args, root, "pack")])
-    env = dict(__import__("os").environ, ROBENCH_PROGRESS="0")
+    env = dict(os.environ, ROBENCH_PROGRESS="0")
     t0 = time.perf_counter()
     for cmd in cmds:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)

@@ -288,25 +288,23 @@ class PackStepper:
             for r in self.runs:
                 r.step(b)
             return
-        main = torch.cuda.current_stream(self.device)
+        self._fan_out(torch.cuda.current_stream(self.device), b)
+
+    def _fan_out(self, origin: torch.cuda.Stream, b: int) -> None:
+        """Each member steps on its own stream after the work queued on ``origin``; ``origin`` then waits for all."""
         for r in self.runs:
-            r.stream.wait_stream(main)
+            r.stream.wait_stream(origin)
             with torch.cuda.stream(r.stream):
                 r.step(b)
         for r in self.runs:
-            main.wait_stream(r.stream)
+            origin.wait_stream(r.stream)
 
     def _capture(self, b: int) -> None:
         g = torch.cuda.CUDAGraph()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.graph(g, stream=side):
-            for r in self.runs:
-                r.stream.wait_stream(side)
-                with torch.cuda.stream(r.stream):
-                    r.step(b)
-            for r in self.runs:
-                side.wait_stream(r.stream)
+            self._fan_out(side, b)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.graph = g
 

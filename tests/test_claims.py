@@ -18,6 +18,7 @@ from robench.results import write_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from table_builders import first, row, stability_tables, table  # noqa: E402
+from test_compare import _cli  # noqa: E402  (the same CLI runner)
 
 N = 400
 EPS = 8 / 255
@@ -184,15 +185,6 @@ def test_readme_claims_paragraph_is_generated_and_goes_stale_when_the_tables_cha
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-
-
-def _cli(capsys, *argv):
-    from robench.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def test_cli_claims_prints_verdicts_and_writes_the_table(tmp_path, capsys):

@@ -12,16 +12,19 @@ import contextlib
 import io
 import json
 import math
+import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from robench.results import SCHEMA, pack_flags, to_frame, wilson, write_table
+from robench.results import SCHEMA, to_frame, write_table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_hardening_files import row  # noqa: E402
 
 COLUMNS = list(SCHEMA)
 HOSTILE_TEXT = st.one_of(
@@ -41,21 +44,11 @@ HOSTILE_NUMBER = st.one_of(
 HOSTILE = st.one_of(HOSTILE_TEXT, HOSTILE_NUMBER)
 
 
-def _row(model: str, kind: str, pert: str, eps, flags) -> dict:
-    f = np.asarray(flags, dtype=bool)
-    n, c = len(f), int(f.sum())
-    lo, hi = wilson(c, n)
-    return {"model": model, "scheme": "euler", "lam": 0.0, "dataset": "samples", "n": n, "kind": kind,
-            "perturbation": pert, "backend": "art" if kind == "attack" else None, "eps": eps, "severity": None,
-            "seed": 0, "correct": c, "accuracy": c / n, "ci_low": lo, "ci_high": hi, "flags": pack_flags(f),
-            "data_sha256": "d" * 64, "weights_sha256": "w" * 64}
-
-
 def _valid_rows() -> list[dict]:
-    return [_row("resnet20", "clean", "none", None, [1, 1, 1, 0]),
-            _row("resnet20", "attack", "pgd", 8 / 255, [1, 0, 0, 0]),
-            _row("inresnet20", "clean", "none", None, [1, 1, 0, 0]),
-            _row("inresnet20", "attack", "pgd", 8 / 255, [0, 1, 0, 0])]
+    return [row("resnet20", "clean", "none", None, [1, 1, 1, 0]),
+            row("resnet20", "attack", "pgd", 8 / 255, [1, 0, 0, 0]),
+            row("inresnet20", "clean", "none", None, [1, 1, 0, 0]),
+            row("inresnet20", "attack", "pgd", 8 / 255, [0, 1, 0, 0])]
 
 
 @st.composite

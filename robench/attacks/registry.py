@@ -229,11 +229,16 @@ _add(AttackSpec(
     kind=AttackKind.DECISION_BASED,
     budget="moderate: 20 iterations, ≤1000 queries per estimate (paper: 64, 10000); n=20: ~1 min",
 ))
+def _autoattack_params() -> dict[str, Param]:
+    """Standard AutoAttack's hyper-parameters: the same for the authors' code and the ART composition
+    that cross-checks it."""
+    return {"steps": _steps(100, "iterations of APGD-CE, APGD-T (per target) and FAB-T (per target)"),
+            "target_classes": Param(9, "int", "target classes of APGD-T and FAB-T (capped at classes − 1)", 1, 999),
+            "queries": _queries(5000, "Square queries")}
+
+
 _add(AttackSpec(
-    "autoattack", "linf", ("pyautoattack",),
-    {"steps": _steps(100, "iterations of APGD-CE, APGD-T (per target) and FAB-T (per target)"),
-     "target_classes": Param(9, "int", "target classes of APGD-T and FAB-T (capped at classes − 1)", 1, 999),
-     "queries": _queries(5000, "Square queries")},
+    "autoattack", "linf", ("pyautoattack",), _autoattack_params(),
     "Standard AutoAttack (Croce & Hein 2020) run by the authors' code (pyautoattack, version='standard'): "
     "APGD-CE, APGD-T, FAB-T, Square, worst case per example, on the model's device",
     budget="expensive: APGD-CE 100 fwd+bwd, then APGD-T 9×100, FAB-T 9×100 and Square 5000 queries on the "
@@ -241,10 +246,7 @@ _add(AttackSpec(
     targeted="untargeted APGD-CE and Square, targeted APGD-T and FAB-T",
 ))
 _add(AttackSpec(
-    "autoattack_art", "linf", ("art",),
-    {"steps": _steps(100, "iterations of APGD-CE, APGD-T (per target) and FAB-T (per target)"),
-     "target_classes": Param(9, "int", "target classes of APGD-T and FAB-T (capped at classes − 1)", 1, 999),
-     "queries": _queries(5000, "Square queries")},
+    "autoattack_art", "linf", ("art",), _autoattack_params(),
     "Standard AutoAttack composed from ART (APGD-CE, APGD-T with ART's DLR, Square; FAB-T from pyautoattack), "
     "worst case per example: an independent implementation to cross-check autoattack",
     budget="expensive: as autoattack, with ART's host-side loops; n=200 ResNet-20 at 8/255: ~4.5 min on one "
