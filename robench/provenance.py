@@ -1,11 +1,13 @@
 """What a number was measured with: the columns shared by every row of one run (device, machine,
 precision, library versions, git sha with "-dirty", time), computed where the unit runs (on a Ray
-worker, on that worker), and the fingerprints a sweep store is keyed by (code, library versions)."""
+worker, on that worker), and the fingerprints of the code and libraries that compute it (a sweep
+store is keyed by them; a Ray node is compared with its driver by them before it gets any work)."""
 from __future__ import annotations
 
 import datetime
 import functools
 import hashlib
+import platform
 import re
 import socket
 import subprocess
@@ -18,15 +20,20 @@ from robench.devices import device_label, memory_format_name, precision_name, re
 # distribution → the short name used in fingerprints and the <name>_version columns
 LIBRARIES = {"robench": "robench", "torch": "torch", "numpy": "numpy", "adversarial-robustness-toolbox": "art",
              "foolbox": "foolbox", "pyautoattack": "pyautoattack"}
+# distributions whose code runs inside a cell (forward passes, attacks, corruptions, weights, data):
+# what a Ray node must share with its driver
+NUMERIC_LIBRARIES = ("torch", "numpy", "scipy", "scikit-image", "pillow", "adversarial-robustness-toolbox",
+                     "foolbox", "pyautoattack", "safetensors")
 
 
-def _dist_version(dist: str) -> str:
+def dist_version(dist: str, missing: str = "unknown") -> str:
+    """The installed version of the distribution ``dist``, or ``missing`` when it is not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version(dist)
     except PackageNotFoundError:
-        return "unknown"
+        return missing
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
@@ -74,7 +81,20 @@ def code_fingerprint(root: Path | None = None) -> str:
 
 def library_versions() -> dict[str, str]:
     """The versions of the libraries that compute robench's numbers (short name → version)."""
-    return {short: _dist_version(dist) for dist, short in LIBRARIES.items()}
+    return {short: dist_version(dist) for dist, short in LIBRARIES.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def numeric_library_versions() -> dict[str, str]:
+    """python (major.minor.micro), robench and every distribution of :data:`NUMERIC_LIBRARIES` →
+    version ("not installed" when absent). torch's version keeps its build suffix (``+cpu``,
+    ``+cu124``)."""
+    from robench import __version__
+
+    out = {"python": platform.python_version(), "robench": __version__}
+    for dist in NUMERIC_LIBRARIES:
+        out[dist] = dist_version(dist, "not installed")
+    return out
 
 
 def device_name(device: str | torch.device) -> str:
@@ -103,8 +123,8 @@ def provenance(device: str | torch.device, *, tf32: bool = False) -> dict:
         "device": device_label(dev),
         "robench_version": __version__,
         "torch_version": torch.__version__,
-        "art_version": _dist_version("adversarial-robustness-toolbox"),
-        "foolbox_version": _dist_version("foolbox"),
+        "art_version": dist_version("adversarial-robustness-toolbox"),
+        "foolbox_version": dist_version("foolbox"),
         "git_sha": git_sha(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
@@ -113,5 +133,5 @@ def provenance(device: str | torch.device, *, tf32: bool = False) -> dict:
         "memory_format": memory_format_name(dev),
         "cuda_version": torch.version.cuda if cuda else None,
         "cudnn_version": None if cudnn is None else str(cudnn),
-        "pyautoattack_version": _dist_version("pyautoattack"),
+        "pyautoattack_version": dist_version("pyautoattack"),
     }

@@ -5,8 +5,8 @@ What the driver does, in order (nothing runs on the cluster before all of it pas
 1. **Connect** (:func:`connect`) to ``address`` (None: a new local instance). An address is probed
    first, in a child process bounded by ``timeout``, so a mistyped one is one line, not a hang.
 2. **Preflight** (:func:`preflight`) every node that can take a task: it must run the same robench
-   code (:func:`robench.codeid.code_fingerprint`), robench and library versions
-   (:func:`robench.codeid.library_versions`; torch compared without its build suffix, and equal
+   code (:func:`robench.provenance.code_fingerprint`), robench and library versions
+   (:func:`robench.provenance.numeric_library_versions`; torch compared without its build suffix, and equal
    with it across the nodes), and, for ``device = "cuda"``, see the GPUs it offers Ray. A node that
    differs is refused with one line naming it and what differs; a cluster without GPUs for a cuda
    sweep, or without any node large enough for one task, is refused at once. A node that joins
@@ -264,9 +264,9 @@ def this_node() -> str:
 
 def node_facts(cuda: bool) -> dict:
     """What the driver compares: code fingerprint, versions, and the CUDA devices torch sees."""
-    from robench.codeid import code_fingerprint, library_versions
+    from robench.provenance import code_fingerprint, numeric_library_versions
 
-    facts = {"node": this_node(), "code": code_fingerprint(), "versions": library_versions()}
+    facts = {"node": this_node(), "code": code_fingerprint(), "versions": numeric_library_versions()}
     if cuda:
         import torch
 
@@ -276,9 +276,9 @@ def node_facts(cuda: bool) -> dict:
 
 def expected_facts() -> dict:
     """The driver's side of :func:`differences`."""
-    from robench.codeid import code_fingerprint, library_versions
+    from robench.provenance import code_fingerprint, numeric_library_versions
 
-    return {"code": code_fingerprint(), "versions": library_versions()}
+    return {"code": code_fingerprint(), "versions": numeric_library_versions()}
 
 
 def _public(version: str) -> str:

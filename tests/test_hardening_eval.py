@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 import robench
 from engine_helpers import save_fitted
@@ -21,17 +20,8 @@ from robench.results import read_table, to_frame, wilson, write_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_cifar import colour_images, write_cifar10  # noqa: E402
+from test_byo_model import Tiny  # noqa: E402
 from test_hardening_files import row, sweep_with_cells  # noqa: E402
-
-
-class Tiny(nn.Module):
-    def __init__(self, classes: int = 10) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, classes))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 # -- 25.3 CIFAR-10-C labels --------------------------------------------------------------------

@@ -21,6 +21,7 @@ import tarfile
 from pathlib import Path
 
 from robench.errors import BadInput
+from robench.fileio import atomic_write
 
 TARBALL = "cifar10-jpeg.tar.gz"
 TEST_TARBALL = "cifar10-jpeg-test.tar.gz"
@@ -36,25 +37,24 @@ def _part(name: str) -> str | None:
 def write_test_tarball(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, int]:
     """Copy the ``test/`` members of the JPEG tarball ``src`` into ``dst`` (gzip, reproducible bytes: no
     timestamp in the gzip header); → the JPEG count of each part of ``src``."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
     counts = {p: 0 for p in SPLITS}
-    with tarfile.open(src, "r:gz") as tin, open(tmp, "wb") as raw, \
-            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tout:
-        for m in tin:
-            part = _part(m.name)
-            if part is None:
-                continue
-            if m.isfile() and m.name.endswith(".jpg"):
-                counts[part] += 1
-            if part == "test" and (m.isdir() or m.isfile()):
-                tout.addfile(m, tin.extractfile(m) if m.isfile() else None)
-    if counts["test"] == 0:
-        tmp.unlink()
-        raise BadInput(f"{src} holds no test/<class>/<id>.jpg images")
-    os.replace(tmp, dst)
+
+    def write(tmp: str) -> None:
+        with tarfile.open(src, "r:gz") as tin, open(tmp, "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tout:
+            for m in tin:
+                part = _part(m.name)
+                if part is None:
+                    continue
+                if m.isfile() and m.name.endswith(".jpg"):
+                    counts[part] += 1
+                if part == "test" and (m.isdir() or m.isfile()):
+                    tout.addfile(m, tin.extractfile(m) if m.isfile() else None)
+        if counts["test"] == 0:
+            raise BadInput(f"{src} holds no test/<class>/<id>.jpg images")
+
+    atomic_write(dst, write, what="test-split tarball")
     return counts
 
 

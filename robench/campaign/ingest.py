@@ -34,7 +34,7 @@ from robench.campaign.outdir import extract_bundle
 from robench.campaign.plan import Plan, Task, load_plan
 from robench.campaign.state import load_state, summarise, to_json
 from robench.errors import BadInput
-from robench.fileio import atomic_write_text, sha256_file
+from robench.fileio import atomic_write_group, atomic_write_text, sha256_file
 from robench.packed import Member
 
 TOLERANCE = 1 / 1000  # accuracy: within one image in a thousand of the card's
@@ -118,12 +118,15 @@ def cpu_accuracy(model, name: str, data_dir, n: int, threads: int | None) -> int
     return int(df.loc[df["kind"] == "clean", "correct"].iloc[0])
 
 
+def _copy_together(pairs: list[tuple[Path, Path]], what: str) -> None:
+    """Copy each (source, destination) pair, the destinations of one folder changing as one
+    (:func:`robench.fileio.atomic_write_group`, as the zoo and the table writer write them)."""
+    atomic_write_group([(dst, lambda tmp, src=src: shutil.copyfile(src, tmp)) for src, dst in pairs], what=what)
+
+
 def _install(src_stem: Path, zoo: Path, stem: str) -> None:
-    zoo.mkdir(parents=True, exist_ok=True)
-    for ext in (".safetensors", ".json"):  # weights first: a card never names weights that are not there
-        tmp = zoo / f".{stem}{ext}.tmp"
-        shutil.copyfile(src_stem.parent / (src_stem.name + ext), tmp)
-        os.replace(tmp, zoo / f"{stem}{ext}")
+    _copy_together([(src_stem.parent / (src_stem.name + ext), zoo / f"{stem}{ext}")
+                    for ext in (".safetensors", ".json")], "checkpoint")
 
 
 class Ingest:
@@ -287,13 +290,9 @@ class Ingest:
                 if d.is_file() and sha256_file(d) != sha256_file(s) and not self.force:
                     return self.refuse(task.id, str(d), "exists with other content; pass --force to replace it")
         for src, stem in pairs:
-            for s, d in zip(table_paths(dest / src), table_paths(stem)):
-                if s.is_file():
-                    d.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = d.with_name(f".{d.name}.tmp")
-                    shutil.copyfile(s, tmp)
-                    os.replace(tmp, d)
-                    self.report.installed.append(d)
+            copies = [(s, d) for s, d in zip(table_paths(dest / src), table_paths(stem)) if s.is_file()]
+            _copy_together(copies, "results table")
+            self.report.installed += [d for _, d in copies]
         self.log(f"installed {task.id}'s tables: {out}.parquet/.csv ({len(df)} rows)")
 
     def keep_run_files(self, task: Task, rec: dict) -> None:

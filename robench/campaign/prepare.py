@@ -30,7 +30,7 @@ from robench.campaign.carried_data import TARBALL, TEST_TARBALL, unpack_test_spl
 from robench.campaign.outdir import files_under
 from robench.campaign.state import code_fingerprint, load_state, now, repo_root
 from robench.errors import BadInput
-from robench.fileio import atomic_write_text, sha256_file
+from robench.fileio import atomic_write, atomic_write_text, sha256_file
 
 DATA_CHOICES = ("auto", "full", "test")
 
@@ -45,10 +45,7 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
 def _copy(src: Path, dst: Path) -> None:
     if dst.is_file() and sha256_file(dst) == sha256_file(src):
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp), what="carried file")
 
 
 @dataclasses.dataclass

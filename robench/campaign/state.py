@@ -44,30 +44,18 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def code_files(root: Path) -> list[Path]:
-    files = [p for d in ("robench", "model_zoo") for p in (root / d).rglob("*.py") if "__pycache__" not in p.parts]
-    files += [root / f for f in ("cli.py", "pyproject.toml") if (root / f).is_file()]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
 def code_fingerprint(root: Path | None = None) -> str:
-    """sha256 over (path, content) of the code that can change a number; independent of git (the
-    working tree travels without .git)."""
+    """sha256 of the code that can change a number: :func:`robench.provenance.code_fingerprint` of robench's
+    and the zoo's sources under ``root``, with ``cli.py`` and ``pyproject.toml`` (which travel with them);
+    independent of git (the working tree travels without .git)."""
+    from robench.provenance import code_fingerprint as sources_fingerprint
+
     root = repo_root() if root is None else Path(root)
-    h = hashlib.sha256()
-    for p in code_files(root):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+    h = hashlib.sha256(sources_fingerprint(root).encode())
+    for name in ("cli.py", "pyproject.toml"):
+        if (root / name).is_file():
+            h.update(f"\0{name}\0".encode() + (root / name).read_bytes())
     return h.hexdigest()
-
-
-def _dist_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "missing"
 
 
 def versions(device) -> dict[str, Any]:
@@ -76,10 +64,12 @@ def versions(device) -> dict[str, Any]:
     import torch
 
     from robench.machine import cpu_capability, cpu_name
+    from robench.provenance import dist_version
 
     v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
          "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
-         else None, "art": _dist_version("adversarial-robustness-toolbox"), "foolbox": _dist_version("foolbox"),
+         else None, "art": dist_version("adversarial-robustness-toolbox", "missing"),
+         "foolbox": dist_version("foolbox", "missing"),
          "cpu": f"{cpu_name()} ({cpu_capability()})"}
     if getattr(device, "type", str(device)).startswith("cuda"):
         v["device"] = torch.cuda.get_device_name(device)
