@@ -24,6 +24,7 @@ except ImportError:  # numpy 1.x
     from numpy.core import multiarray as _multiarray, numeric as _numeric
 
 from robench.errors import BadInput
+from robench.fileio import read_regular
 
 __all__ = ["load_batch", "loads_batch", "RefusedGlobal", "MAX_BATCH_BYTES"]
 MAX_BATCH_BYTES = 1 << 30
@@ -124,8 +125,6 @@ def load_batch(path: str | os.PathLike) -> object:
     ``pickle.load(f, encoding="bytes")``. Raises ``BadInput`` (one line) for a refused global and
     ``pickle.UnpicklingError``/``EOFError``/``ValueError``/... for a truncated or malformed file.
     """
-    from robench.fileio import read_regular
-
     # a regular file of bounded size (CIFAR-100's train file is 155 MB): a FIFO or /dev/zero is refused
     return _load(io.BytesIO(read_regular(path, limit=MAX_BATCH_BYTES, what="CIFAR batch file")), str(Path(path)))
 
